@@ -1,0 +1,121 @@
+"""Runtime: device choice, seeding, compute budgets and the `setup()` every notebook calls first.
+
+Budgets (`AIGC_BUDGET`):
+    smoke    -- CI: proves the code paths in seconds, not the quality;
+    standard -- default without a GPU: each chapter in <= 10 minutes on a 2-core CPU;
+    full     -- default with CUDA: the quality the chapter's benchmark promises.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+BUDGETS = ("smoke", "standard", "full")
+DEVICE_ENV = "AIGC_DEVICE"
+BUDGET_ENV = "AIGC_BUDGET"
+SEED_ENV = "AIGC_SEED"
+DEFAULT_SEED = 0
+
+T = TypeVar("T")
+
+
+def _mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """The device to compute on: `name`, else `$AIGC_DEVICE`, else cuda -> mps -> cpu."""
+    name = name or os.environ.get(DEVICE_ENV) or None
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"device: expected 'cpu', 'cuda', 'cuda:N' or 'mps' (from argument or ${DEVICE_ENV}), got {name!r}"
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} was requested but torch sees no CUDA GPU; unset ${DEVICE_ENV} or use 'cpu'")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"device: {name!r} was requested but MPS is not available; unset ${DEVICE_ENV} or use 'cpu'")
+    return device
+
+
+def current_budget() -> str:
+    """The compute budget: `$AIGC_BUDGET` if set, else 'full' with CUDA and 'standard' otherwise."""
+    value = os.environ.get(BUDGET_ENV, "").strip().lower()
+    if not value:
+        return "full" if torch.cuda.is_available() else "standard"
+    if value not in BUDGETS:
+        raise ValueError(f"${BUDGET_ENV}: expected one of {', '.join(BUDGETS)}, got {value!r}")
+    return value
+
+
+def budget(*, smoke: T, standard: T, full: T) -> T:
+    """Pick a size by the current budget, e.g. `steps = budget(smoke=20, standard=3_000, full=20_000)`."""
+    return {"smoke": smoke, "standard": standard, "full": full}[current_budget()]
+
+
+def seed_everything(seed: int = DEFAULT_SEED, *, deterministic: bool = False) -> int:
+    """Seed python, numpy and torch (all devices); optionally force deterministic kernels.
+
+    Deterministic mode trades speed for bit-identical reruns on the same hardware.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this workspace setting before deterministic matmuls.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return seed
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context elsewhere (CPU bf16 is slower than fp32 on most laptops)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What `setup()` chose; notebooks keep it as `rt` and read `rt.device`, `rt.budget`."""
+
+    device: torch.device
+    budget: str
+    seed: int
+
+    def describe(self) -> str:
+        gpu = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
+        return (
+            f"device: {self.device}{gpu} | budget: {self.budget} | seed: {self.seed} | "
+            f"python {platform.python_version()} | torch {torch.__version__} | "
+            f"threads {torch.get_num_threads()}"
+        )
+
+
+def setup(seed: int | None = None, *, deterministic: bool = False, quiet: bool = False) -> Runtime:
+    """Call first in every notebook: picks device and budget, seeds everything, prints the choice."""
+    if seed is None:
+        seed = int(os.environ.get(SEED_ENV, DEFAULT_SEED))
+    rt = Runtime(device=get_device(), budget=current_budget(), seed=seed_everything(seed, deterministic=deterministic))
+    if rt.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if not quiet:
+        print(rt.describe(), file=sys.stdout)
+    return rt
