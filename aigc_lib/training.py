@@ -1,0 +1,458 @@
+"""One small training loop for every chapter: `fit(model, optimizer, batches, loss_fn, steps)`.
+
+What it does for you (COURSE_DESIGN §3):
+    - bf16 autocast on CUDA (`runtime.autocast`), optional gradient clipping, optional LR scheduler;
+    - no host-device sync per step: losses stay on the device and are copied to the host once every
+      `log_every` steps, where the progress bar is updated and NaN/inf is caught
+      (`NonFiniteLossError`, which never lets a bad checkpoint reach the disk);
+    - `checkpoint=path`: saves every `ckpt_every` steps, at the end and on Ctrl-C / kernel interrupt;
+      re-running the same call resumes where it stopped and gives the same final weights as a run
+      that was never interrupted (a finished run just loads its weights and returns its history).
+
+Contract:
+    batches   -- a callable `step -> batch` (best: resuming is exact and free), or an iterable
+                 (list, DataLoader, ...) restarted at the end of each epoch. On resume fit draws and
+                 throws away the batches already trained on in the current epoch (all of them for a
+                 one-pass iterator), so an iterable that yields the same sequence on every run resumes
+                 exactly; a `DataLoader(shuffle=True)` re-shuffles, so its resume is close, not exact.
+    loss_fn   -- `loss_fn(model, batch)` returns a scalar loss tensor, or a dict of scalar tensors
+                 with key "loss" (what is minimised) plus extra metrics to log, e.g. a VAE's
+                 {"loss": elbo, "recon": recon, "kl": kl}. It runs under autocast; fit does the
+                 zero_grad / backward / clip / step.
+
+Two optimizers (GAN): `loss_fn` makes the discriminator step itself and returns the generator loss;
+fit steps the generator's optimizer and checkpoints the other one through `extra_state`:
+
+    gan = nn.ModuleDict({"G": G, "D": D})          # one module, so both are checkpointed
+    def gan_loss(gan, real):
+        fake = gan["G"](torch.randn(len(real), z_dim, device=real.device))
+        d_loss = bce(gan["D"](real), ones) + bce(gan["D"](fake.detach()), zeros)
+        opt_d.zero_grad(set_to_none=True); d_loss.backward(); opt_d.step()
+        g_loss = bce(gan["D"](fake), ones)         # fit backprops this and steps opt_g
+        return {"loss": g_loss, "d_loss": d_loss.detach()}
+    fit(gan, opt_g, batches, gan_loss, steps, extra_state={"opt_d": opt_d})
+
+Carried state (LSTM, truncated BPTT): keep it in the closure and detach it every step. It is not in
+the checkpoint, so reset it at steps the batch function can tell (e.g. each pass over the text) to
+keep resume exact:
+
+    carry = {"h": None}
+    def lm_loss(model, batch):
+        x, y, reset = batch                          # batches(step) -> (x, y, step % n_chunks == 0)
+        logits, h = model(x, None if reset else carry["h"])
+        carry["h"] = tuple(t.detach() for t in h)    # keep the values, cut the graph
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from aigc_lib.runtime import autocast
+
+CKPT_VERSION = 1
+HINTS = (
+    "Try: a lower learning rate, gradient clipping (grad_clip=1.0), "
+    "or check the inputs and targets for nan/inf and a sensible scale."
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or a logged metric) became nan/inf; `.step` is where, `.history` what came before."""
+
+    def __init__(self, message: str, step: int, history: History):
+        super().__init__(message)
+        self.step = step
+        self.history = history
+
+
+@dataclass
+class History:
+    """Per-step metrics on the host: `steps[i]` is the step at which `metrics[name][i]` was measured."""
+
+    steps: list[int] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[float]:
+        return self.metrics.get("loss", [])
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, name: str) -> list[float]:
+        return self.metrics[name]
+
+    def append(self, step: int, values: Mapping[str, float]) -> None:
+        self.steps.append(step)
+        for name, value in values.items():
+            self.metrics.setdefault(name, []).append(value)
+
+    def as_dict(self) -> dict[str, list]:
+        """Plain lists only, so it goes into a checkpoint that `torch.load(weights_only=True)` reads."""
+        return {"step": list(self.steps), **{k: list(v) for k, v in self.metrics.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, list]) -> History:
+        d = dict(d)
+        return cls(steps=[int(s) for s in d.pop("step")], metrics={k: [float(x) for x in v] for k, v in d.items()})
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Any] | Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor | Mapping[str, torch.Tensor]],
+    steps: int,
+    *,
+    grad_clip: float | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    ckpt_every: int = 1000,
+    log_every: int = 50,
+    extra_state: Mapping[str, Any] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> History:
+    """Train `model` until `steps` optimizer steps are done in total; returns the per-step History.
+
+    grad_clip   -- clip the global gradient norm of the optimizer's parameters to this value; the norm
+                   before clipping is logged as "grad_norm".
+    scheduler   -- stepped once after every optimizer step (not ReduceLROnPlateau: that one needs the
+                   loss on the host every step).
+    checkpoint  -- path of a checkpoint file: resume from it if it exists, save to it as we go.
+    extra_state -- more objects with `state_dict()`/`load_state_dict()` to checkpoint (a second
+                   optimizer, an EMA model, ...).
+    Batches are moved to the model's device (tensors inside tuples, lists and dicts too), so move
+    the model with `model.to(device)` before creating the optimizer.
+    """
+    _check_args(model, optimizer, batches, loss_fn, steps, grad_clip, scheduler, ckpt_every, log_every, extra_state)
+    device = next(model.parameters()).device
+    path = Path(checkpoint) if checkpoint is not None else None
+    extra = dict(extra_state or {})
+
+    step, history = 0, History()
+    if path is not None and path.exists():
+        step, history = _load(path, model, optimizer, scheduler, extra)
+        if step >= steps:  # finished before: weights and RNG are now as they were at the end
+            if progress:
+                print(f"{desc}: loaded the finished run from {path} (step {step}); delete it to train again")
+            return history
+    draw = _batch_fn(batches, start=step)
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    log = _Log(log_every, device, history)
+    was_training = model.training
+    model.train()
+    bar = tqdm(total=steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    rng = _torch_rng_state()  # torch RNG at the start of `step`: an interrupt rewinds to it
+    try:
+        while step < steps:
+            batch = _to_device(draw(step), device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                metrics = _as_metrics(loss_fn(model, batch))
+            metrics["loss"].backward()
+            if grad_clip is not None:
+                metrics["grad_norm"] = nn.utils.clip_grad_norm_(params, grad_clip)
+            # Ctrl-C waits for this block: a half-applied update could not be resumed exactly.
+            with _defer_keyboard_interrupt():
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                log.record(step, metrics)
+                step += 1
+                rng = _torch_rng_state()
+            bar.update()
+            if log.full or step == steps:
+                bar.set_postfix(log.flush(path))  # the only host sync: once per `log_every` steps
+            if path is not None and (step % ckpt_every == 0 or step == steps):
+                log.flush(path)
+                _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
+    except KeyboardInterrupt:
+        bar.close()
+        if path is None:
+            print(f"interrupted at step {step}; no checkpoint= was given, so a re-run starts again from step 0")
+        else:
+            log.flush(path)
+            _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
+            print(f"interrupted at step {step}; checkpoint saved to {path}; re-run to resume")
+        raise
+    finally:
+        bar.close()
+        model.train(was_training)
+    return log.history
+
+
+# --- logging: per-step metrics stay on the device until a flush -----------------------------------
+
+
+def _to_host(t: torch.Tensor) -> list:
+    """Every device -> host copy of the loop goes through here (tests count the calls)."""
+    return t.tolist()
+
+
+class _Log:
+    """Buffers per-step metrics in a (log_every, n_metrics) device tensor; `flush` syncs it once."""
+
+    def __init__(self, size: int, device: torch.device, history: History):
+        self.size, self.device, self.history = size, device, history
+        self.names: list[str] | None = None
+        self.buffer: torch.Tensor | None = None
+        self.first_step, self.n = 0, 0
+
+    @property
+    def full(self) -> bool:
+        return self.n == self.size
+
+    def record(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
+        if self.names is None:
+            self.names = list(metrics)
+            self.buffer = torch.empty(self.size, len(self.names), device=self.device)
+        if list(metrics) != self.names:
+            raise ValueError(f"loss_fn: must return the same metrics every step; first {self.names}, now {list(metrics)}")
+        if self.n == 0:
+            self.first_step = step
+        self.buffer[self.n] = torch.stack([metrics[k].detach().float().reshape(()) for k in self.names])
+        self.n += 1
+
+    def flush(self, path: Path | None) -> dict[str, str]:
+        """Move buffered metrics to the history; raise NonFiniteLossError on nan/inf. Returns a postfix."""
+        if self.n == 0:
+            return {}
+        rows, start, self.n = _to_host(self.buffer[: self.n]), self.first_step, 0
+        for i, row in enumerate(rows):
+            bad = [name for name, x in zip(self.names, row, strict=True) if not math.isfinite(x)]
+            if bad:
+                self._raise_non_finite(start + i, start + len(rows) - 1, dict(zip(self.names, row, strict=True)), bad, path)
+            self.history.append(start + i, dict(zip(self.names, row, strict=True)))
+        return {k: f"{sum(col) / len(col):.4g}" for k, col in zip(self.names, zip(*rows, strict=True), strict=True)}
+
+    def _raise_non_finite(self, step: int, last: int, row: dict, bad: list[str], path: Path | None) -> None:
+        losses = self.history.losses
+        last_ok = f"last finite loss {losses[-1]:.4g} at step {self.history.steps[-1]}" if losses else "no finite loss before it"
+        saved = f"; the checkpoint {str(path)!r} was not updated" if path is not None else ""
+        what = ", ".join(f"{name}={row[name]}" for name in bad)
+        raise NonFiniteLossError(
+            f"non-finite {what} at step {step} (found while checking steps {self.first_step}-{last}); "
+            f"{last_ok}{saved}. {HINTS}",
+            step,
+            self.history,
+        )
+
+
+# --- batches and metrics ---------------------------------------------------------------------------
+
+
+def _batch_fn(batches: Callable[[int], Any] | Iterable, start: int) -> Callable[[int], Any]:
+    """Either way a function step -> batch; an iterable resumes `start` batches in."""
+    if callable(batches):
+        return batches
+    it = _cycle(batches, skip=start)
+
+    def draw(step: int) -> Any:
+        return next(it)
+
+    return draw
+
+
+def _cycle(iterable: Iterable, skip: int) -> Iterator:
+    """Yield batches forever, restarting `iterable` each epoch; skip the `skip` already trained on."""
+    one_pass = isinstance(iterable, Iterator)  # a generator cannot be restarted
+    if not one_pass and hasattr(iterable, "__len__") and len(iterable) > 0:
+        skip %= len(iterable)  # every epoch yields the same sequence: only the current one matters
+    drawn = 0
+    while True:
+        n = 0
+        for batch in iterable:
+            n += 1
+            if drawn < skip:
+                drawn += 1
+                continue
+            yield batch
+        if n == 0:
+            raise ValueError("batches: the iterable yielded no batches")
+        if one_pass:
+            raise ValueError(
+                f"batches: the iterator ran out after {n} batches; pass a re-iterable "
+                "(list, DataLoader) that is restarted every epoch, or a callable step -> batch"
+            )
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        # non_blocking from host memory: the copy overlaps compute (and never syncs)
+        return batch.to(device, non_blocking=batch.device.type == "cpu")
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_to_device(b, device) for b in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _as_metrics(out: Any) -> dict[str, torch.Tensor]:
+    metrics = dict(out) if isinstance(out, Mapping) else {"loss": out}
+    if "loss" not in metrics:
+        raise ValueError(f"loss_fn: a returned dict must have the key 'loss'; got keys {list(metrics)}")
+    if "step" in metrics:
+        raise ValueError("loss_fn: 'step' is reserved for the step number; name the metric differently")
+    for name, value in metrics.items():
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"loss_fn: {name!r} must be a scalar tensor; got {got}")
+    if not metrics["loss"].requires_grad:
+        raise ValueError(
+            "loss_fn: the loss does not require grad; was it computed under torch.no_grad(), "
+            "or turned into a number with .item()?"
+        )
+    return metrics
+
+
+@contextmanager
+def _defer_keyboard_interrupt():
+    """Hold a SIGINT (Ctrl-C, Jupyter's stop button) until the block has finished."""
+    old = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or old is None:
+        yield  # signals can only be handled in the main thread
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if caught:
+        raise KeyboardInterrupt
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def _torch_rng_state() -> dict[str, Any]:
+    """Cheap (~1 us) so it can be taken every step; CUDA states only if CUDA is in use."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _rng_state(torch_state: dict[str, Any]) -> dict[str, Any]:
+    # numpy's state array becomes a tensor: torch.load(weights_only=True) refuses numpy arrays.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        **torch_state,
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain model's keys
+
+
+def _save(path: Path, step: int, model, optimizer, scheduler, extra: dict, history: History, rng: dict) -> None:
+    """Write atomically (tmp file + os.replace): an interrupt mid-write leaves the old file intact."""
+    # A checkpoint must never hold nan/inf weights: one sync per save to check them.
+    tensors = [t for t in _unwrap(model).state_dict().values() if t.is_floating_point()]
+    if tensors and not _to_host(torch.stack([t.isfinite().all() for t in tensors]).all()):
+        raise NonFiniteLossError(
+            f"the model's weights hold nan/inf after step {step} although the loss was finite; "
+            f"the checkpoint {str(path)!r} was not updated. {HINTS}",
+            step,
+            history,
+        )
+    state = {
+        "version": CKPT_VERSION,
+        "step": step,
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "extra": {name: obj.state_dict() for name, obj in extra.items()},
+        "history": history.as_dict(),
+        "rng": _rng_state(rng),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path, model, optimizer, scheduler, extra: dict) -> tuple[int, History]:
+    hint = f"delete {str(path)!r} or pass another checkpoint= path to start from scratch"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"checkpoint: cannot read {str(path)!r} ({err}); {hint}") from err
+    if not isinstance(state, dict) or state.get("version") != CKPT_VERSION:
+        raise ValueError(f"checkpoint: {str(path)!r} is not a checkpoint written by fit(); {hint}")
+    if (scheduler is None) != (state["scheduler"] is None) or set(extra) != set(state["extra"]):
+        raise ValueError(
+            f"checkpoint: {str(path)!r} was saved with scheduler={state['scheduler'] is not None} and "
+            f"extra_state={sorted(state['extra'])}, but this call has scheduler={scheduler is not None} "
+            f"and extra_state={sorted(extra)}; {hint}"
+        )
+    try:
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        for name, obj in extra.items():
+            obj.load_state_dict(state["extra"][name])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"checkpoint: {str(path)!r} does not match this model/optimizer ({err}); {hint}") from err
+    _set_rng_state(state["rng"])
+    return state["step"], History.from_dict(state["history"])
+
+
+# --- argument checks -------------------------------------------------------------------------------
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_args(model, optimizer, batches, loss_fn, steps, grad_clip, scheduler, ckpt_every, log_every, extra_state):
+    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
+        raise ValueError(f"model: expected an nn.Module with parameters, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not callable(batches) and not isinstance(batches, Iterable):
+        raise ValueError(f"batches: expected a callable step -> batch or an iterable of batches, got {type(batches).__name__}")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn: expected a callable (model, batch) -> loss, got {type(loss_fn).__name__}")
+    for name, value in (("steps", steps), ("ckpt_every", ckpt_every), ("log_every", log_every)):
+        if not _is_int(value) or value <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or not grad_clip > 0 or math.isinf(grad_clip)):
+        raise ValueError(f"grad_clip: expected a positive finite number or None, got {grad_clip!r}")
+    if scheduler is not None and not hasattr(scheduler, "state_dict"):
+        raise ValueError(f"scheduler: expected a torch LR scheduler or None, got {type(scheduler).__name__}")
+    for name, obj in (extra_state or {}).items():
+        if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+            raise ValueError(f"extra_state[{name!r}]: expected an object with state_dict()/load_state_dict(), got {type(obj).__name__}")

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+import aigc_lib
+from aigc_lib import runtime
+
+
+def test_budget_follows_env(monkeypatch):
+    for name, expected in [("smoke", 1), ("standard", 2), ("full", 3)]:
+        monkeypatch.setenv("AIGC_BUDGET", name)
+        assert runtime.budget(smoke=1, standard=2, full=3) == expected
+
+
+def test_budget_default_depends_on_cuda(monkeypatch):
+    monkeypatch.delenv("AIGC_BUDGET", raising=False)
+    assert runtime.current_budget() == ("full" if torch.cuda.is_available() else "standard")
+
+
+def test_bad_budget_names_the_variable(monkeypatch):
+    monkeypatch.setenv("AIGC_BUDGET", "huge")
+    with pytest.raises(ValueError, match=r"AIGC_BUDGET.*smoke, standard, full.*'huge'"):
+        runtime.current_budget()
+
+
+def test_device_override_and_errors(monkeypatch):
+    monkeypatch.setenv("AIGC_DEVICE", "cpu")
+    assert runtime.get_device() == torch.device("cpu")
+    monkeypatch.setenv("AIGC_DEVICE", "banana")
+    with pytest.raises(ValueError, match="banana"):
+        runtime.get_device()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            runtime.get_device("cuda")
+
+
+def test_seed_everything_is_reproducible():
+    runtime.seed_everything(7)
+    a = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    runtime.seed_everything(7)
+    b = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    with pytest.raises(ValueError, match="seed"):
+        runtime.seed_everything(-1)
+
+
+def test_setup_prints_device_budget_seed_versions(monkeypatch, capsys):
+    monkeypatch.setenv("AIGC_BUDGET", "smoke")
+    monkeypatch.setenv("AIGC_DEVICE", "cpu")
+    rt = aigc_lib.setup(seed=3)
+    out = capsys.readouterr().out
+    assert (rt.device.type, rt.budget, rt.seed) == ("cpu", "smoke", 3)
+    for word in ["device: cpu", "budget: smoke", "seed: 3", "torch", "python"]:
+        assert word in out
