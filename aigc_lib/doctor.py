@@ -22,7 +22,7 @@ class Check:
 
 
 def _python() -> str:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - the doctor runs before the install is known to be right
         raise RuntimeError(f"Python {sys.version.split()[0]} is too old")
     return sys.version.split()[0]
 

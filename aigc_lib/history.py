@@ -152,30 +152,35 @@ CORRECTIONS: tuple[Correction, ...] = (
 
 
 def plot_timeline(milestones: Sequence[Milestone] = MILESTONES, *, ax=None, save=None):
-    """Milestones on a time axis, one lane per kind; non-generative milestones drawn hollow."""
+    """One row per milestone (oldest on top), its dot at its year, coloured by kind; hollow if not generative."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    kinds = ["foundation", "text", "image", "audio", "multimodal"]
-    colors = dict(zip(kinds, ["#555555", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"], strict=True))
+    colors = {"foundation": "#555555", "text": "#1f77b4", "image": "#d62728", "audio": "#2ca02c",
+              "multimodal": "#9467bd"}
     if ax is None:
-        fig, ax = plt.subplots(figsize=(13, 4.8))
+        fig, ax = plt.subplots(figsize=(11, 0.28 * len(milestones) + 1.2))
     fig = ax.figure
-    seen_in_lane: dict[tuple[str, int], int] = {}
-    for m in milestones:
+    for row, m in enumerate(milestones):
         if m.kind not in colors:
-            raise ValueError(f"milestones: unknown kind {m.kind!r} for {m.name!r}; expected one of {kinds}")
-        lane = kinds.index(m.kind)
-        stack = seen_in_lane.get((m.kind, m.year), 0)  # same year, same lane: nudge labels apart
-        seen_in_lane[(m.kind, m.year)] = stack + 1
+            raise ValueError(f"milestones: unknown kind {m.kind!r} for {m.name!r}; expected one of {list(colors)}")
         c = colors[m.kind]
-        ax.scatter(m.year, lane, s=60, color=c if m.generative else "white", edgecolors=c, linewidths=1.5, zorder=3)
-        ax.annotate(m.name, (m.year, lane), xytext=(3, 8 + 11 * stack), textcoords="offset points",
-                    fontsize=7.5, rotation=25, color=c)
-    ax.set_yticks(range(len(kinds)), kinds)
-    ax.set_ylim(-0.6, len(kinds) - 0.1)
+        ax.scatter(m.year, row, s=45, color=c if m.generative else "white", edgecolors=c, linewidths=1.5, zorder=3)
+        lead = m.authors.split(",")[0].split(" (")[0].removesuffix(" et al.")
+        if "," in m.authors or "et al." in m.authors:
+            lead += " et al."
+        ax.annotate(f"{m.year}  {m.name}  ({lead})", (m.year, row), xytext=(7, 0),
+                    textcoords="offset points", va="center", fontsize=8, color=c)
+    ax.set_ylim(len(milestones) - 0.5, -0.5)  # oldest on top
+    ax.set_yticks([])
+    first, last = min(m.year for m in milestones), max(m.year for m in milestones)
+    ax.set_xlim(first - 3, last + 28)  # room for the labels right of the newest dots
+    ax.set_xticks(range(10 * (first // 10 + 1), last + 1, 10))
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("year (hollow: not itself generative)")
-    ax.set_title("Milestones on the road to generative AI")
+    ax.set_xlabel("year")
+    ax.set_title("Milestones on the road to generative AI (hollow: important, but not itself generative)")
+    ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in colors.items()],
+              loc="lower left", fontsize=8)
     fig.tight_layout()
     if save is not None:
         fig.savefig(save, dpi=120)

@@ -14,7 +14,7 @@ samples the classifier labels with >= 0.9 confidence) and class coverage (share 
 
 Text: nats and bits per character, bpc = nll_nats / ln 2.
 
-Retrain the classifier (rewrites the asset; about a minute on 2 CPU cores):
+Retrain the classifier (rewrites the asset; 1-2 minutes on 2 idle CPU cores, deterministic):
 
     python -m aigc_lib.metrics --retrain
 """
@@ -38,7 +38,8 @@ from aigc_lib.data import mnist5k
 from aigc_lib.runtime import get_device, seed_everything
 
 ASSET_PATH = Path(__file__).resolve().parent / "assets" / "digit_classifier.pt"
-ARCH_VERSION = 1  # bump when DigitClassifier changes shape; the asset records the version it was trained for
+# Bump ARCH_VERSION when DigitClassifier changes shape; the asset records the version it was made for.
+ARCH_VERSION = 1
 TRAIN_SEED = 0
 NUM_CLASSES = 10
 CONFIDENT = 0.9  # recognisability threshold on the max softmax probability
@@ -76,7 +77,8 @@ class DigitClassifier(nn.Module):
                 nn.MaxPool2d(2),
             )
 
-        self.conv = nn.Sequential(block(1, c1), block(c1, c2), nn.MaxPool2d(2))  # 28 -> 14 -> 7 -> 3
+        # spatial size 28 -> 14 -> 7 -> 3
+        self.conv = nn.Sequential(block(1, c1), block(c1, c2), nn.MaxPool2d(2))
         self.fc = nn.Linear(c2 * 3 * 3, config.feature_dim)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.feature_dim, NUM_CLASSES)
@@ -103,7 +105,11 @@ def _random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     shift = u[:, 3:] * (2.5 / 14)  # affine_grid works in [-1, 1] coordinates: 14 px = 1.0
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
-        [torch.stack([cos, -sin + shear * cos, shift[:, 0]], 1), torch.stack([sin, cos + shear * sin, shift[:, 1]], 1)], 1
+        [
+            torch.stack([cos, -sin + shear * cos, shift[:, 0]], 1),
+            torch.stack([sin, cos + shear * sin, shift[:, 1]], 1),
+        ],
+        1,
     )  # (B, 2, 3) maps output coords to input coords
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -114,7 +120,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator, noisy: float = 0.3) -> torch
     a digit on a slightly noisy background is still that digit (as a half-trained generator draws it)."""
     x = _random_affine(x, gen)  # (B, 1, 28, 28)
     b = x.shape[0]
-    amp = 0.3 * torch.rand(b, 1, 1, 1, generator=gen) * (torch.rand(b, 1, 1, 1, generator=gen) < noisy)  # (B, 1, 1, 1)
+    on = torch.rand(b, 1, 1, 1, generator=gen) < noisy  # (B, 1, 1, 1)
+    amp = 0.3 * torch.rand(b, 1, 1, 1, generator=gen) * on  # (B, 1, 1, 1)
     return (x + amp * torch.rand(x.shape, generator=gen)).clamp(0, 1)
 
 
@@ -126,10 +133,13 @@ def _outliers(digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     b = digits.shape[0]
     r = torch.rand(b, 1, 1, 1, generator=gen)  # (B, 1, 1, 1) per-image strength
     uniform = torch.rand(b, 1, 28, 28, generator=gen) * (0.3 + 0.7 * r)
-    gauss = (0.6 * r + (0.1 + 0.4 * torch.rand(b, 1, 1, 1, generator=gen)) * torch.randn(b, 1, 28, 28, generator=gen)).clamp(0, 1)
+    sd = 0.1 + 0.4 * torch.rand(b, 1, 1, 1, generator=gen)
+    gauss = (0.6 * r + sd * torch.randn(b, 1, 28, 28, generator=gen)).clamp(0, 1)
     sparse = (torch.rand(b, 1, 28, 28, generator=gen) < 0.05 + 0.35 * r).float()
     k = 4 + int(torch.randint(0, 4, (1,), generator=gen))  # blobs of 28 / k pixels
-    blobs = torch.sigmoid(4 * F.interpolate(torch.randn(b, 1, k, k, generator=gen), size=28, mode="bilinear") - 2)
+    blobs = torch.sigmoid(
+        4 * F.interpolate(torch.randn(b, 1, k, k, generator=gen), size=28, mode="bilinear") - 2
+    )
     shuffled = digits.flatten(1)[:, torch.randperm(784, generator=gen)].reshape(b, 1, 28, 28)
     constant = r.expand(b, 1, 28, 28)
     kinds = torch.stack([uniform, gauss, sparse, blobs, shuffled, constant])  # (6, B, 1, 28, 28)
@@ -138,7 +148,9 @@ def _outliers(digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
+) -> float:
     """Share of `images` whose argmax logit equals the label."""
     was_training = model.training
     model.eval()
@@ -165,8 +177,8 @@ def train_digit_classifier(
 
     AdamW with a one-cycle learning rate. Loss, with outlier exposure (Hendrycks et al., 2019):
         L = CE(z(x), y) + outlier_weight * mean_k(-log softmax(z(x_out))_k)
-    where x_out are non-digits (`_outliers`, half a batch) pushed towards the uniform prediction. Returns (model in eval mode, test
-    accuracy on mnist5k("test")). CPU, 2 cores: about a minute.
+    where x_out are non-digits (`_outliers`, half a batch) pushed towards the uniform prediction.
+    Returns (model in eval mode, test accuracy on mnist5k("test")). CPU, 2 idle cores: 1-2 minutes.
     """
     seed_everything(seed)
     device = get_device(device) if not isinstance(device, torch.device) else device
@@ -175,42 +187,58 @@ def train_digit_classifier(
     model = DigitClassifier().to(device)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * steps_per_epoch
+    )
     t0 = time.perf_counter()
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(train), generator=gen)
-        total = torch.zeros((), device=device)
+        totals = torch.zeros(2, device=device)  # summed (digit CE, outlier CE to uniform)
         for i in range(steps_per_epoch):
             idx = order[i * batch_size : (i + 1) * batch_size]
             x = _augment(train.images[idx], gen).to(device)  # (B, 1, 28, 28)
             y = train.labels[idx].to(device)  # (B,)
-            x_out = _outliers(train.images[idx[: len(idx) // 2]], gen).to(device)  # (B/2, 1, 28, 28)
+            x_out = _outliers(train.images[idx[: len(idx) // 2]], gen).to(
+                device
+            )  # (B/2, 1, 28, 28)
             logits = model(torch.cat([x, x_out]))  # (3B/2, 10)
-            loss = F.cross_entropy(logits[: len(y)], y)
-            loss = loss - outlier_weight * logits[len(y) :].log_softmax(-1).mean()  # CE to the uniform target
+            ce = F.cross_entropy(logits[: len(y)], y)
+            ce_out = -logits[len(y) :].log_softmax(-1).mean()  # CE to the uniform target; >= ln 10
+            loss = ce + outlier_weight * ce_out
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.detach()
-        mean_loss = (total / steps_per_epoch).item()  # one sync per epoch
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"digit classifier: loss became {mean_loss} in epoch {epoch}")
+            totals += torch.stack([ce.detach(), ce_out.detach()])
+        ce_mean, out_mean = (totals / steps_per_epoch).tolist()  # one host sync per epoch
+        if not (math.isfinite(ce_mean) and math.isfinite(out_mean)):
+            raise FloatingPointError(f"digit classifier: loss became NaN/inf in epoch {epoch + 1}")
         if verbose:
-            print(f"epoch {epoch + 1:2d}/{epochs}  loss {mean_loss:.4f}  {time.perf_counter() - t0:5.1f}s", flush=True)
+            print(
+                f"epoch {epoch + 1:2d}/{epochs}  digit CE {ce_mean:.4f}  outlier CE {out_mean:.4f} (min ln10 = 2.3026)"
+                f"  {time.perf_counter() - t0:5.1f}s",
+                flush=True,
+            )
     model.eval()
     test_acc = accuracy(model, test.images, test.labels)
     if verbose:
-        print(f"test accuracy {test_acc:.4f} on {len(test)} digits, {time.perf_counter() - t0:.1f}s")
+        print(
+            f"test accuracy {test_acc:.4f} on {len(test)} digits, {time.perf_counter() - t0:.1f}s"
+        )
     return model, test_acc
 
 
-def save_digit_classifier(model: DigitClassifier, test_accuracy: float, seed: int, path: Path = ASSET_PATH) -> Path:
+def save_digit_classifier(
+    model: DigitClassifier, test_accuracy: float, seed: int, path: Path = ASSET_PATH
+) -> Path:
     """Write the float32 state_dict with its metadata (architecture version, config, accuracy, seed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     config = asdict(model.config)
     config["channels"] = list(config["channels"])
     torch.save(
@@ -219,7 +247,7 @@ def save_digit_classifier(model: DigitClassifier, test_accuracy: float, seed: in
             "config": config,
             "test_accuracy": float(test_accuracy),
             "seed": int(seed),
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "state_dict": state,
         },
         path,
@@ -231,7 +259,9 @@ def read_asset(path: Path = ASSET_PATH) -> dict:
     """The asset's contents: metadata and state_dict (loaded with weights_only=True)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"digit classifier weights not found at {path}; run `python -m aigc_lib.metrics --retrain`")
+        raise FileNotFoundError(
+            f"digit classifier weights not found at {path}; run `python -m aigc_lib.metrics --retrain`"
+        )
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.get("arch_version") != ARCH_VERSION:
         raise RuntimeError(
@@ -267,11 +297,17 @@ def _as_float64_2d(x: Tensorish, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor or numpy array of shape (N, D), got {type(x).__name__}")
+        raise TypeError(
+            f"{name}: expected a torch.Tensor or numpy array of shape (N, D), got {type(x).__name__}"
+        )
     if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array of features (N, D), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected a 2-D array of features (N, D), got shape {tuple(x.shape)}"
+        )
     if x.shape[0] < 2:
-        raise ValueError(f"{name}: need at least 2 rows (samples) to estimate a covariance, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: need at least 2 rows (samples) to estimate a covariance, got shape {tuple(x.shape)}"
+        )
     x = x.detach().to("cpu", torch.float64)
     if not torch.isfinite(x).all():
         raise ValueError(f"{name}: contains NaN or inf")
@@ -291,7 +327,9 @@ def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
     return (u * lam.clamp_min(0).sqrt()) @ u.T
 
 
-def frechet_from_stats(mu_a: torch.Tensor, s_a: torch.Tensor, mu_b: torch.Tensor, s_b: torch.Tensor) -> float:
+def frechet_from_stats(
+    mu_a: torch.Tensor, s_a: torch.Tensor, mu_b: torch.Tensor, s_b: torch.Tensor
+) -> float:
     """FD = ||mu_a - mu_b||^2 + Tr S_a + Tr S_b - 2 Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}, in float64.
 
     The last trace is the sum of sqrt(eigenvalues) of the symmetric PSD matrix M = S_a^{1/2} S_b S_a^{1/2};
@@ -321,7 +359,9 @@ def frechet_distance(feats_a: Tensorish, feats_b: Tensorish) -> float:
 # ----------------------------------------------------------------------------------------------
 # Classifier-based image metrics
 
-RANGE_TOLERANCE = 0.02  # values within [-tol, 1 + tol] are clamped to [0, 1]; beyond that is an error
+RANGE_TOLERANCE = (
+    0.02  # values within [-tol, 1 + tol] are clamped to [0, 1]; beyond that is an error
+)
 
 
 def check_digit_images(images: Tensorish, name: str = "images") -> torch.Tensor:
@@ -329,7 +369,9 @@ def check_digit_images(images: Tensorish, name: str = "images") -> torch.Tensor:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(images).__name__}")
+        raise TypeError(
+            f"{name}: expected a torch.Tensor or numpy array, got {type(images).__name__}"
+        )
     shape = tuple(images.shape)
     if images.ndim == 4 and shape[1:] == (1, 28, 28):
         x = images
@@ -338,11 +380,15 @@ def check_digit_images(images: Tensorish, name: str = "images") -> torch.Tensor:
     elif images.ndim == 2 and shape[1] == 784:
         x = images.reshape(-1, 1, 28, 28)
     else:
-        raise ValueError(f"{name}: expected shape (N, 1, 28, 28), (N, 28, 28) or (N, 784), got {shape}")
+        raise ValueError(
+            f"{name}: expected shape (N, 1, 28, 28), (N, 28, 28) or (N, 784), got {shape}"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"{name}: got no images (shape {shape})")
     if x.dtype == torch.uint8:
-        raise ValueError(f"{name}: got uint8 pixels (0..255); pass images.float() / 255 so values lie in [0, 1]")
+        raise ValueError(
+            f"{name}: got uint8 pixels (0..255); pass images.float() / 255 so values lie in [0, 1]"
+        )
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected floating-point pixels in [0, 1], got dtype {x.dtype}")
     x = x.detach().float()
@@ -350,14 +396,18 @@ def check_digit_images(images: Tensorish, name: str = "images") -> torch.Tensor:
         raise ValueError(f"{name}: contains NaN or inf")
     lo, hi = x.min().item(), x.max().item()
     if hi > 1 + RANGE_TOLERANCE and hi > 2:
-        raise ValueError(f"{name}: values should lie in [0, 1] but range over [{lo:.3g}, {hi:.3g}], which looks like [0, 255]; pass images / 255")
+        raise ValueError(
+            f"{name}: values should lie in [0, 1] but range over [{lo:.3g}, {hi:.3g}], which looks like [0, 255]; pass images / 255"
+        )
     if lo < -RANGE_TOLERANCE:
         raise ValueError(
             f"{name}: values should lie in [0, 1] but range over [{lo:.3g}, {hi:.3g}], which looks like [-1, 1] "
             f"(e.g. a tanh output); pass (images + 1) / 2"
         )
     if hi > 1 + RANGE_TOLERANCE:
-        raise ValueError(f"{name}: values should lie in [0, 1] but range over [{lo:.3g}, {hi:.3g}]; pass images.clamp(0, 1)")
+        raise ValueError(
+            f"{name}: values should lie in [0, 1] but range over [{lo:.3g}, {hi:.3g}]; pass images.clamp(0, 1)"
+        )
     return x.clamp(0, 1)
 
 
@@ -379,12 +429,16 @@ def _features_and_probs(
     return torch.cat(feats), torch.cat(probs)
 
 
-def digit_features(images: Tensorish, batch_size: int = 500, device: str | torch.device | None = None) -> torch.Tensor:
+def digit_features(
+    images: Tensorish, batch_size: int = 500, device: str | torch.device | None = None
+) -> torch.Tensor:
     """Classifier features (N, D) of digit images in [0, 1], float32 on CPU."""
     return _features_and_probs(images, batch_size, device)[0]
 
 
-def digit_probs(images: Tensorish, batch_size: int = 500, device: str | torch.device | None = None) -> torch.Tensor:
+def digit_probs(
+    images: Tensorish, batch_size: int = 500, device: str | torch.device | None = None
+) -> torch.Tensor:
     """Classifier class probabilities softmax(z) (N, 10) of digit images in [0, 1], float32 on CPU."""
     return _features_and_probs(images, batch_size, device)[1]
 
@@ -393,59 +447,90 @@ def _device_key(device: str | torch.device | None) -> str:
     return str(get_device(device) if not isinstance(device, torch.device) else device)
 
 
-@lru_cache(maxsize=8)
-def _real_features(split: str, device_key: str) -> torch.Tensor:
-    """Features of all of mnist5k(split), cached in memory per device. (N, D)"""
-    return digit_features(mnist5k(split).images, device=device_key)
+@lru_cache(maxsize=4)
+def _reference_features(device_key: str) -> torch.Tensor:
+    """Features of all of mnist5k("test"), computed once per device and kept in memory. (1000, D)"""
+    return digit_features(mnist5k("test").images, device=device_key)
 
 
-@lru_cache(maxsize=64)
-def _real_stats(split: str, n: int | None, seed: int | None, device_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, S) of n real digits of `split`: the first n if seed is None, else n drawn with `seed`."""
-    feats = _real_features(split, device_key)
-    if seed is not None:
-        feats = feats[torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))]
-    return _mean_cov(_as_float64_2d(feats[:n], f"mnist5k({split!r}) features"))
+@lru_cache(maxsize=32)
+def _reference_stats(n_ref: int, device_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, S) of the first n_ref reference digits."""
+    return _mean_cov(_as_float64_2d(_reference_features(device_key)[:n_ref], "reference features"))
 
 
-def _check_count(value: int, name: str, low: int, high: int) -> int:
+def _check_count(
+    value: int | None, name: str, low: int, high: int, default: int | None = None
+) -> int:
+    if value is None and default is not None:
+        return default
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(f"{name}: expected an int in [{low}, {high}], got {value!r}")
     return value
 
 
-def reference_features(n_ref: int | None = None, device: str | torch.device | None = None) -> torch.Tensor:
-    """Features (n_ref, D) of the reference set: the first n_ref digits of mnist5k("test") (default all 1,000)."""
-    feats = _real_features("test", _device_key(device))
-    n_ref = len(feats) if n_ref is None else _check_count(n_ref, "n_ref", 2, len(feats))
-    return feats[:n_ref]
+def _resolve_n_ref(n_ref: int | None, device_key: str) -> int:
+    n_test = len(_reference_features(device_key))
+    return _check_count(n_ref, "n_ref", 2, n_test, default=n_test)
 
 
-def frechet_digit_distance(samples: Tensorish, reference: Tensorish | None = None, device: str | torch.device | None = None) -> float:
-    """FD between classifier features of `samples` and of `reference` images (default: mnist5k("test"))."""
-    feats = digit_features(samples, device=device)
-    ref = reference_features(device=device) if reference is None else digit_features(reference, device=device)
-    return frechet_distance(feats, ref)
+@lru_cache(maxsize=1)
+def _train_images() -> torch.Tensor:
+    return mnist5k("train").images  # (4000, 1, 28, 28)
 
 
-def real_floor(n: int, seed: int = 0, n_ref: int | None = None, device: str | torch.device | None = None) -> float:
-    """The real-vs-real floor: FD between n real digits of mnist5k("train") (drawn with `seed`) and the
-    reference (the first n_ref digits of mnist5k("test"), default all 1,000). The two sets are disjoint.
+def reference_features(
+    n_ref: int | None = None, device: str | torch.device | None = None
+) -> torch.Tensor:
+    """Features (n_ref, D) of the reference set: the first n_ref of mnist5k("test") (default 1,000)."""
+    device_key = _device_key(device)
+    n_ref = _resolve_n_ref(n_ref, device_key)
+    return _reference_features(device_key)[:n_ref].clone()  # a copy: callers cannot edit the cache
 
-    A generator whose n samples score close to this is indistinguishable from real digits for this
-    metric. Cached: repeated calls with the same arguments are free.
+
+def frechet_digit_distance(
+    samples: Tensorish, reference: Tensorish | None = None, device: str | torch.device | None = None
+) -> float:
+    """FD between classifier features of `samples` and of `reference` images (default: all of
+    mnist5k("test"), whose statistics are cached)."""
+    device_key = _device_key(device)
+    feats = _as_float64_2d(digit_features(samples, device=device_key), "samples")  # (N, D)
+    if reference is None:
+        ref_stats = _reference_stats(_resolve_n_ref(None, device_key), device_key)
+        return frechet_from_stats(*_mean_cov(feats), *ref_stats)
+    return frechet_distance(feats, digit_features(reference, device=device_key))
+
+
+def real_floor(
+    n: int, seed: int = 0, n_ref: int | None = None, device: str | torch.device | None = None
+) -> float:
+    """The real-vs-real floor: FD between n real digits of mnist5k("train"), drawn without replacement
+    with `seed`, and the reference (the first n_ref digits of mnist5k("test"), default all 1,000).
+    The two sets are disjoint; with n = n_ref = 1000 they are two real sets of the same size.
+
+    FD is biased upwards at small n, so read a generator's FD over n samples against real_floor(n).
+    The classifier was trained on the train digits, which makes their features a little tighter than
+    those of unseen digits: this floor is slightly higher (easier to reach) than one between two
+    unseen sets. Cached: repeated calls with the same arguments cost nothing.
     """
-    return _real_floor(_check_count(n, "n", 2, len(mnist5k("train"))), seed, n_ref, _device_key(device))
+    n = _check_count(n, "n", 2, len(_train_images()))
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    device_key = _device_key(device)
+    return _real_floor(n, seed, _resolve_n_ref(n_ref, device_key), device_key)
 
 
 @lru_cache(maxsize=64)
-def _real_floor(n: int, seed: int, n_ref: int | None, device_key: str) -> float:
-    n_test = len(_real_features("test", device_key))
-    n_ref = n_test if n_ref is None else _check_count(n_ref, "n_ref", 2, n_test)
-    return frechet_from_stats(*_real_stats("train", n, seed, device_key), *_real_stats("test", n_ref, None, device_key))
+def _real_floor(n: int, seed: int, n_ref: int, device_key: str) -> float:
+    train = _train_images()
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]  # (n,)
+    feats = _as_float64_2d(digit_features(train[idx], device=device_key), "train features")
+    return frechet_from_stats(*_mean_cov(feats), *_reference_stats(n_ref, device_key))
 
 
-def recognisability(images: Tensorish, threshold: float = CONFIDENT, device: str | torch.device | None = None) -> float:
+def recognisability(
+    images: Tensorish, threshold: float = CONFIDENT, device: str | torch.device | None = None
+) -> float:
     """Share of images the classifier labels with confidence max_k softmax(z)_k >= threshold."""
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold: expected a probability in (0, 1], got {threshold!r}")
@@ -464,7 +549,9 @@ def _coverage(probs: torch.Tensor, threshold: float) -> Coverage:
     return Coverage(shares, int(torch.unique(pred[conf >= threshold]).numel()))
 
 
-def class_coverage(images: Tensorish, threshold: float = CONFIDENT, device: str | torch.device | None = None) -> Coverage:
+def class_coverage(
+    images: Tensorish, threshold: float = CONFIDENT, device: str | torch.device | None = None
+) -> Coverage:
     """Per-class shares of the classifier's argmax labels (10,), and how many classes are present
     (predicted at least once with confidence >= threshold). Uniform coverage is 0.1 per class."""
     if not 0 <= threshold <= 1:
@@ -472,7 +559,12 @@ def class_coverage(images: Tensorish, threshold: float = CONFIDENT, device: str 
     return _coverage(digit_probs(images, device=device), threshold)
 
 
-def evaluate_digits(samples: Tensorish, n_ref: int | None = None, seed: int = 0, device: str | torch.device | None = None) -> dict:
+def evaluate_digits(
+    samples: Tensorish,
+    n_ref: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> dict:
     """All image metrics for a batch of generated digits in [0, 1] (one classifier pass over `samples`).
 
     Returns a dict: n, n_ref, fd (vs the first n_ref of mnist5k("test")), fd_floor (`real_floor` at the
@@ -482,16 +574,17 @@ def evaluate_digits(samples: Tensorish, n_ref: int | None = None, seed: int = 0,
     device_key = _device_key(device)
     feats, probs = _features_and_probs(samples, device=device_key)  # (N, D), (N, 10)
     if feats.shape[0] < 2:
-        raise ValueError(f"samples: need at least 2 images for a Fréchet distance, got shape {tuple(feats.shape)}")
-    ref = reference_features(n_ref, device_key)
-    n = feats.shape[0]
-    n_floor = min(n, len(mnist5k("train")))
-    fd = frechet_distance(feats, ref)
-    floor = real_floor(n_floor, seed, len(ref), device_key)
+        raise ValueError(
+            f"samples: need at least 2 images for a Fréchet distance, got shape {tuple(feats.shape)}"
+        )
+    n, n_ref = feats.shape[0], _resolve_n_ref(n_ref, device_key)
+    mu_s, cov_s = _mean_cov(_as_float64_2d(feats, "samples"))
+    fd = frechet_from_stats(mu_s, cov_s, *_reference_stats(n_ref, device_key))
+    floor = real_floor(min(n, len(_train_images())), seed, n_ref, device_key)
     cov = _coverage(probs, CONFIDENT)
     return {
         "n": n,
-        "n_ref": len(ref),
+        "n_ref": n_ref,
         "fd": fd,
         "fd_floor": floor,
         "fd_ratio": fd / floor if floor > 0 else float("inf"),
@@ -519,7 +612,9 @@ def bits_per_char(nll_nats: float | torch.Tensor) -> float | torch.Tensor:
     return nats_to_bits(nll_nats)
 
 
-def cross_entropy_nats_per_char(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def cross_entropy_nats_per_char(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
     """Mean NLL in nats per character: -(1/N) sum_i log softmax(z_i)[y_i], over targets != ignore_index.
 
     logits (B, T, V) or (N, V); targets (B, T) or (N,) of class indices. Returns a 0-d tensor.
@@ -533,7 +628,11 @@ def cross_entropy_nats_per_char(logits: torch.Tensor, targets: torch.Tensor, ign
         )
     if targets.is_floating_point():
         raise ValueError(f"targets: expected integer class indices, got dtype {targets.dtype}")
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).long(), ignore_index=ignore_index)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1).long(),
+        ignore_index=ignore_index,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,12 +640,20 @@ def cross_entropy_nats_per_char(logits: torch.Tensor, targets: torch.Tensor, ign
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m aigc_lib.metrics", description=__doc__.split("\n")[0])
-    parser.add_argument("--retrain", action="store_true", help="train the digit classifier and rewrite the asset")
+    parser = argparse.ArgumentParser(
+        prog="python -m aigc_lib.metrics", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--retrain", action="store_true", help="train the digit classifier and rewrite the asset"
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--out", type=Path, default=ASSET_PATH)
-    parser.add_argument("--device", default="cpu", help="device for retraining (default cpu: the asset is made there)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="device for retraining (default cpu: the asset is made there)",
+    )
     args = parser.parse_args(argv)
     if args.retrain:
         model, acc = train_digit_classifier(epochs=args.epochs, seed=args.seed, device=args.device)
@@ -557,7 +664,9 @@ def main(argv: list[str] | None = None) -> None:
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     print(f"{args.out}: {meta}")
     test = mnist5k("test")
-    print(f"test accuracy now: {accuracy(load_digit_classifier(args.device), test.images, test.labels):.4f}")
+    print(
+        f"test accuracy now: {accuracy(load_digit_classifier(args.device), test.images, test.labels):.4f}"
+    )
     print(f"real floor (n=1000): {real_floor(1000, device=args.device):.3f}")
 
 

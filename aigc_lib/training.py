@@ -5,7 +5,8 @@ What it does for you (COURSE_DESIGN §3):
     - no host-device sync per step: losses stay on the device and are copied to the host once every
       `log_every` steps, where the progress bar is updated and NaN/inf is caught
       (`NonFiniteLossError`, which never lets a bad checkpoint reach the disk);
-    - `checkpoint=path`: saves every `ckpt_every` steps, at the end and on Ctrl-C / kernel interrupt;
+    - `checkpoint=path`: saves every `ckpt_every` steps, at the end and on Ctrl-C / kernel interrupt
+      (an interrupt that lands inside the optimizer update waits for the update to finish);
       re-running the same call resumes where it stopped and gives the same final weights as a run
       that was never interrupted (a finished run just loads its weights and returns its history).
 
@@ -52,7 +53,6 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,7 @@ def fit(
     model.train()
     bar = tqdm(total=steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
     rng = _torch_rng_state()  # torch RNG at the start of `step`: an interrupt rewinds to it
+    hold_ctrl_c = _HoldCtrlC()
     try:
         while step < steps:
             batch = _to_device(draw(step), device)
@@ -170,7 +171,7 @@ def fit(
             if grad_clip is not None:
                 metrics["grad_norm"] = nn.utils.clip_grad_norm_(params, grad_clip)
             # Ctrl-C waits for this block: a half-applied update could not be resumed exactly.
-            with _defer_keyboard_interrupt():
+            with hold_ctrl_c:
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
@@ -179,20 +180,22 @@ def fit(
                 rng = _torch_rng_state()
             bar.update()
             if log.full or step == steps:
-                bar.set_postfix(log.flush(path))  # the only host sync: once per `log_every` steps
+                with hold_ctrl_c:  # so Ctrl-C cannot drop half a window from the history
+                    bar.set_postfix(log.flush(path))  # the only host sync: once per `log_every` steps
             if path is not None and (step % ckpt_every == 0 or step == steps):
                 log.flush(path)
                 _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
     except KeyboardInterrupt:
         bar.close()
         if path is None:
-            print(f"interrupted at step {step}; no checkpoint= was given, so a re-run starts again from step 0")
+            print(f"interrupted at step {step}; nothing was saved (no checkpoint= given), the model keeps its weights in memory")
         else:
             log.flush(path)
             _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
             print(f"interrupted at step {step}; checkpoint saved to {path}; re-run to resume")
         raise
     finally:
+        hold_ctrl_c.uninstall()
         bar.close()
         model.train(was_training)
     return log.history
@@ -207,40 +210,42 @@ def _to_host(t: torch.Tensor) -> list:
 
 
 class _Log:
-    """Buffers per-step metrics in a (log_every, n_metrics) device tensor; `flush` syncs it once."""
+    """Keeps up to `size` steps of metrics as device tensors; `flush` copies them to the host at once."""
 
     def __init__(self, size: int, device: torch.device, history: History):
         self.size, self.device, self.history = size, device, history
         self.names: list[str] | None = None
-        self.buffer: torch.Tensor | None = None
-        self.first_step, self.n = 0, 0
+        self.rows: list[list[torch.Tensor]] = []  # detached scalars: no graph, no sync
+        self.first_step = 0
 
     @property
     def full(self) -> bool:
-        return self.n == self.size
+        return len(self.rows) == self.size
 
     def record(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
         if self.names is None:
             self.names = list(metrics)
-            self.buffer = torch.empty(self.size, len(self.names), device=self.device)
         if list(metrics) != self.names:
             raise ValueError(f"loss_fn: must return the same metrics every step; first {self.names}, now {list(metrics)}")
-        if self.n == 0:
+        if not self.rows:
             self.first_step = step
-        self.buffer[self.n] = torch.stack([metrics[k].detach().float().reshape(()) for k in self.names])
-        self.n += 1
+        self.rows.append([metrics[k].detach() for k in self.names])
 
     def flush(self, path: Path | None) -> dict[str, str]:
         """Move buffered metrics to the history; raise NonFiniteLossError on nan/inf. Returns a postfix."""
-        if self.n == 0:
+        if not self.rows:
             return {}
-        rows, start, self.n = _to_host(self.buffer[: self.n]), self.first_step, 0
+        # One device -> host copy for the whole window.
+        flat = torch.cat([v.reshape(1).to(self.device, torch.float32) for row in self.rows for v in row])
+        values, k = _to_host(flat), len(self.names)
+        rows = [dict(zip(self.names, values[i : i + k], strict=True)) for i in range(0, len(values), k)]
+        start, self.rows = self.first_step, []
         for i, row in enumerate(rows):
-            bad = [name for name, x in zip(self.names, row, strict=True) if not math.isfinite(x)]
+            bad = [name for name, x in row.items() if not math.isfinite(x)]
             if bad:
-                self._raise_non_finite(start + i, start + len(rows) - 1, dict(zip(self.names, row, strict=True)), bad, path)
-            self.history.append(start + i, dict(zip(self.names, row, strict=True)))
-        return {k: f"{sum(col) / len(col):.4g}" for k, col in zip(self.names, zip(*rows, strict=True), strict=True)}
+                self._raise_non_finite(start + i, start + len(rows) - 1, row, bad, path)
+            self.history.append(start + i, row)
+        return {name: f"{sum(r[name] for r in rows) / len(rows):.4g}" for name in self.names}
 
     def _raise_non_finite(self, step: int, last: int, row: dict, bad: list[str], path: Path | None) -> None:
         losses = self.history.losses
@@ -324,21 +329,38 @@ def _as_metrics(out: Any) -> dict[str, torch.Tensor]:
     return metrics
 
 
-@contextmanager
-def _defer_keyboard_interrupt():
-    """Hold a SIGINT (Ctrl-C, Jupyter's stop button) until the block has finished."""
-    old = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or old is None:
-        yield  # signals can only be handled in the main thread
-        return
-    caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-    if caught:
-        raise KeyboardInterrupt
+class _HoldCtrlC:
+    """While fit runs, SIGINT (Ctrl-C, Jupyter's stop button) acts at once, except inside
+    `with hold:`, where it waits until the block has finished."""
+
+    def __init__(self):
+        self.holding = self.pending = False
+        self.old = signal.getsignal(signal.SIGINT)
+        # Only replace a Python handler (normally the one raising KeyboardInterrupt): an ignored
+        # SIGINT stays ignored, and handlers can only be set from the main thread.
+        self.installed = threading.current_thread() is threading.main_thread() and callable(self.old)
+        if self.installed:
+            signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        if self.holding:
+            self.pending = True
+        else:
+            self.old(signum, frame)  # normally signal.default_int_handler: raises KeyboardInterrupt
+
+    def __enter__(self) -> None:
+        self.holding = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.holding = False
+        if self.pending and exc_type is None:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def uninstall(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.old)
+            self.installed = False
 
 
 # --- checkpoints -----------------------------------------------------------------------------------

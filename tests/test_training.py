@@ -164,23 +164,36 @@ def test_more_steps_continue_a_finished_run(tmp_path):
     assert hist == ref_hist
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
-def test_ctrl_c_during_the_update_finishes_the_step(tmp_path):
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGINT)),
+    reason="needs Python's Ctrl-C handler in the main thread",
+)
+@pytest.mark.parametrize(("where", "saved_step"), [("forward", 8), ("update", 9)])
+def test_real_ctrl_c_saves_a_resumable_checkpoint(tmp_path, where, saved_step):
+    """SIGINT in the forward pass stops at once; inside optimizer.step() it lets step 8 finish."""
     ref_model, _ = straight_run(20)
     ckpt = tmp_path / "run.pt"
     model, opt, sched = make()
     calls = []
 
-    def sigint_in_step_8(optimizer, args, kwargs):  # Ctrl-C arrives in the middle of optimizer.step()
+    def ctrl_c_in_step_8(*args):
         calls.append(1)
         if len(calls) == 9:
             signal.raise_signal(signal.SIGINT)
 
-    opt.register_step_post_hook(sigint_in_step_8)
+    def loss_fn(model, batch):
+        if where == "forward":
+            ctrl_c_in_step_8()
+        return mse(model, batch)
+
+    if where == "update":
+        opt.register_step_post_hook(ctrl_c_in_step_8)
+    handler = signal.getsignal(signal.SIGINT)
     torch.manual_seed(123)
     with pytest.raises(KeyboardInterrupt):
-        fit(model, opt, random_batch, mse, 20, scheduler=sched, checkpoint=ckpt, log_every=3, progress=False)
-    assert torch.load(ckpt, weights_only=True)["step"] == 9  # step 8 was completed, not torn
+        fit(model, opt, random_batch, loss_fn, 20, scheduler=sched, checkpoint=ckpt, log_every=3, progress=False)
+    assert torch.load(ckpt, weights_only=True)["step"] == saved_step
+    assert signal.getsignal(signal.SIGINT) is handler  # fit put the Ctrl-C handler back
 
     model, opt, sched = make(seed=2)
     fit(model, opt, random_batch, mse, 20, scheduler=sched, checkpoint=ckpt, log_every=3, progress=False)
