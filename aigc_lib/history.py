@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from aigc_lib.training import History, fit
+
 # ---------------------------------------------------------------------------------------------
 # 1. Timeline and corrections
 # ---------------------------------------------------------------------------------------------
@@ -383,13 +385,14 @@ class PixelBayes:
 
 
 def train_logistic_regression(images: torch.Tensor, labels: torch.Tensor, *, steps: int = 300,
-                              lr: float = 0.5, weight_decay: float = 1e-4, num_classes: int = 10) -> torch.nn.Linear:
-    """Discriminative twin: softmax regression p(y|x) trained by full-batch gradient descent on cross-entropy."""
-    x = images.flatten(1)
-    model = torch.nn.Linear(x.shape[1], num_classes)
+                              lr: float = 0.5, weight_decay: float = 1e-4, num_classes: int = 10,
+                              progress: bool = True) -> tuple[torch.nn.Linear, History]:
+    """Discriminative twin: softmax regression p(y|x) = softmax(W x + b), full-batch SGD on cross-entropy."""
+    if len(images) != len(labels):
+        raise ValueError(f"labels: expected {len(images)} labels for {len(images)} images, got {len(labels)}")
+    model = torch.nn.Linear(images[0].numel(), num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), labels).backward()
-        opt.step()
-    return model
+    batch = (images.flatten(1), labels)
+    history = fit(model, opt, lambda step: batch, lambda m, b: F.cross_entropy(m(b[0]), b[1]), steps,
+                  log_every=max(1, min(50, steps // 10)), desc="logistic regression", progress=progress)
+    return model, history

@@ -33,9 +33,13 @@ fit steps the generator's optimizer and checkpoints the other one through `extra
         return {"loss": g_loss, "d_loss": d_loss.detach()}
     fit(gan, opt_g, batches, gan_loss, steps, extra_state={"opt_d": opt_d})
 
-Carried state (LSTM, truncated BPTT): keep it in the closure and detach it every step. It is not in
-the checkpoint, so reset it at steps the batch function can tell (e.g. each pass over the text) to
-keep resume exact:
+(grad_clip clips opt_g's parameters only; clip D inside gan_loss if it needs it. The D backward runs
+under fit's bf16 autocast, which needs no GradScaler.)
+
+Carried state (LSTM, truncated BPTT): keep it in the closure, detach it every step and reset it at
+steps the batch function names (e.g. each pass over the text). It is not in the checkpoint: a resumed
+run starts it from zeros, which is exact at a reset step (make ckpt_every a multiple of the pass) and
+otherwise gives one chunk a fresh state, harmless for training:
 
     carry = {"h": None}
     def lm_loss(model, batch):
@@ -109,7 +113,10 @@ class History:
     @classmethod
     def from_dict(cls, d: Mapping[str, list]) -> History:
         d = dict(d)
-        return cls(steps=[int(s) for s in d.pop("step")], metrics={k: [float(x) for x in v] for k, v in d.items()})
+        return cls(
+            steps=[int(s) for s in d.pop("step")],
+            metrics={k: [float(x) for x in v] for k, v in d.items()},
+        )
 
 
 def fit(
@@ -140,7 +147,8 @@ def fit(
     Batches are moved to the model's device (tensors inside tuples, lists and dicts too), so move
     the model with `model.to(device)` before creating the optimizer.
     """
-    _check_args(model, optimizer, batches, loss_fn, steps, grad_clip, scheduler, ckpt_every, log_every, extra_state)
+    _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state)
+    _check_numbers(steps=steps, ckpt_every=ckpt_every, log_every=log_every, grad_clip=grad_clip)
     device = next(model.parameters()).device
     path = Path(checkpoint) if checkpoint is not None else None
     extra = dict(extra_state or {})
@@ -150,7 +158,9 @@ def fit(
         step, history = _load(path, model, optimizer, scheduler, extra)
         if step >= steps:  # finished before: weights and RNG are now as they were at the end
             if progress:
-                print(f"{desc}: loaded the finished run from {path} (step {step}); delete it to train again")
+                print(
+                    f"{desc}: loaded the finished run from {path} (step {step}); delete it to retrain"
+                )
             return history
     draw = _batch_fn(batches, start=step)
 
@@ -180,15 +190,17 @@ def fit(
                 rng = _torch_rng_state()
             bar.update()
             if log.full or step == steps:
-                with hold_ctrl_c:  # so Ctrl-C cannot drop half a window from the history
-                    bar.set_postfix(log.flush(path))  # the only host sync: once per `log_every` steps
+                # The only host sync: once per `log_every` steps. Held, so that Ctrl-C cannot
+                # drop half a window from the history.
+                with hold_ctrl_c:
+                    bar.set_postfix(log.flush(path))
             if path is not None and (step % ckpt_every == 0 or step == steps):
                 log.flush(path)
                 _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
     except KeyboardInterrupt:
         bar.close()
         if path is None:
-            print(f"interrupted at step {step}; nothing was saved (no checkpoint= given), the model keeps its weights in memory")
+            print(f"interrupted at step {step}; nothing saved (no checkpoint= given)")
         else:
             log.flush(path)
             _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
@@ -226,7 +238,9 @@ class _Log:
         if self.names is None:
             self.names = list(metrics)
         if list(metrics) != self.names:
-            raise ValueError(f"loss_fn: must return the same metrics every step; first {self.names}, now {list(metrics)}")
+            raise ValueError(
+                f"loss_fn: must return the same metrics every step; first {self.names}, now {list(metrics)}"
+            )
         if not self.rows:
             self.first_step = step
         self.rows.append([metrics[k].detach() for k in self.names])
@@ -236,9 +250,13 @@ class _Log:
         if not self.rows:
             return {}
         # One device -> host copy for the whole window.
-        flat = torch.cat([v.reshape(1).to(self.device, torch.float32) for row in self.rows for v in row])
+        flat = torch.cat(
+            [v.reshape(1).to(self.device, torch.float32) for row in self.rows for v in row]
+        )
         values, k = _to_host(flat), len(self.names)
-        rows = [dict(zip(self.names, values[i : i + k], strict=True)) for i in range(0, len(values), k)]
+        rows = [
+            dict(zip(self.names, values[i : i + k], strict=True)) for i in range(0, len(values), k)
+        ]
         start, self.rows = self.first_step, []
         for i, row in enumerate(rows):
             bad = [name for name, x in row.items() if not math.isfinite(x)]
@@ -247,9 +265,15 @@ class _Log:
             self.history.append(start + i, row)
         return {name: f"{sum(r[name] for r in rows) / len(rows):.4g}" for name in self.names}
 
-    def _raise_non_finite(self, step: int, last: int, row: dict, bad: list[str], path: Path | None) -> None:
+    def _raise_non_finite(
+        self, step: int, last: int, row: dict, bad: list[str], path: Path | None
+    ) -> None:
         losses = self.history.losses
-        last_ok = f"last finite loss {losses[-1]:.4g} at step {self.history.steps[-1]}" if losses else "no finite loss before it"
+        last_ok = (
+            f"last finite loss {losses[-1]:.4g} at step {self.history.steps[-1]}"
+            if losses
+            else "no finite loss before it"
+        )
         saved = f"; the checkpoint {str(path)!r} was not updated" if path is not None else ""
         what = ", ".join(f"{name}={row[name]}" for name in bad)
         raise NonFiniteLossError(
@@ -314,12 +338,20 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 def _as_metrics(out: Any) -> dict[str, torch.Tensor]:
     metrics = dict(out) if isinstance(out, Mapping) else {"loss": out}
     if "loss" not in metrics:
-        raise ValueError(f"loss_fn: a returned dict must have the key 'loss'; got keys {list(metrics)}")
+        raise ValueError(
+            f"loss_fn: a returned dict must have the key 'loss'; got keys {list(metrics)}"
+        )
     if "step" in metrics:
-        raise ValueError("loss_fn: 'step' is reserved for the step number; name the metric differently")
+        raise ValueError(
+            "loss_fn: 'step' is reserved for the step number; name the metric differently"
+        )
     for name, value in metrics.items():
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            got = (
+                f"shape {tuple(value.shape)}"
+                if isinstance(value, torch.Tensor)
+                else type(value).__name__
+            )
             raise ValueError(f"loss_fn: {name!r} must be a scalar tensor; got {got}")
     if not metrics["loss"].requires_grad:
         raise ValueError(
@@ -338,7 +370,9 @@ class _HoldCtrlC:
         self.old = signal.getsignal(signal.SIGINT)
         # Only replace a Python handler (normally the one raising KeyboardInterrupt): an ignored
         # SIGINT stays ignored, and handlers can only be set from the main thread.
-        self.installed = threading.current_thread() is threading.main_thread() and callable(self.old)
+        self.installed = threading.current_thread() is threading.main_thread() and callable(
+            self.old
+        )
         if self.installed:
             signal.signal(signal.SIGINT, self._handler)
 
@@ -386,7 +420,11 @@ def _rng_state(torch_state: dict[str, Any]) -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if (
+        "cuda" in state
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(state["cuda"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -398,7 +436,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain model's keys
 
 
-def _save(path: Path, step: int, model, optimizer, scheduler, extra: dict, history: History, rng: dict) -> None:
+def _save(
+    path: Path, step: int, model, optimizer, scheduler, extra: dict, history: History, rng: dict
+) -> None:
     """Write atomically (tmp file + os.replace): an interrupt mid-write leaves the old file intact."""
     # A checkpoint must never hold nan/inf weights: one sync per save to check them.
     tensors = [t for t in _unwrap(model).state_dict().values() if t.is_floating_point()]
@@ -447,7 +487,9 @@ def _load(path: Path, model, optimizer, scheduler, extra: dict) -> tuple[int, Hi
         for name, obj in extra.items():
             obj.load_state_dict(state["extra"][name])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(f"checkpoint: {str(path)!r} does not match this model/optimizer ({err}); {hint}") from err
+        raise ValueError(
+            f"checkpoint: {str(path)!r} does not match this model/optimizer ({err}); {hint}"
+        ) from err
     _set_rng_state(state["rng"])
     return state["step"], History.from_dict(state["history"])
 
@@ -455,26 +497,39 @@ def _load(path: Path, model, optimizer, scheduler, extra: dict) -> tuple[int, Hi
 # --- argument checks -------------------------------------------------------------------------------
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state) -> None:
+    def kind(x: Any) -> str:
+        return type(x).__name__
 
-
-def _check_args(model, optimizer, batches, loss_fn, steps, grad_clip, scheduler, ckpt_every, log_every, extra_state):
     if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
-        raise ValueError(f"model: expected an nn.Module with parameters, got {type(model).__name__}")
+        raise ValueError(f"model: expected an nn.Module with parameters, got {kind(model)}")
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        raise ValueError(f"optimizer: expected a torch.optim.Optimizer, got {kind(optimizer)}")
     if not callable(batches) and not isinstance(batches, Iterable):
-        raise ValueError(f"batches: expected a callable step -> batch or an iterable of batches, got {type(batches).__name__}")
+        raise ValueError(
+            f"batches: expected a callable step -> batch or an iterable, got {kind(batches)}"
+        )
     if not callable(loss_fn):
-        raise ValueError(f"loss_fn: expected a callable (model, batch) -> loss, got {type(loss_fn).__name__}")
-    for name, value in (("steps", steps), ("ckpt_every", ckpt_every), ("log_every", log_every)):
-        if not _is_int(value) or value <= 0:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or not grad_clip > 0 or math.isinf(grad_clip)):
-        raise ValueError(f"grad_clip: expected a positive finite number or None, got {grad_clip!r}")
+        raise ValueError(
+            f"loss_fn: expected a callable (model, batch) -> loss, got {kind(loss_fn)}"
+        )
     if scheduler is not None and not hasattr(scheduler, "state_dict"):
-        raise ValueError(f"scheduler: expected a torch LR scheduler or None, got {type(scheduler).__name__}")
+        raise ValueError(f"scheduler: expected a torch LR scheduler or None, got {kind(scheduler)}")
     for name, obj in (extra_state or {}).items():
         if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
-            raise ValueError(f"extra_state[{name!r}]: expected an object with state_dict()/load_state_dict(), got {type(obj).__name__}")
+            raise ValueError(
+                f"extra_state[{name!r}]: expected an object with state_dict() and "
+                f"load_state_dict(), got {kind(obj)}"
+            )
+
+
+def _check_numbers(*, grad_clip: Any, **counts: Any) -> None:
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if grad_clip is not None and (
+        isinstance(grad_clip, bool)
+        or not isinstance(grad_clip, (int, float))
+        or not 0 < grad_clip < math.inf
+    ):
+        raise ValueError(f"grad_clip: expected a positive finite number or None, got {grad_clip!r}")

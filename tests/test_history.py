@@ -115,3 +115,12 @@ def test_plot_timeline_saves_png(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_logistic_regression_trains_with_the_shared_loop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(50, 4, generator=g) + 2, torch.randn(50, 4, generator=g) - 2])
+    y = torch.tensor([0] * 50 + [1] * 50)
+    model, hist = history.train_logistic_regression(x, y, steps=40, num_classes=2, progress=False)
+    assert hist.losses[-1] < hist.losses[0] and len(hist.losses) == 40
+    assert (model(x).argmax(1) == y).float().mean() > 0.95

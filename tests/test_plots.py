@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from aigc_lib.plots import ema, image_grid, loss_curve
 from aigc_lib.training import History
 
+matplotlib.use("Agg")  # headless, as in CI, even on a desktop with a display
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -20,13 +21,14 @@ def assert_png(path) -> None:
     assert matplotlib.image.imread(path).shape[0] > 50  # rendered something of a real size
 
 
-def test_headless_backend_is_agg():
-    assert plt.get_backend().lower() == "agg"  # no display in CI: matplotlib falls back to Agg
-
-
 @pytest.mark.parametrize(
     "images",
-    [torch.rand(10, 1, 28, 28), torch.rand(6, 28, 28), np.random.rand(5, 3, 16, 16), torch.rand(1, 3, 8, 8)],
+    [
+        torch.rand(10, 1, 28, 28),
+        torch.rand(6, 28, 28),
+        np.random.rand(5, 3, 16, 16),
+        torch.rand(1, 3, 8, 8),
+    ],
     ids=["N1HW", "NHW", "N3HW-numpy", "single"],
 )
 def test_image_grid_writes_png(tmp_path, images):
@@ -39,9 +41,14 @@ def test_image_grid_writes_png(tmp_path, images):
 
 def test_image_grid_layout_labels_and_ranges(tmp_path):
     x = torch.linspace(-1, 1, 12 * 8 * 8).reshape(12, 1, 8, 8)
-    fig = image_grid(x, nrow=4, value_range=(-1, 1), labels=list(range(12)), save=tmp_path / "g.png")
+    fig = image_grid(
+        x, nrow=4, value_range=(-1, 1), labels=list(range(12)), save=tmp_path / "g.png"
+    )
     ax = fig.axes[0]
-    assert ax.images[0].get_array().shape == (3 * 9 + 1, 4 * 9 + 1)  # 3 rows x 4 columns, 1 px frames
+    assert ax.images[0].get_array().shape == (
+        3 * 9 + 1,
+        4 * 9 + 1,
+    )  # 3 rows x 4 columns, 1 px frames
     assert [t.get_text() for t in ax.texts] == [str(i) for i in range(12)]
     image_grid(x * 5, value_range=None)  # min/max scaling
 
@@ -62,7 +69,10 @@ def test_image_grid_draws_into_given_axes(tmp_path):
         (dict(images=torch.rand(0, 1, 8, 8)), "N >= 1"),
         (dict(images="cat"), "images: expected numbers"),
         (dict(images=torch.rand(4, 8, 8), nrow=0), "nrow: expected a positive int"),
-        (dict(images=torch.rand(4, 8, 8), labels=[1, 2]), r"labels: expected one label per image \(4\), got 2"),
+        (
+            dict(images=torch.rand(4, 8, 8), labels=[1, 2]),
+            r"labels: expected one label per image \(4\), got 2",
+        ),
         (dict(images=torch.rand(4, 8, 8), value_range=(1, 0)), "value_range"),
     ],
 )
@@ -74,7 +84,10 @@ def test_image_grid_rejects_bad_inputs(kwargs, message):
 def test_loss_curve_from_history_dict_and_list(tmp_path):
     hist = History()
     for step in range(200):
-        hist.append(step, {"loss": 1 / (step + 1) + 0.05 * np.random.rand(), "grad_norm": 2.0 + np.random.rand()})
+        hist.append(
+            step,
+            {"loss": 1 / (step + 1) + 0.05 * np.random.rand(), "grad_norm": 2.0 + np.random.rand()},
+        )
     fig = loss_curve(hist, title="training", save=tmp_path / "hist.png", logy=True)
     assert_png(tmp_path / "hist.png")
     assert len(fig.axes[0].lines) == 4  # raw + smoothed for each of the two series
@@ -82,7 +95,10 @@ def test_loss_curve_from_history_dict_and_list(tmp_path):
 
     fig = loss_curve(hist, keys=["loss"], smooth=0)
     assert len(fig.axes[0].lines) == 1
-    loss_curve({"step": [10, 20, 30], "d_loss": [1.0, 0.8, 0.7], "g_loss": [2.0, 1.5, 1.2]}, save=tmp_path / "gan.png")
+    loss_curve(
+        {"step": [10, 20, 30], "d_loss": [1.0, 0.8, 0.7], "g_loss": [2.0, 1.5, 1.2]},
+        save=tmp_path / "gan.png",
+    )
     assert_png(tmp_path / "gan.png")
     loss_curve(torch.tensor([3.0, 2.0, 1.0]), save=tmp_path / "list.png")
     assert_png(tmp_path / "list.png")
@@ -106,4 +122,6 @@ def test_loss_curve_rejects_bad_inputs(history, kwargs, message):
 
 
 def test_ema_is_bias_corrected():
-    assert np.allclose(ema(np.full(5, 3.0), 0.9), 3.0)  # a constant stays constant from the first point
+    assert np.allclose(
+        ema(np.full(5, 3.0), 0.9), 3.0
+    )  # a constant stays constant from the first point

@@ -45,7 +45,9 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 def straight_run(steps: int = 20, batches=random_batch, loss_fn=mse) -> tuple[nn.Module, History]:
     model, opt, sched = make()
     torch.manual_seed(123)
-    return model, fit(model, opt, batches, loss_fn, steps, scheduler=sched, log_every=3, progress=False)
+    return model, fit(
+        model, opt, batches, loss_fn, steps, scheduler=sched, log_every=3, progress=False
+    )
 
 
 def test_regression_learns():
@@ -76,7 +78,11 @@ def test_grad_clip_bounds_the_gradient_norm():
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     seen = []
     # The norm of the gradients the optimizer actually applies.
-    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()))
+    opt.register_step_pre_hook(
+        lambda o, args, kwargs: seen.append(
+            torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+        )
+    )
     hist = fit(model, opt, lambda step: (X, 100 * Y), mse, 10, grad_clip=0.5, progress=False)
     assert max(seen) <= 0.5 * (1 + 1e-5)
     assert min(hist["grad_norm"]) > 0.5  # the raw norm was larger: clipping did the work
@@ -103,7 +109,17 @@ def test_nan_guard_leaves_checkpoint_untouched(tmp_path):
         return loss * float("nan") if step >= 7 else loss
 
     with pytest.raises(NonFiniteLossError) as info:
-        fit(model, opt, lambda s: (*random_batch(s), s), nan_from_step_7, 20, checkpoint=ckpt, ckpt_every=5, log_every=5, progress=False)
+        fit(
+            model,
+            opt,
+            lambda s: (*random_batch(s), s),
+            nan_from_step_7,
+            20,
+            checkpoint=ckpt,
+            ckpt_every=5,
+            log_every=5,
+            progress=False,
+        )
     msg = str(info.value)
     assert "loss=nan at step 7" in msg and "last finite loss" in msg and "at step 6" in msg
     assert "was not updated" in msg and "grad_clip" in msg
@@ -114,7 +130,9 @@ def test_nan_guard_leaves_checkpoint_untouched(tmp_path):
 def test_non_finite_weights_are_never_saved(tmp_path):
     ckpt = tmp_path / "run.pt"
     model = nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=float("inf"))  # the step-0 loss is fine, the weights are not
+    opt = torch.optim.SGD(
+        model.parameters(), lr=float("inf")
+    )  # the step-0 loss is fine, the weights are not
     with pytest.raises(NonFiniteLossError, match="weights hold nan/inf"):
         fit(model, opt, random_batch, mse, 5, checkpoint=ckpt, ckpt_every=1, progress=False)
     assert not ckpt.exists()
@@ -134,7 +152,9 @@ class InterruptAt:
         return loss
 
 
-@pytest.mark.parametrize("batches", [random_batch, [random_batch(i) for i in range(7)]], ids=["callable", "list"])
+@pytest.mark.parametrize(
+    "batches", [random_batch, [random_batch(i) for i in range(7)]], ids=["callable", "list"]
+)
 def test_interrupt_saves_and_resume_is_exact(tmp_path, capsys, batches):
     ref_model, ref_hist = straight_run(20, batches)
 
@@ -142,13 +162,35 @@ def test_interrupt_saves_and_resume_is_exact(tmp_path, capsys, batches):
     model, opt, sched = make()
     torch.manual_seed(123)
     with pytest.raises(KeyboardInterrupt):
-        fit(model, opt, batches, InterruptAt(13), 20, scheduler=sched, checkpoint=ckpt, ckpt_every=4, log_every=3, progress=False)
+        fit(
+            model,
+            opt,
+            batches,
+            InterruptAt(13),
+            20,
+            scheduler=sched,
+            checkpoint=ckpt,
+            ckpt_every=4,
+            log_every=3,
+            progress=False,
+        )
     assert "interrupted at step 13; checkpoint saved to" in capsys.readouterr().out
     assert torch.load(ckpt, weights_only=True)["step"] == 13
 
     model, opt, sched = make(seed=2)  # a fresh kernel: other init, other RNG state
     torch.manual_seed(999)
-    hist = fit(model, opt, batches, mse, 20, scheduler=sched, checkpoint=ckpt, ckpt_every=4, log_every=3, progress=False)
+    hist = fit(
+        model,
+        opt,
+        batches,
+        mse,
+        20,
+        scheduler=sched,
+        checkpoint=ckpt,
+        ckpt_every=4,
+        log_every=3,
+        progress=False,
+    )
     assert_same_weights(model, ref_model)
     assert hist == ref_hist
 
@@ -156,16 +198,30 @@ def test_interrupt_saves_and_resume_is_exact(tmp_path, capsys, batches):
 def test_more_steps_continue_a_finished_run(tmp_path):
     ref_model, ref_hist = straight_run(20)
     ckpt = tmp_path / "run.pt"
-    for steps, seed in ((10, 1), (20, 5)):  # the second run starts from another init: the checkpoint wins
+    for steps, seed in (
+        (10, 1),
+        (20, 5),
+    ):  # the second run starts from another init: the checkpoint wins
         model, opt, sched = make(seed)
         torch.manual_seed(123)
-        hist = fit(model, opt, random_batch, mse, steps, scheduler=sched, checkpoint=ckpt, log_every=3, progress=False)
+        hist = fit(
+            model,
+            opt,
+            random_batch,
+            mse,
+            steps,
+            scheduler=sched,
+            checkpoint=ckpt,
+            log_every=3,
+            progress=False,
+        )
     assert_same_weights(model, ref_model)
     assert hist == ref_hist
 
 
 @pytest.mark.skipif(
-    threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGINT)),
+    threading.current_thread() is not threading.main_thread()
+    or not callable(signal.getsignal(signal.SIGINT)),
     reason="needs Python's Ctrl-C handler in the main thread",
 )
 @pytest.mark.parametrize(("where", "saved_step"), [("forward", 8), ("update", 9)])
@@ -191,12 +247,32 @@ def test_real_ctrl_c_saves_a_resumable_checkpoint(tmp_path, where, saved_step):
     handler = signal.getsignal(signal.SIGINT)
     torch.manual_seed(123)
     with pytest.raises(KeyboardInterrupt):
-        fit(model, opt, random_batch, loss_fn, 20, scheduler=sched, checkpoint=ckpt, log_every=3, progress=False)
+        fit(
+            model,
+            opt,
+            random_batch,
+            loss_fn,
+            20,
+            scheduler=sched,
+            checkpoint=ckpt,
+            log_every=3,
+            progress=False,
+        )
     assert torch.load(ckpt, weights_only=True)["step"] == saved_step
     assert signal.getsignal(signal.SIGINT) is handler  # fit put the Ctrl-C handler back
 
     model, opt, sched = make(seed=2)
-    fit(model, opt, random_batch, mse, 20, scheduler=sched, checkpoint=ckpt, log_every=3, progress=False)
+    fit(
+        model,
+        opt,
+        random_batch,
+        mse,
+        20,
+        scheduler=sched,
+        checkpoint=ckpt,
+        log_every=3,
+        progress=False,
+    )
     assert_same_weights(model, ref_model)
 
 
@@ -209,7 +285,9 @@ def test_finished_run_returns_immediately(tmp_path):
         raise AssertionError("a finished run must not train again")
 
     fresh, opt, sched = make(seed=3)
-    again = fit(fresh, opt, random_batch, never, 10, scheduler=sched, checkpoint=ckpt, progress=False)
+    again = fit(
+        fresh, opt, random_batch, never, 10, scheduler=sched, checkpoint=ckpt, progress=False
+    )
     assert again == first
     assert_same_weights(fresh, model)  # the trained weights were loaded
 
@@ -218,7 +296,17 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     ckpt = tmp_path / "run.pt"
     model, opt, sched = make()
     extra = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
-    fit(model, opt, random_batch, mse, 6, scheduler=sched, checkpoint=ckpt, extra_state={"opt_d": extra}, progress=False)
+    fit(
+        model,
+        opt,
+        random_batch,
+        mse,
+        6,
+        scheduler=sched,
+        checkpoint=ckpt,
+        extra_state={"opt_d": extra},
+        progress=False,
+    )
     state = torch.load(ckpt, weights_only=True)
     assert {"step", "model", "optimizer", "scheduler", "extra", "history", "rng"} <= set(state)
     assert state["step"] == 6 and state["history"]["step"] == list(range(6))
@@ -226,7 +314,114 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
         fit(model, opt, random_batch, mse, 8, scheduler=sched, checkpoint=ckpt, progress=False)
     other = nn.Linear(3, 3)
     with pytest.raises(ValueError, match="does not match this model"):
-        fit(other, torch.optim.SGD(other.parameters(), lr=0.1), random_batch, mse, 8, scheduler=torch.optim.lr_scheduler.StepLR(torch.optim.SGD(other.parameters(), lr=0.1), 1), checkpoint=ckpt, extra_state={"opt_d": extra}, progress=False)
+        fit(
+            other,
+            torch.optim.SGD(other.parameters(), lr=0.1),
+            random_batch,
+            mse,
+            8,
+            scheduler=torch.optim.lr_scheduler.StepLR(
+                torch.optim.SGD(other.parameters(), lr=0.1), 1
+            ),
+            checkpoint=ckpt,
+            extra_state={"opt_d": extra},
+            progress=False,
+        )
+
+
+def gan_setup(seed: int = 1):
+    """The GAN pattern from fit's docstring: loss_fn steps D, fit steps G, opt_d rides in extra_state."""
+    torch.manual_seed(seed)
+    gan = nn.ModuleDict(
+        {"G": nn.Linear(2, 4), "D": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))}
+    )
+    opt_g = torch.optim.Adam(gan["G"].parameters(), lr=1e-2)
+    opt_d = torch.optim.Adam(gan["D"].parameters(), lr=1e-2)
+
+    def gan_loss(gan, real):
+        fake = gan["G"](torch.randn(len(real), 2))
+        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+        d_loss = F.binary_cross_entropy_with_logits(
+            gan["D"](real), ones
+        ) + F.binary_cross_entropy_with_logits(gan["D"](fake.detach()), zeros)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        g_loss = F.binary_cross_entropy_with_logits(gan["D"](fake), ones)
+        return {"loss": g_loss, "d_loss": d_loss.detach()}
+
+    return gan, opt_g, opt_d, gan_loss
+
+
+def test_gan_two_optimizers_resume_exactly(tmp_path):
+    def batches(step):
+        return X[torch.randint(0, len(X), (16,))]
+
+    ref, opt_g, opt_d, gan_loss = gan_setup()
+    torch.manual_seed(7)
+    ref_hist = fit(ref, opt_g, batches, gan_loss, 12, extra_state={"opt_d": opt_d}, progress=False)
+    assert set(ref_hist.metrics) == {"loss", "d_loss"}
+
+    ckpt = tmp_path / "gan.pt"
+    for steps, seed in ((6, 1), (12, 4)):
+        gan, opt_g, opt_d, gan_loss = gan_setup(seed)
+        torch.manual_seed(7)
+        hist = fit(
+            gan,
+            opt_g,
+            batches,
+            gan_loss,
+            steps,
+            checkpoint=ckpt,
+            extra_state={"opt_d": opt_d},
+            progress=False,
+        )
+    assert_same_weights(gan, ref)
+    assert hist == ref_hist
+
+
+def test_lstm_carried_state_pattern_resumes_exactly(tmp_path):
+    """Truncated BPTT as in fit's docstring: the carry is reset at steps the batch function names."""
+    text = torch.randint(0, 5, (4, 65), generator=torch.Generator().manual_seed(0))  # 4 streams
+    n_chunks = 4  # 4 chunks of 16 tokens per pass over the text
+
+    def batches(step):
+        i = (step % n_chunks) * 16
+        return text[:, i : i + 16], text[:, i + 1 : i + 17], step % n_chunks == 0
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lstm, self.head = (
+                nn.Embedding(5, 8),
+                nn.LSTM(8, 16, batch_first=True),
+                nn.Linear(16, 5),
+            )
+
+        def forward(self, x, h=None):
+            out, h = self.lstm(self.emb(x), h)
+            return self.head(out), h
+
+    def run(steps, ckpt=None, seed=1):
+        torch.manual_seed(seed)
+        model = LM()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        carry = {"h": None}
+
+        def lm_loss(model, batch):
+            x, y, reset = batch
+            logits, h = model(x, None if reset else carry["h"])
+            carry["h"] = tuple(t.detach() for t in h)
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+        return model, fit(model, opt, batches, lm_loss, steps, checkpoint=ckpt, progress=False)
+
+    ref, ref_hist = run(12)
+    ckpt = tmp_path / "lm.pt"
+    run(8, ckpt)  # stops at a pass boundary (8 % n_chunks == 0)
+    model, hist = run(12, ckpt, seed=3)
+    assert_same_weights(model, ref)
+    assert hist == ref_hist
 
 
 @pytest.mark.parametrize(("steps", "log_every", "syncs"), [(50, 10, 5), (25, 10, 3), (7, 50, 1)])
@@ -261,13 +456,26 @@ def test_bad_arguments_name_what_was_wrong():
         (dict(ckpt_every=True), "ckpt_every"),
         (dict(batches=3), "batches: expected a callable"),
         (dict(optimizer="adam"), "optimizer: expected"),
-        (dict(loss_fn=lambda m, b: m(b[0])), r"loss_fn: 'loss' must be a scalar tensor; got shape \(32, 1\)"),
+        (
+            dict(loss_fn=lambda m, b: m(b[0])),
+            r"loss_fn: 'loss' must be a scalar tensor; got shape \(32, 1\)",
+        ),
         (dict(loss_fn=lambda m, b: {"mse": mse(m, b)}), "must have the key 'loss'"),
         (dict(loss_fn=lambda m, b: mse(m, b).detach()), "does not require grad"),
         (dict(extra_state={"ema": 1}), r"extra_state\['ema'\]"),
     ]
     for override, message in cases:
-        kwargs = dict(model=model, optimizer=opt, batches=random_batch, loss_fn=mse, steps=5, progress=False) | override
+        kwargs = (
+            dict(
+                model=model,
+                optimizer=opt,
+                batches=random_batch,
+                loss_fn=mse,
+                steps=5,
+                progress=False,
+            )
+            | override
+        )
         with pytest.raises(ValueError, match=message):
             fit(**kwargs)
 
@@ -299,10 +507,21 @@ def test_cuda_bf16_autocast_without_per_step_syncs(monkeypatch):
     monkeypatch.setattr(training, "_to_host", allowed_sync)
     Xc, Yc = X.to(device), Y.to(device)
     idx = torch.randint(0, len(X), (300, 32), device=device)
-    fit(model, opt, lambda s: (Xc[idx[s % 300]], Yc[idx[s % 300]]), loss_fn, 1, progress=False)  # warm up lazy init
+    fit(
+        model, opt, lambda s: (Xc[idx[s % 300]], Yc[idx[s % 300]]), loss_fn, 1, progress=False
+    )  # warm up lazy init
     torch.cuda.set_sync_debug_mode("error")
     try:
-        hist = fit(model, opt, lambda s: (Xc[idx[s % 300]], Yc[idx[s % 300]]), loss_fn, 300, grad_clip=1.0, log_every=100, progress=False)
+        hist = fit(
+            model,
+            opt,
+            lambda s: (Xc[idx[s % 300]], Yc[idx[s % 300]]),
+            loss_fn,
+            300,
+            grad_clip=1.0,
+            log_every=100,
+            progress=False,
+        )
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert dtypes == {torch.bfloat16}
