@@ -132,7 +132,7 @@ def grade_notebook(path: str | Path, *, cell_timeout: int = DEFAULT_CELL_TIMEOUT
             outcome = decode(metas.get(slot, missing), tensors, slot)
             results.append(judge(case, outcome, exercise.reference(**case.inputs()), hidden=i >= len(exercise.cases)))
         report_exercises.append({
-            "key": key, "function": exercise.function,
+            "key": key, "function": exercise.function, "hint": exercise.hint,
             "points": sum(r.points for r in results), "max_points": exercise.points,
             "cases": [_public(r) for r in results],
         })
@@ -163,7 +163,7 @@ def to_markdown(report: dict) -> str:
     for e in report["exercises"]:
         bad = [c for c in e["cases"] if c["status"] != "pass"]
         if bad:
-            lines += ["", f"## `{e['function']}`"]
+            lines += ["", f"## `{e['function']}`", "", f"Hint: {e['hint']}", ""]
             for c in bad:
                 lines.append(f"- {c['case']}: {c['status']}" + (f" — {c['message']}" if c["message"] else ""))
                 if c["hint"]:

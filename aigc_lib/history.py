@@ -25,7 +25,7 @@ from aigc_lib.training import History, fit
 
 @dataclass(frozen=True)
 class Milestone:
-    year: int
+    year: int  # first public appearance: the arXiv preprint when there was one, else the publication
     name: str
     authors: str
     venue: str  # where it was published (journal, conference, report)
@@ -35,8 +35,9 @@ class Milestone:
 
 
 MILESTONES: tuple[Milestone, ...] = (
-    Milestone(1948, "n-gram text", "C. E. Shannon", "Bell System Technical Journal 27(3)",
-              "A Mathematical Theory of Communication (samples English from letter/word n-grams)", "text"),
+    Milestone(1948, "n-gram text", "C. E. Shannon", "Bell System Technical Journal 27(3):379-423, 27(4):623-656",
+              "A Mathematical Theory of Communication (samples English from letter/word n-grams), "
+              "doi:10.1002/j.1538-7305.1948.tb01338.x", "text"),
     Milestone(1950, "Imitation game", "A. M. Turing", "Mind 59(236):433-460",
               "Computing Machinery and Intelligence, doi:10.1093/mind/LIX.236.433", "foundation", False),
     Milestone(1966, "ELIZA", "J. Weizenbaum", "Communications of the ACM 9(1):36-45",
@@ -45,13 +46,14 @@ MILESTONES: tuple[Milestone, ...] = (
     Milestone(1986, "Backpropagation", "D. E. Rumelhart, G. E. Hinton, R. J. Williams", "Nature 323:533-536",
               "Learning representations by back-propagating errors, doi:10.1038/323533a0", "foundation", False),
     Milestone(1997, "LSTM", "S. Hochreiter, J. Schmidhuber", "Neural Computation 9(8):1735-1780",
-              "Long Short-Term Memory, doi:10.1162/neco.1997.9.8.1735", "foundation"),
+              "Long Short-Term Memory, doi:10.1162/neco.1997.9.8.1735", "foundation", False),
     Milestone(2003, "Neural language model", "Y. Bengio, R. Ducharme, P. Vincent, C. Jauvin", "JMLR 3:1137-1155",
               "A Neural Probabilistic Language Model", "text"),
     Milestone(2006, "Deep belief nets", "G. E. Hinton, S. Osindero, Y.-W. Teh", "Neural Computation 18(7):1527-1554",
               "A fast learning algorithm for deep belief nets, doi:10.1162/neco.2006.18.7.1527", "foundation"),
     Milestone(2006, "Deep autoencoders", "G. E. Hinton, R. R. Salakhutdinov", "Science 313(5786):504-507",
-              "Reducing the Dimensionality of Data with Neural Networks, doi:10.1126/science.1127647", "foundation"),
+              "Reducing the Dimensionality of Data with Neural Networks, doi:10.1126/science.1127647", "foundation",
+              False),
     Milestone(2012, "AlexNet", "A. Krizhevsky, I. Sutskever, G. E. Hinton", "NeurIPS 2012",
               "ImageNet Classification with Deep Convolutional Neural Networks", "image", False),
     Milestone(2013, "VAE", "D. P. Kingma, M. Welling", "ICLR 2014",
@@ -62,15 +64,15 @@ MILESTONES: tuple[Milestone, ...] = (
               "ICML 2015", "Deep Unsupervised Learning using Nonequilibrium Thermodynamics, arXiv:1503.03585", "image"),
     Milestone(2016, "WaveNet", "A. van den Oord et al. (DeepMind)", "arXiv preprint, 2016",
               "WaveNet: A Generative Model for Raw Audio, arXiv:1609.03499", "audio"),
+    Milestone(2016, "Pix2Pix", "P. Isola, J.-Y. Zhu, T. Zhou, A. A. Efros", "CVPR 2017",
+              "Image-to-Image Translation with Conditional Adversarial Networks, arXiv:1611.07004", "image"),
     Milestone(2017, "Transformer", "A. Vaswani et al.", "NeurIPS 2017",
               "Attention Is All You Need, arXiv:1706.03762", "text"),
     Milestone(2017, "Tacotron", "Y. Wang et al. (Google)", "Interspeech 2017",
               "Tacotron: Towards End-to-End Speech Synthesis, arXiv:1703.10135", "audio"),
-    Milestone(2017, "Pix2Pix", "P. Isola, J.-Y. Zhu, T. Zhou, A. A. Efros", "CVPR 2017",
-              "Image-to-Image Translation with Conditional Adversarial Networks, arXiv:1611.07004", "image"),
     Milestone(2018, "GPT", "A. Radford, K. Narasimhan, T. Salimans, I. Sutskever", "OpenAI technical report, 2018",
               "Improving Language Understanding by Generative Pre-Training", "text"),
-    Milestone(2019, "BERT", "J. Devlin, M.-W. Chang, K. Lee, K. Toutanova", "NAACL 2019",
+    Milestone(2018, "BERT", "J. Devlin, M.-W. Chang, K. Lee, K. Toutanova", "NAACL 2019",
               "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding, "
               "arXiv:1810.04805", "text", False),
     Milestone(2019, "GANSynth", "J. Engel et al. (Google Magenta)", "ICLR 2019",
@@ -84,7 +86,7 @@ MILESTONES: tuple[Milestone, ...] = (
               "multimodal", False),
     Milestone(2021, "DALL-E", "A. Ramesh et al. (OpenAI)", "ICML 2021",
               "Zero-Shot Text-to-Image Generation, arXiv:2102.12092", "multimodal"),
-    Milestone(2022, "Latent diffusion", "R. Rombach, A. Blattmann, D. Lorenz, P. Esser, B. Ommer", "CVPR 2022",
+    Milestone(2021, "Latent diffusion", "R. Rombach, A. Blattmann, D. Lorenz, P. Esser, B. Ommer", "CVPR 2022",
               "High-Resolution Image Synthesis with Latent Diffusion Models (Stable Diffusion), "
               "arXiv:2112.10752", "multimodal"),
 )
@@ -176,7 +178,7 @@ def plot_timeline(milestones: Sequence[Milestone] = MILESTONES, *, ax=None, save
     ax.set_ylim(len(milestones) - 0.5, -0.5)  # oldest on top
     ax.set_yticks([])
     first, last = min(m.year for m in milestones), max(m.year for m in milestones)
-    ax.set_xlim(first - 3, last + 28)  # room for the labels right of the newest dots
+    ax.set_xlim(first - 3, last + 22)  # room for the labels right of the newest dots
     ax.set_xticks(range(10 * (first // 10 + 1), last + 1, 10))
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel("year")

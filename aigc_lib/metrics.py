@@ -120,8 +120,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator, noisy: float = 0.3) -> torch
     a digit on a slightly noisy background is still that digit (as a half-trained generator draws it)."""
     x = _random_affine(x, gen)  # (B, 1, 28, 28)
     b = x.shape[0]
-    on = torch.rand(b, 1, 1, 1, generator=gen) < noisy  # (B, 1, 1, 1)
-    amp = 0.3 * torch.rand(b, 1, 1, 1, generator=gen) * on  # (B, 1, 1, 1)
+    amp = 0.3 * torch.rand(b, 1, 1, 1, generator=gen)  # (B, 1, 1, 1)
+    amp = amp * (torch.rand(b, 1, 1, 1, generator=gen) < noisy)  # noise on a share `noisy` only
     return (x + amp * torch.rand(x.shape, generator=gen)).clamp(0, 1)
 
 
@@ -285,7 +285,8 @@ def load_digit_classifier(device: str | torch.device | None = None) -> DigitClas
         model = DigitClassifier(DigitClassifierConfig(**cfg))
         model.load_state_dict(blob["state_dict"])
         model.eval().requires_grad_(False)
-        _CLASSIFIERS[key] = model.to(device)
+        # channels_last: ~1.4x faster convs at inference on CPU, and what cuDNN prefers
+        _CLASSIFIERS[key] = model.to(device, memory_format=torch.channels_last)
     return _CLASSIFIERS[key]
 
 
@@ -423,7 +424,8 @@ def _features_and_probs(
     dev = next(model.parameters()).device
     feats, probs = [], []
     for i in range(0, x.shape[0], batch_size):
-        h = model.features(x[i : i + batch_size].to(dev))  # (B, D)
+        xb = x[i : i + batch_size].to(dev, memory_format=torch.channels_last)  # (B, 1, 28, 28)
+        h = model.features(xb)  # (B, D)
         feats.append(h.float().cpu())
         probs.append(model.head(h).float().softmax(-1).cpu())  # (B, 10), dropout is off in eval
     return torch.cat(feats), torch.cat(probs)

@@ -33,7 +33,7 @@ EXERCISES = (
         key="00.next_char_probs",
         function="next_char_probs",
         reference=history.next_char_probs,
-        hint="Add alpha to every count, then divide by the sum over the last dimension; return float32.",
+        hint="Add alpha to every count, then divide by the sum of the *smoothed* counts (sum n + alpha * V) over the last dimension; return float32.",
         cases=(
             Case("counts [3, 1, 0], alpha = 0", lambda: {"counts": torch.tensor([3, 1, 0]), "alpha": 0.0}),
             Case("counts [3, 1, 0], alpha = 1 (Laplace)", lambda: {"counts": torch.tensor([3, 1, 0]), "alpha": 1.0}),
@@ -58,14 +58,14 @@ EXERCISES = (
         key="00.fit_pixel_model",
         function="fit_pixel_model",
         reference=history.fit_pixel_model,
-        hint="Average over the first (sample) dimension with alpha pseudo-counts: (sum + alpha) / (N + 2 alpha).",
+        hint="Sum over the first (sample) dimension, add alpha, divide by N + 2 alpha; keep grey levels as they are (do not binarise).",
         cases=(
             Case("two 2x2 images, alpha = 0",
                  lambda: {"images": torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 0.0]]]), "alpha": 0.0}),
             Case("two 2x2 images, alpha = 1",
                  lambda: {"images": torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 0.0]]]), "alpha": 1.0}),
-            Case("50 random binary 1x5x5 images, alpha = 1",
-                 lambda: {"images": torch.randint(0, 2, (50, 1, 5, 5), generator=_gen(3)).float(), "alpha": 1.0}),
+            Case("20 grey-level 1x5x5 images, alpha = 1",
+                 lambda: {"images": torch.rand(20, 1, 5, 5, generator=_gen(3)), "alpha": 1.0}),
         ),
     ),
 )

@@ -71,6 +71,10 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
+def _values(t: torch.Tensor) -> str:
+    return "[" + ", ".join(_fmt(v) for v in t.flatten().tolist()) + "]"
+
+
 def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) -> Verdict:
     """Strict comparison: exact type, then shape and dtype, then values within tolerance.
 
@@ -101,6 +105,7 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) 
         close = torch.isclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
         if bool(close.all()):
             return Verdict(True, "")
+        full = f"\n         expected {_values(e)}\n         got      {_values(g)}" if e.numel() <= 6 else ""
         err = (g - e).abs().nan_to_num(0.0)
         idx = tuple(torch.nonzero(err == err.max())[0].tolist())
         rel = (err / e.abs().clamp_min(1e-12)).nan_to_num(0.0)
@@ -109,7 +114,7 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) 
             f"{int((~close).sum())} of {e.numel()} values are off; the worst at index {idx}: "
             f"expected {_fmt(e[idx].item())}, got {_fmt(g[idx].item())} "
             f"(abs error {_fmt(err[idx].item())}, rel error {_fmt(rel[idx].item())}; "
-            f"tolerance rtol={rtol:g}, atol={atol:g})",
+            f"tolerance rtol={rtol:g}, atol={atol:g}){full}",
         )
     if type(expected) in (float, int):
         if type(got) not in (float, int):
@@ -185,11 +190,13 @@ def format_results(exercise: Exercise, results: list[CaseResult], *, reveal: boo
             "this cell; the notebook carries on with the library's implementation meanwhile."
         )
         return "\n".join(lines)
+    marks = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not implemented": "TODO"}
+    previous = None
     for r in results:
-        mark = "PASS" if r.passed else "FAIL"
-        lines.append(f"  [{mark}] {r.case}")
+        lines.append(f"  [{marks[r.status]}] {r.case}")
         if not r.passed and reveal:
-            lines.append(f"         {r.message}")
+            lines.append("         (same as above)" if r.message == previous else f"         {r.message}")
+            previous = r.message
             if r.hint:
                 lines.append(f"         hint: {r.hint}")
     if any(not r.passed for r in results):
