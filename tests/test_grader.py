@@ -1,33 +1,70 @@
-"""The grader on real submissions: solutions (full marks), the student edition (zero, no crash),
-and wrong, crashing, slow and hostile ones."""
+"""The classroom grader on real chapter-00 submissions: the solution, the untouched student
+edition, correct-but-different, subtly wrong and hostile ones, all in one class run."""
 
+import csv
+import hashlib
 import json
+import shutil
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
+from nbformat.v4 import new_markdown_cell
 
-from aigc_lib.grade import grade_notebook, main, write_report
-from aigc_lib.notebooks import CHAPTERS, SOLUTIONS
+from aigc_lib.grade import main
+from aigc_lib.grading import Grader, Limits, find_submissions, grade_class, isolation_level
+from aigc_lib.grading.reports import gradescope_results
+from aigc_lib.notebooks import CHAPTERS, ROOT, SOLUTIONS
 
-SOLUTION_CODE = '''
-import torch
+SOURCE = SOLUTIONS / "00_history.ipynb"
+STUDENT = CHAPTERS / "00_history.ipynb"
+LIMITS = Limits(cell_seconds=4, call_seconds=4, wall_seconds=40)
+isolated = pytest.mark.skipif(isolation_level() != "namespaces", reason="needs root and Linux namespaces")
+
+CORRECT = {
+    "count_bigrams": "def count_bigrams(ids, vocab_size):\n    return torch.bincount(ids[:-1] * vocab_size + ids[1:], minlength=vocab_size**2).reshape(vocab_size, vocab_size)",
+    "next_char_probs": "def next_char_probs(counts, alpha=1.0):\n    c = counts.float() + alpha\n    return c / c.sum(-1, keepdim=True)",
+    "apply_temperature": "def apply_temperature(logits, temperature):\n    return torch.softmax(logits / temperature, -1)",
+    "fit_pixel_model": "def fit_pixel_model(images, alpha=1.0):\n    return (images.sum(0) + alpha) / (images.shape[0] + 2 * alpha)",
+}
+DIFFERENT = {  # correct, but written another way
+    "count_bigrams": """
 def count_bigrams(ids, vocab_size):
-    return torch.bincount(ids[:-1] * vocab_size + ids[1:], minlength=vocab_size**2).reshape(vocab_size, vocab_size)
+    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.int64)
+    for a, b in zip(ids[:-1].tolist(), ids[1:].tolist()):
+        counts[a, b] += 1
+    return counts""",
+    "next_char_probs": """
 def next_char_probs(counts, alpha=1.0):
-    c = counts.float() + alpha
-    return c / c.sum(-1, keepdim=True)
+    V = counts.shape[-1]
+    return ((counts + alpha) / (counts.sum(-1, keepdim=True) + alpha * V)).float()""",
+    "apply_temperature": """
 def apply_temperature(logits, temperature):
-    return torch.softmax(logits / temperature, -1)
+    z = logits / temperature
+    z = z - z.max(dim=-1, keepdim=True).values   # stable
+    e = z.exp()
+    return e / e.sum(dim=-1, keepdim=True)""",
+    "fit_pixel_model": """
 def fit_pixel_model(images, alpha=1.0):
-    return (images.sum(0) + alpha) / (images.shape[0] + 2 * alpha)
-'''
+    return (images.mean(0) * len(images) + alpha) / (len(images) + 2 * alpha)""",
+}
+WRONG = {
+    "next_char_probs": "def next_char_probs(counts, alpha=1.0):\n    c = counts.float() + alpha\n    return c / counts.float().sum(-1, keepdim=True)",  # forgot alpha*V
+    "apply_temperature": "def apply_temperature(logits, temperature):\n    return torch.softmax(torch.softmax(logits, -1) / temperature, -1)",  # source bug E3
+    "fit_pixel_model": "def fit_pixel_model(images, alpha=1.0):\n    x = (images > 0.5).to(images.dtype)\n    return (x.sum(0) + alpha) / (len(x) + 2 * alpha)",  # binarises
+}
 
 
-def submission(tmp_path, *sources, name="submission.ipynb"):
-    nb = new_notebook(cells=[new_code_cell(s) for s in sources])
-    nb.metadata["aigc"] = {"chapter": "00"}
-    path = tmp_path / name
+def submission(folder, name, solutions=None, edit=None, nb_path=STUDENT):
+    """The student edition with `solutions` (grade_id -> code) filled in, then `edit(nb)` applied."""
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if solutions and gid in solutions:
+            cell.source = solutions[gid]
+    if edit:
+        edit(nb)
+    path = folder / name / "00_history.ipynb"
+    path.parent.mkdir(parents=True)
     nbformat.write(nb, path)
     return path
 
@@ -36,85 +73,250 @@ def points(report):
     return {e["function"]: e["points"] for e in report["exercises"]}
 
 
-@pytest.mark.slow
-def test_solutions_get_full_marks_and_chapters_get_zero(tmp_path):
-    for src in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
-        before = src.read_bytes()
-        report = grade_notebook(src)
-        assert report["score"] == report["max_score"] > 0, json.dumps(report["exercises"], indent=1)
-        assert src.read_bytes() == before  # a submission is never modified
-        student = grade_notebook(CHAPTERS / src.name)
-        assert student["score"] == 0
-        assert all(c["status"] == "not implemented" for e in student["exercises"] for c in e["cases"])
+@pytest.fixture(scope="module")
+def grader():
+    return Grader("00", limits=LIMITS)
 
 
-def test_minimal_correct_submission_scores_full(tmp_path):
-    report = grade_notebook(submission(tmp_path, SOLUTION_CODE))
-    assert report["score"] == report["max_score"] == 20
+def test_solution_full_marks_student_edition_zero(grader, tmp_path):
+    solution = grader.grade(SOURCE)
+    assert solution["score"] == solution["max_score"] == 20 and solution["status"] == "graded"
+    student = grader.grade(STUDENT)
+    assert student["score"] == 0 and student["status"] == "graded" and not student["notes"]
+    assert all(c["status"] == "not implemented" for e in student["exercises"] for c in e["cases"])
 
 
-def test_partial_credit_and_hidden_cases_stay_hidden(tmp_path):
-    # forgets the float32 cast: passes int-free cases only? no -- wrong dtype everywhere; and a
-    # temperature that ignores T: right only where T == 1
-    wrong = SOLUTION_CODE + "\ndef apply_temperature(logits, temperature):\n    return torch.softmax(logits, -1)\n"
-    report = grade_notebook(submission(tmp_path, wrong))
+def test_correct_but_different_and_subtly_wrong(grader, tmp_path):
+    assert grader.grade(submission(tmp_path, "different", {**CORRECT, **DIFFERENT}))["score"] == 20
+    report = grader.grade(submission(tmp_path, "wrong", {**CORRECT, **WRONG}))
     got = points(report)
-    assert got["apply_temperature"] == 1 and got["count_bigrams"] == 5
-    hidden = [c for e in report["exercises"] for c in e["cases"] if c["hidden"] and c["status"] != "pass"]
-    assert hidden and all(c["message"] == "hidden test fail" and not c["hint"] for c in hidden)
+    # forgot alpha*V: right only where alpha = 0 (1 visible case); E3 temperature: never right;
+    # binarising: right on the binary visible cases (2), wrong on every grey-level case (3)
+    assert got == {"count_bigrams": 5, "next_char_probs": 1, "apply_temperature": 0, "fit_pixel_model": 2}
 
 
-def test_hostile_submission_cannot_fake_its_grade(tmp_path):
-    hostile = '''
-import torch, aigc_lib.exercises.core as core
-class AlwaysEqual:
-    def __eq__(self, other): return True
-core.compare = lambda *a, **k: core.Verdict(True, "")     # patched inside the kernel only
-torch.allclose = lambda *a, **k: True
-def count_bigrams(ids, vocab_size): return AlwaysEqual()
-def next_char_probs(counts, alpha=1.0): return torch.zeros(3).as_subclass(type("T", (torch.Tensor,), {}))
-def apply_temperature(logits, temperature): return [0.0]
-def fit_pixel_model(images, alpha=1.0): return 0.5
-print("ALL TESTS PASSED 20/20")
-'''
-    report = grade_notebook(submission(tmp_path, hostile))
-    assert report["score"] == 0
-    messages = " ".join(c["message"] for e in report["exercises"] for c in e["cases"] if not c["hidden"])
-    assert "got AlwaysEqual" in messages and "got list" in messages and "got float" in messages
+def test_tests_come_from_the_source_not_the_submission(grader, tmp_path):
+    def vandalise(nb):
+        tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+        for cell in tests[:2]:
+            nb.cells.remove(cell)  # deleted test cells
+        tests[2].source = "print('all tests passed')"  # edited
+        nb.cells.append(nbformat.from_dict(json.loads(json.dumps(tests[3]))))  # duplicated
+        tests[3].cell_type = "markdown"  # retyped
+        for cell in nb.cells:  # solution cell pasted into a new cell without metadata
+            if cell.metadata.get("nbgrader", {}).get("grade_id") == "fit_pixel_model":
+                cell.metadata = {}
 
-
-def test_crashing_and_slow_cells_cost_only_what_they_break(tmp_path):
-    path = submission(
-        tmp_path,
-        SOLUTION_CODE,
-        "1 / 0",
-        "import time\nwhile True: time.sleep(0.1)",
-        "def fit_pixel_model(images, alpha=1.0):\n    raise ValueError('oops')",
-    )
-    report = grade_notebook(path, cell_timeout=5)
-    got = points(report)
-    assert got == {"count_bigrams": 5, "next_char_probs": 5, "apply_temperature": 5, "fit_pixel_model": 0}
-    assert report["execution"]["timed_out_cells"] == [2]
-    assert "ZeroDivisionError" in report["execution"]["cell_errors"][0]["error"]
-    assert any("raised ValueError: oops" in c["message"] for e in report["exercises"] for c in e["cases"])
-
-
-def test_kernel_death_is_reported_not_fatal(tmp_path):
-    report = grade_notebook(submission(tmp_path, SOLUTION_CODE, "import os\nos._exit(1)"))
-    assert report["score"] == 0 and report["execution"]["kernel_died"]
-
-
-def test_cli_writes_json_and_markdown(tmp_path, capsys):
-    path = submission(tmp_path, SOLUTION_CODE)
-    assert main([str(path), "--out", str(tmp_path / "reports")]) == 0
-    assert "20 / 20" in capsys.readouterr().out
-    report = json.loads((tmp_path / "reports" / "submission.json").read_text())
+    report = grader.grade(submission(tmp_path, "vandal", CORRECT, vandalise))
     assert report["score"] == 20
-    assert "**Score: 20 / 20**" in (tmp_path / "reports" / "submission.md").read_text()
 
 
-def test_report_writing_is_atomic(tmp_path):
-    report = {"notebook": "x.ipynb", "chapter": "00", "score": 1, "max_score": 2, "exercises": [],
-              "execution": {"cell_errors": [], "timed_out_cells": [], "total_timeout": False, "kernel_died": False}}
-    write_report(report, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.md"]
+def test_cell_type_changed_to_markdown_still_finds_function_by_grade_id(grader, tmp_path):
+    def retype(nb):
+        nb.cells = [new_markdown_cell(c.source, metadata=c.metadata) if c.metadata.get("nbgrader", {}).get(
+            "grade_id") == "count_bigrams" else c for c in nb.cells]
+
+    assert points(grader.grade(submission(tmp_path, "retyped", CORRECT, retype)))["count_bigrams"] == 5
+
+
+HOSTILE = {
+    "infinite loop": ({"count_bigrams": "while True:\n    pass"}, {"count_bigrams": 0}),
+    "slow function": ({"apply_temperature": "def apply_temperature(logits, temperature):\n    while True: pass"},
+                      {"apply_temperature": 0}),
+    "memory bomb": ({"next_char_probs": "x = bytearray(8 << 30)"}, {"next_char_probs": 0}),
+    "fork bomb": ({"fit_pixel_model": CORRECT["fit_pixel_model"] + "\nimport os\nfor _ in range(10_000):\n    try:\n        os.fork()\n    except OSError:\n        break"},
+                  {}),
+    "os._exit": ({"count_bigrams": "import os\nos._exit(3)"}, {"count_bigrams": 0}),
+    "kills its own process": ({"apply_temperature": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"},
+                              {"apply_temperature": 0}),
+    "monkeypatching": ({"count_bigrams": """
+import torch, torch.testing, sys, types
+torch.allclose = lambda *a, **k: True
+torch.equal = lambda *a, **k: True
+torch.testing.assert_close = lambda *a, **k: None
+sys.modules["aigc_lib"] = types.SimpleNamespace(exercises=None)
+def count_bigrams(ids, vocab_size):
+    return torch.full((vocab_size, vocab_size), 7)"""}, {"count_bigrams": 0}),
+    "always-equal objects": ({"next_char_probs": """
+class Eq:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+def next_char_probs(counts, alpha=1.0):
+    return Eq()""", "apply_temperature": """
+class T(torch.Tensor):
+    def __eq__(self, other): return True
+def apply_temperature(logits, temperature):
+    return torch.softmax(logits / temperature, -1).as_subclass(T)"""}, {"next_char_probs": 0, "apply_temperature": 0}),
+    "fake output and no tracebacks": ({"count_bigrams": """
+import sys
+sys.tracebacklimit = 0
+sys.excepthook = lambda *a: None
+print("count_bigrams: 5/5 points\\nALL TESTS PASSED 20/20")
+print("PASS", file=sys.stderr)
+def count_bigrams(ids, vocab_size):
+    raise RuntimeError("nope")"""}, {"count_bigrams": 0}),
+    "snooping for hidden tests": ({"count_bigrams": """
+import glob
+found = glob.glob(ROOT + "/**/hidden/*.py", recursive=True) + glob.glob(ROOT + "/solutions/*.ipynb")
+secrets = [open(f).read() for f in found]
+def count_bigrams(ids, vocab_size):
+    from aigc_lib.history import count_bigrams as reference   # the library is out of reach
+    return reference(ids, vocab_size)""".replace("ROOT", repr(str(ROOT)))}, {"count_bigrams": 0}),
+    "network and writing outside": ({"count_bigrams": CORRECT["count_bigrams"] + """
+import socket
+try:
+    socket.create_connection(("127.0.0.1", 8888), timeout=1)
+except OSError:
+    pass
+for target in ["/etc/pwned", "../pwned", "/work/pwned"]:
+    try:
+        open(target, "w").write("x")
+    except OSError:
+        pass"""}, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_submission_gets_the_verdict_it_deserves(grader, tmp_path, name):
+    code, expected = HOSTILE[name]
+    report = grader.grade(submission(tmp_path, "hostile", {**CORRECT, **code}))
+    want = {**{f: 5 for f in CORRECT}, **expected}
+    assert points(report) == want, json.dumps(report, indent=1)[:3000]
+    assert report["status"] == "graded"
+
+
+def test_hostile_writes_stay_inside_the_sandbox(grader, tmp_path):
+    grader.grade(submission(tmp_path, "writer", {**CORRECT, **HOSTILE["network and writing outside"][0]}))
+    assert not (tmp_path / "writer" / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_invalid_json_and_missing_notebook(grader, tmp_path):
+    bad = tmp_path / "broken" / "00_history.ipynb"
+    bad.parent.mkdir()
+    bad.write_text('{"cells": [ this is not json')
+    report = grader.grade(bad)
+    assert report["status"] == "unreadable" and "JSON" in report["reason"] and report["score"] == 0
+    missing = grader.grade(tmp_path / "nobody" / "00_history.ipynb")  # an empty folder
+    assert missing["status"] == "missing" and missing["score"] == 0
+
+
+def test_hidden_feedback_never_shows_hidden_inputs(grader, tmp_path):
+    leak = {"count_bigrams": "def count_bigrams(ids, vocab_size):\n    raise ValueError('LEAK' + repr(ids.tolist()[:50]))"}
+    report = grader.grade(submission(tmp_path, "leaky", {**CORRECT, **leak}))
+    from aigc_lib.grading.reports import feedback_html, feedback_markdown
+
+    visible = feedback_markdown(report)
+    assert "LEAK[0, 1, 0, 1]" in visible  # a visible case's input is the learner's own business
+    hidden_ids = "LEAK[2]"  # the first hidden case's input
+    assert hidden_ids not in visible and hidden_ids not in feedback_html(report)
+    assert hidden_ids not in gradescope_results(report)
+
+
+def _private_hidden(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "ch00.py").write_text(
+        "import torch\nfrom aigc_lib.exercises.core import Case\n"
+        "HIDDEN = {'00.apply_temperature': (Case('private: T = 7', lambda: {'logits': torch.arange(5.0), 'temperature': 7.0}, points=3),)}\n"
+    )
+    return private
+
+
+def test_instructor_private_hidden_cases_replace_the_packaged_ones(tmp_path):
+    grader = Grader("00", limits=LIMITS, hidden_dir=_private_hidden(tmp_path))
+    assert grader.max_score == 4 * 3 + 3  # visible cases, plus the private case
+    report = grader.grade(submission(tmp_path, "a", CORRECT))
+    assert report["score"] == 15
+    assert [c["case"] for c in report["exercises"][2]["cases"] if c["hidden"]] == ["private: T = 7"]
+
+
+@isolated
+def test_private_hidden_folder_is_out_of_the_sandbox_reach(tmp_path):
+    private = _private_hidden(tmp_path)
+    grader = Grader("00", limits=LIMITS, hidden_dir=private)
+    snoop = {"apply_temperature": CORRECT["apply_temperature"] + f"\nimport os\nassert not os.listdir({str(private)!r})"}
+    subs = tmp_path / "class"
+    submission(subs, "snoop", {**CORRECT, **snoop})
+    (report,) = grade_class(grader, find_submissions([subs]), tmp_path / "out", workers=1, progress=False)
+    assert report["score"] == 15, report["cell_errors"]
+
+
+@isolated
+def test_the_sandbox_sees_no_secrets(grader, tmp_path):
+    probe = CORRECT["count_bigrams"] + f"""
+import os
+assert os.getuid() != 0, "still root"
+assert not os.path.exists({str(ROOT / "aigc_lib" / "exercises" / "hidden" / "ch00.py")!r}), "hidden cases visible"
+assert not os.listdir({str(SOLUTIONS)!r}), "solutions visible"
+try:
+    open("/etc/shadow").read()
+    raise SystemExit("read /etc/shadow")
+except PermissionError:
+    pass
+"""
+    report = grader.grade(submission(tmp_path, "probe", {**CORRECT, "count_bigrams": probe}))
+    assert points(report)["count_bigrams"] == 5, report["cell_errors"]
+
+
+def test_class_run_survives_everything_and_resumes(grader, tmp_path):
+    subs = tmp_path / "class"
+    submission(subs, "alice", CORRECT)
+    submission(subs, "bob", {**CORRECT, **WRONG})
+    submission(subs, "carol")  # untouched
+    submission(subs, "mallory", {**CORRECT, **HOSTILE["infinite loop"][0], **HOSTILE["memory bomb"][0]})
+    (subs / "dave").mkdir()
+    (subs / "dave" / "00_history.ipynb").write_text("not json")
+    (subs / "erin").mkdir()  # submitted nothing
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in subs.rglob("*.ipynb")}
+
+    found = find_submissions([subs])
+    assert [s for s, _ in found] == ["alice", "bob", "carol", "dave", "erin", "mallory"]
+    out = tmp_path / "out"
+    reports = grade_class(grader, found, out, workers=2, progress=False)
+    scores = {r["student"]: r["score"] for r in reports}
+    assert scores == {"alice": 20, "bob": 8, "carol": 0, "dave": 0, "erin": 0, "mallory": 10}
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in subs.rglob("*.ipynb")}
+
+    rows = list(csv.DictReader((out / "grades.csv").open()))
+    assert [r["student_id"] for r in rows] == sorted(scores) and rows[0]["max_score"] == "20"
+    assert {"assignment", "timestamp", "raw_score", "score", "count_bigrams"} <= set(rows[0])
+    summary = (out / "summary.md").read_text()
+    assert "dave: not a valid notebook" in summary and "erin" in summary and "mallory" in summary
+    assert (out / "learners" / "bob" / "feedback.html").exists()
+    assert "Hint:" in (out / "learners" / "bob" / "feedback.md").read_text()
+
+    # an interrupted run resumes: finished learners are not graded again, a lost one is
+    stamp = (out / "learners" / "alice" / "result.json").stat().st_mtime_ns
+    (out / "learners" / "bob" / "result.json").unlink()
+    again = grade_class(grader, found, out, workers=2, progress=False)
+    assert {r["student"]: r["score"] for r in again} == scores
+    assert (out / "learners" / "alice" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_grading_is_deterministic(grader, tmp_path):
+    randomised = {"count_bigrams": CORRECT["count_bigrams"] + "\n_noise = torch.rand(1)\n",
+                  "apply_temperature": "def apply_temperature(logits, temperature):\n    return torch.softmax(logits / temperature + 1e-7 * torch.rand(logits.shape), -1)"}
+    path = submission(tmp_path, "r", {**CORRECT, **randomised})
+    first, second = grader.grade(path), grader.grade(path)
+    assert first["exercises"] == second["exercises"]
+
+
+def test_cli_and_gradescope(tmp_path, capsys):
+    path = submission(tmp_path, "gs", CORRECT)
+    results = tmp_path / "results" / "results.json"
+    assert main([str(path), "--out", str(tmp_path / "reports"), "--gradescope", str(results), "--quiet"]) == 0
+    assert "20 / 20" in capsys.readouterr().out
+    data = json.loads(results.read_text())
+    assert data["score"] == 20 and {t["name"] for t in data["tests"]} == set(CORRECT)
+    assert all(t["score"] == t["max_score"] == 5 for t in data["tests"])
+
+
+def test_find_submissions_layouts(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ["b", "a"]:
+        shutil.copy(STUDENT, flat / f"{name}.ipynb")
+    assert [s for s, _ in find_submissions([flat])] == ["a", "b"]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        find_submissions([tmp_path / "nope"])
+    assert find_submissions([flat / "a.ipynb"]) == [("a", flat / "a.ipynb")]

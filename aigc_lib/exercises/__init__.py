@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aigc_lib.exercises.core import (
@@ -21,16 +23,32 @@ from aigc_lib.exercises.core import (
 __all__ = ["Case", "CaseResult", "Exercise", "ExerciseCheckFailed", "check", "compare", "exercises_for", "get_exercise"]
 
 
-def exercises_for(chapter: str) -> dict[str, Exercise]:
-    """The chapter's exercises by key, visible cases from `chNN`, hidden ones from `hidden.chNN`."""
+def _hidden_cases(chapter: str, hidden_dir: Path | None) -> dict:
+    """Hidden cases: from `hidden_dir/chNN.py` (an instructor's private folder) if given, else packaged."""
+    if hidden_dir is None:
+        try:
+            return importlib.import_module(f"aigc_lib.exercises.hidden.ch{chapter}").HIDDEN
+        except ModuleNotFoundError:
+            return {}
+    path = Path(hidden_dir) / f"ch{chapter}.py"
+    if not path.is_file():
+        raise ValueError(f"hidden_dir: expected a file {path} defining HIDDEN = {{exercise key: (Case, ...)}}")
+    spec = importlib.util.spec_from_file_location(f"_aigc_private_hidden_ch{chapter}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.HIDDEN
+
+
+def exercises_for(chapter: str, hidden_dir: Path | None = None) -> dict[str, Exercise]:
+    """The chapter's exercises by key: visible cases from `chNN`, hidden ones from `_hidden_cases`."""
     try:
         visible = importlib.import_module(f"aigc_lib.exercises.ch{chapter}")
     except ModuleNotFoundError as err:
         raise ValueError(f"chapter: no exercises defined for chapter {chapter!r}") from err
-    try:
-        hidden = importlib.import_module(f"aigc_lib.exercises.hidden.ch{chapter}").HIDDEN
-    except ModuleNotFoundError:
-        hidden = {}
+    hidden = _hidden_cases(chapter, hidden_dir)
+    unknown = set(hidden) - {ex.key for ex in visible.EXERCISES}
+    if unknown:
+        raise ValueError(f"hidden cases name unknown exercises {sorted(unknown)}")
     return {ex.key: dataclasses.replace(ex, hidden=tuple(hidden.get(ex.key, ()))) for ex in visible.EXERCISES}
 
 

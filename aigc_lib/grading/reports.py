@@ -1,0 +1,131 @@
+"""What grading writes: per-learner feedback (Markdown, HTML), the gradebook, Gradescope's JSON.
+
+Feedback shows, per exercise, the points, which tests failed and a hint; hidden tests show
+only their verdict. It never shows hidden inputs, expected values, or the learner's stderr.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+STATUS_WORDS = {"pass": "passed", "fail": "wrong result", "error": "raised an error",
+                "not implemented": "not implemented yet"}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def feedback_markdown(report: dict) -> str:
+    lines = [f"# Feedback: {report['student']} — chapter {report['chapter']}", ""]
+    if report["status"] == "unreadable":
+        lines += [f"**Your notebook could not be graded:** {report['reason']}.", ""]
+    lines += [f"**Score: {report['score']:g} / {report['max_score']:g}**", "",
+              "| exercise | points | tests passed |", "|---|---|---|"]
+    for e in report["exercises"]:
+        passed = sum(c["status"] == "pass" for c in e["cases"])
+        lines.append(f"| `{e['function']}` | {e['points']:g} / {e['max_points']:g} | {passed} / {len(e['cases'])} |")
+    for e in report["exercises"]:
+        bad = [c for c in e["cases"] if c["status"] != "pass"]
+        if not bad:
+            continue
+        lines += ["", f"## `{e['function']}`", ""]
+        if all(c["status"] == "not implemented" for c in bad) and len(bad) == len(e["cases"]):
+            lines.append("Not implemented yet.")
+            continue
+        for c in bad:
+            detail = c["message"] if not c["hidden"] else ""
+            lines.append(f"- {c['case']}: {STATUS_WORDS.get(c['status'], c['status'])}" + (f" — {detail}" if detail else ""))
+        lines += ["", f"Hint: {e['hint']}"]
+    if report["cell_errors"]:
+        lines += ["", "## Cells that raised errors", ""]
+        lines += [f"- `{cell}`: {error}" for cell, error in report["cell_errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def feedback_html(report: dict) -> str:
+    """The same feedback as a self-contained HTML page."""
+    rows = "".join(
+        f"<tr><td><code>{html.escape(e['function'])}</code></td><td>{e['points']:g} / {e['max_points']:g}</td>"
+        f"<td>{sum(c['status'] == 'pass' for c in e['cases'])} / {len(e['cases'])}</td></tr>"
+        for e in report["exercises"]
+    )
+    details = "".join(
+        f"<h2><code>{html.escape(e['function'])}</code></h2><ul>"
+        + "".join(
+            f"<li>{html.escape(c['case'])}: {html.escape(STATUS_WORDS.get(c['status'], c['status']))}"
+            + (f" — {html.escape(c['message'])}" if c["message"] and not c["hidden"] else "") + "</li>"
+            for c in e["cases"] if c["status"] != "pass"
+        )
+        + f"</ul><p>Hint: {html.escape(e['hint'])}</p>"
+        for e in report["exercises"] if any(c["status"] != "pass" for c in e["cases"])
+    )
+    reason = f"<p><b>Your notebook could not be graded:</b> {html.escape(report['reason'])}</p>" if report["reason"] else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Feedback {html.escape(report['student'])}</title>"
+            "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto}td,th{padding:.2em .8em}</style>"
+            f"</head><body><h1>Feedback: {html.escape(report['student'])} — chapter {html.escape(report['chapter'])}</h1>"
+            f"{reason}<p><b>Score: {report['score']:g} / {report['max_score']:g}</b></p>"
+            f"<table><tr><th>exercise</th><th>points</th><th>tests passed</th></tr>{rows}</table>{details}</body></html>\n")
+
+
+GRADEBOOK_COLUMNS = ["assignment", "student_id", "timestamp", "status", "raw_score", "late_submission_penalty",
+                     "score", "max_score"]
+
+
+def gradebook_csv(reports: list[dict], assignment: str) -> str:
+    """nbgrader-export-like columns, then one column of points per exercise, then the reason."""
+    functions = [e["function"] for e in reports[0]["exercises"]] if reports else []
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([*GRADEBOOK_COLUMNS, *functions, "reason"])
+    for r in sorted(reports, key=lambda r: r["student"]):
+        points = {e["function"]: e["points"] for e in r["exercises"]}
+        numbers = [r["score"], 0, r["score"], r["max_score"], *(points.get(f, 0) for f in functions)]
+        writer.writerow([assignment, r["student"], r.get("graded_at", ""), r["status"], *(f"{x:g}" for x in numbers),
+                         r["reason"]])
+    return buf.getvalue()
+
+
+def gradescope_results(report: dict) -> str:
+    """Gradescope's autograder results.json: one test per exercise; hidden verdicts only after publishing."""
+    tests = []
+    for e in report["exercises"]:
+        visible = [c for c in e["cases"] if not c["hidden"]]
+        hidden = [c for c in e["cases"] if c["hidden"]]
+        output = "\n".join(f"{'PASS' if c['status'] == 'pass' else 'FAIL'} {c['case']}"
+                           + (f": {c['message']}" if c["message"] and c["status"] != "pass" else "") for c in visible)
+        if hidden:
+            output += f"\nhidden tests passed: {sum(c['status'] == 'pass' for c in hidden)} / {len(hidden)}"
+        tests.append({"name": e["function"], "score": e["points"], "max_score": e["max_points"],
+                      "output": output.strip() + (f"\nHint: {e['hint']}" if e["points"] < e["max_points"] else ""),
+                      "visibility": "visible"})
+    return json.dumps({"score": report["score"], "tests": tests,
+                       "output": report["reason"] or f"graded with isolation: {report['isolation']}"}, indent=1)
+
+
+def summary_markdown(reports: list[dict], assignment: str) -> str:
+    graded = [r for r in reports if r["status"] == "graded"]
+    failed = [r for r in reports if r["status"] != "graded"]
+    lines = [f"# Grading summary — {assignment}", "", f"- submissions: {len(reports)}",
+             f"- graded: {len(graded)}", f"- could not be graded: {len(failed)}"]
+    if graded:
+        scores = sorted(r["score"] for r in graded)
+        lines.append(f"- median score: {scores[len(scores) // 2]:g} / {graded[0]['max_score']:g}")
+    if failed:
+        lines += ["", "## Not graded", ""] + [f"- {r['student']}: {r['reason']}" for r in failed]
+    troubled = [r for r in graded if r["notes"] or r["cell_errors"]]
+    if troubled:
+        lines += ["", "## Errors, crashes and limits (graded; only the affected exercises lost points)", ""]
+        for r in troubled:
+            problems = [*r["notes"], *(f"cell `{c}`: {e}" for c, e in r["cell_errors"].items())]
+            lines.append(f"- {r['student']}: {'; '.join(problems)}")
+    return "\n".join(lines) + "\n"
