@@ -101,3 +101,11 @@ def test_unknown_exercise_and_chapter():
         get_exercise("00.nope")
     with pytest.raises(ValueError, match="no exercises defined for chapter '99'"):
         exercises_for("99")
+
+
+def test_compare_tuples_item_by_item():
+    e = (torch.ones(2), torch.zeros(2))
+    assert compare((torch.ones(2), torch.zeros(2)), e).ok
+    assert "expected a tuple of 2 items, got list" in compare([torch.ones(2), torch.zeros(2)], e).message
+    assert "expected 2 items, got 1" in compare((torch.ones(2),), e).message
+    assert compare((torch.ones(2), torch.ones(2)), e).message.startswith("item 1: 2 of 2 values are off")

@@ -64,6 +64,8 @@ class Verdict:
 def _describe(x: Any) -> str:
     if type(x) is torch.Tensor:
         return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    if type(x) in (tuple, list):
+        return f"{type(x).__name__} of {len(x)} items"
     return f"{type(x).__name__}"
 
 
@@ -116,6 +118,16 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) 
             f"(abs error {_fmt(err[idx].item())}, rel error {_fmt(rel[idx].item())}; "
             f"tolerance rtol={rtol:g}, atol={atol:g}){full}",
         )
+    if type(expected) in (tuple, list):
+        if type(got) is not type(expected):
+            return Verdict(False, f"expected a {type(expected).__name__} of {len(expected)} items, got {_describe(got)}")
+        if len(got) != len(expected):
+            return Verdict(False, f"expected {len(expected)} items, got {len(got)}")
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            verdict = compare(g, e, rtol=rtol, atol=atol)
+            if not verdict.ok:
+                return Verdict(False, f"item {i}: {verdict.message}")
+        return Verdict(True, "")
     if type(expected) in (float, int):
         if type(got) not in (float, int):
             return Verdict(False, f"expected a Python number, got {_describe(got)}")

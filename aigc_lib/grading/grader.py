@@ -20,7 +20,7 @@ from aigc_lib.exercises.core import CaseResult, Raised, judge
 from aigc_lib.grading.isolate import (
     Limits,
     SandboxRun,
-    decode_tensor,
+    decode_tensors,
     encode_inputs,
     isolation_level,
     run_sandbox,
@@ -49,8 +49,8 @@ def decode(meta: Any, tensor: Any) -> Any:
     if not isinstance(meta, dict):
         return Raised("GradingError", "malformed result")
     kind = meta.get("kind")
-    if kind == "tensor" and isinstance(tensor, str):
-        value = decode_tensor(tensor)
+    if kind in ("tensor", "tuple of tensors", "list of tensors") and isinstance(tensor, str):
+        value = decode_tensors(tensor, kind)
         return value if value is not None else Raised("GradingError", "the returned tensor could not be read")
     if kind == "raised":
         return Raised(str(meta.get("type"))[:80], str(meta.get("message", ""))[:300])

@@ -82,13 +82,19 @@ def encode_inputs(inputs: dict) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def decode_tensor(data: str) -> torch.Tensor | None:
-    """A tensor the sandbox sent, loaded without running any pickle code; None if it is not one."""
+def decode_tensors(data: str, kind: str) -> torch.Tensor | tuple | list | None:
+    """A tensor (or a tuple/list of tensors, as `kind` says) that the sandbox sent, loaded with
+    `weights_only=True` (no arbitrary pickle code runs); None if it is not what `kind` says."""
     try:
         value = torch.load(io.BytesIO(base64.b64decode(data, validate=True)), weights_only=True)
     except Exception:  # noqa: BLE001 - anything malformed is simply not a tensor
         return None
-    return value if type(value) is torch.Tensor else None
+    if kind == "tensor":
+        return value if type(value) is torch.Tensor else None
+    container = {"tuple of tensors": tuple, "list of tensors": list}.get(kind)
+    if container is not None and type(value) is container and all(type(v) is torch.Tensor for v in value):
+        return value
+    return None
 
 
 def run_sandbox(plan: dict, limits: Limits, *, hide: list[Path], slot: int = 0) -> SandboxRun:

@@ -24,12 +24,15 @@ import sys
 import zlib
 
 RESULT_LIMIT = 64 << 20  # bytes of one serialised return value
-WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")  # fresh, private, the only writable places
+TMP_DIRS = ("/tmp", "/var/tmp")
+WRITABLE = (*TMP_DIRS, "/dev/shm")  # fresh, private, the only writable places
 DEVICES = ("null", "zero", "random", "urandom")
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
 MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": 1024,
                "nodiratime": 2048, "relatime": 1 << 21}
 PR_SET_NO_NEW_PRIVS = 38
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # same numbers on x86_64 and arm64 (new mount API, Linux >= 5.2)
+OPEN_TREE_CLONE, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 0x8000, 4, -100
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -52,62 +55,67 @@ def _tmpfs(target: str, mode: str = "0755", flags: int = MS_NOSUID | MS_NODEV) -
     _mount("tmpfs", target, "tmpfs", flags, f"size=256m,mode={mode}")
 
 
-def _stage(path: str, n: int) -> str:
-    """Bind `path` to a spare place under /tmp, so it survives being covered by a tmpfs."""
-    stage = f"/tmp/.stage{n}"
-    if os.path.isdir(path):
-        os.mkdir(stage)
-    else:
-        open(stage, "w").close()
-    _mount(path, stage, None, MS_BIND | MS_REC)
-    return stage
+def _detach(path: str) -> int:
+    """A detached copy of the mount tree at `path` (open_tree): it survives `path` being covered."""
+    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | AT_RECURSIVE)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
+    return fd
 
 
-def _restore(stage: str, path: str) -> None:
-    if os.path.isdir(stage):
-        os.mkdir(path)
-    else:
-        open(path, "w").close()
-    _mount(stage, path, None, MS_BIND | MS_REC)
+def _attach(fd: int, path: str, is_dir: bool) -> None:
+    """Put a detached tree back at `path` (move_mount), creating the mount point first."""
+    os.makedirs(path if is_dir else os.path.dirname(path), exist_ok=True)
+    if not is_dir:
+        open(path, "a").close()
+    if _libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, path.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"move_mount {path}: {os.strerror(err)}")
+    os.close(fd)
+
+
+def _cover(target: str, keep: list[str], mode: str = "0755") -> None:
+    """Replace `target` by an empty tmpfs, except for the paths in `keep` (below it), which stay."""
+    outer = [p for p in keep if not any(p.startswith(q + "/") for q in keep)]
+    saved = [(_detach(p), p, os.path.isdir(p)) for p in outer]
+    _tmpfs(target, mode)
+    for fd, path, is_dir in saved:
+        _attach(fd, path, is_dir)
+
+
+def _under(path: str, parent: str) -> bool:
+    return path.startswith(parent.rstrip("/") + "/")
 
 
 def _make_reachable(paths: list[str]) -> None:
-    """An unprivileged uid cannot walk through a 0700 directory such as /root. Replace each such
-    directory by a tmpfs holding only the children the interpreter needs (hiding the rest)."""
-    counter = 0
+    """An unprivileged uid cannot walk through a 0700 directory such as /root. Cover each such
+    directory by a tmpfs holding only what the interpreter needs (hiding the rest)."""
     while True:
-        blocked: dict[str, set[str]] = {}
+        blocked = None
         for path in paths:
             parts = path.strip("/").split("/")
             for i in range(len(parts)):
                 parent = "/" + "/".join(parts[:i])
                 if not os.stat(parent).st_mode & 0o001:
-                    blocked.setdefault(parent, set()).add(parts[i])
+                    blocked = parent if blocked is None or len(parent) < len(blocked) else blocked
                     break
-        if not blocked:
+        if blocked is None:
             return
-        parent = min(blocked, key=len)  # shallowest first; deeper ones show up on the next pass
-        staged = []
-        for child in sorted(blocked[parent]):
-            staged.append((_stage(os.path.join(parent, child), counter), child))
-            counter += 1
-        _tmpfs(parent)
-        for stage, child in staged:
-            _restore(stage, os.path.join(parent, child))
+        _cover(blocked, [p for p in paths if _under(p, blocked)])  # shallowest first
 
 
 def _isolate(hide: list[str], uid: int, needed: list[str]) -> None:
     """We are root in fresh mount/PID/network namespaces: build the learner's view of the system."""
-    _tmpfs("/tmp", "1777")
-    devices = [_stage(f"/dev/{d}", i) for i, d in enumerate(DEVICES, start=1000)]
-    _tmpfs("/dev")  # no disks, no terminals: only the harmless devices
-    for stage, name in zip(devices, DEVICES, strict=True):
-        _restore(stage, f"/dev/{name}")
+    for path in TMP_DIRS:  # fresh and private, but keeping the interpreter if it lives in /tmp
+        if os.path.isdir(path):
+            _cover(path, [p for p in needed if _under(p, path)], "1777")
+    _cover("/dev", [f"/dev/{d}" for d in DEVICES])  # no disks, no terminals: only harmless devices
     os.mkdir("/dev/shm")
+    _tmpfs("/dev/shm", "1777")
     _make_reachable(needed)
-    for path in hide:  # (anything in /tmp is already out of sight: /tmp is a fresh tmpfs)
-        fresh = path in WRITABLE or path.startswith(tuple(w + "/" for w in WRITABLE))
-        if os.path.exists(path) and not fresh and path != "/":
+    for path in hide:
+        if os.path.exists(path) and path not in WRITABLE and path != "/":
             _tmpfs(path, "0555", MS_RDONLY | MS_NOSUID | MS_NODEV)
     with open("/proc/self/mountinfo") as f:
         mounts = [(line.split()[4], line.split()[5]) for line in f]
@@ -119,12 +127,9 @@ def _isolate(hide: list[str], uid: int, needed: list[str]) -> None:
             flags |= MOUNT_FLAGS.get(option, 0)
         try:
             _mount(None, target.replace("\\040", " "), None, flags)
-        except OSError as err:  # a mount now covered by our tmpfs (old /dev/pts, /dev/shm): unreachable anyway
+        except OSError as err:  # a mount now covered by another (the old /dev/pts): unreachable anyway
             if err.errno not in (errno.ENOENT, errno.EINVAL):
                 raise
-    for path in WRITABLE[1:]:
-        if os.path.isdir(path):
-            _tmpfs(path, "1777")
     os.makedirs("/tmp/work", exist_ok=True)
     os.chown("/tmp/work", uid, uid)
     os.chdir("/tmp/work")
@@ -147,12 +152,19 @@ def _emit(channel, **event) -> None:
 def _encode(value) -> tuple[dict, str | None]:
     import torch
 
-    if type(value) is torch.Tensor:
+    plain = type(value) is torch.Tensor
+    if type(value) in (tuple, list) and 0 < len(value) <= 16:
+        plain = all(type(v) is torch.Tensor for v in value)
+        value = type(value)(v.detach().cpu().clone().contiguous() for v in value) if plain else value
+    elif plain:
+        value = value.detach().cpu().clone().contiguous()
+    if plain:
         buf = io.BytesIO()
-        torch.save(value.detach().cpu().clone().contiguous(), buf)
+        torch.save(value, buf)
         if buf.tell() > RESULT_LIMIT:
             return {"kind": "raised", "type": "ResultTooLarge", "message": f"returned {buf.tell()} bytes"}, None
-        return {"kind": "tensor"}, base64.b64encode(buf.getvalue()).decode()
+        kind = "tensor" if type(value) is torch.Tensor else f"{type(value).__name__} of tensors"
+        return {"kind": kind}, base64.b64encode(buf.getvalue()).decode()
     if type(value) in (float, int, str) and len(repr(value)) < 10_000:
         return {"kind": type(value).__name__, "value": value}, None
     return {"kind": "other", "type": type(value).__name__}, None
