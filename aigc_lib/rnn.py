@@ -1,0 +1,945 @@
+"""Chapter 01 — recurrent networks: the RNN and LSTM equations by hand, then a fast char-level LSTM.
+
+Teaching path (the sources' symbols; weights stored as torch stores them, W_xh: (H, D), W_hh: (H, H),
+so a batch of row vectors x: (B, D) is multiplied as `x @ W_xh.T`):
+
+    RNN    h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h)                  rnn_cell
+           y_t = W_hy h_t + b_y          (logits; g = softmax is applied by the loss)  rnn_output
+    LSTM   i_t = σ(W_xi x_t + W_hi h_{t-1} + b_i)        input gate
+           f_t = σ(W_xf x_t + W_hf h_{t-1} + b_f)        forget gate
+           o_t = σ(W_xo x_t + W_ho h_{t-1} + b_o)        output gate
+           c̃_t = tanh(W_xc x_t + W_hc h_{t-1} + b_c)     candidate cell
+           c_t = f_t ⊙ c_{t-1} + i_t ⊙ c̃_t
+           h_t = o_t ⊙ tanh(c_t)                                        lstm_cell
+
+    rnn_cell_backward / rnn_bptt -- backpropagation through time written out by hand (autograd-checked)
+    rnn_unroll / lstm_unroll     -- one layer over a sequence (T, B, D); lstm_unroll also returns the
+                                    gates, for plotting what the LSTM does
+    rnn_forward / lstm_forward   -- stacked layers, same inputs and outputs as nn.RNN / nn.LSTM
+    *_params_from_torch / *_params_to_torch -- weight mapping to and from nn.RNN / nn.LSTM
+
+Fast path: `CharLSTM` = Embedding -> nn.LSTM (cuDNN on GPU) -> dropout -> Linear, trained with
+truncated backpropagation through time by the shared `training.fit` loop (`train_char_lstm`), scored
+in nats per character (`evaluate_nats_per_char`), sampled token by token (`generate`, `generate_text`)
+with the temperature applied to the LOGITS (`sample_probs`). Tests pin the fast path to the teaching
+path (tests/test_rnn.py).
+
+Corrected from the source article's example (SOURCE_DIGEST E3/E5): temperature divides the logits,
+not the probabilities; the model returns logits at every step, not just the last; the training loss
+stays a tensor (the loop never calls `.item()` per step, let alone `.backward()` on a float).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aigc_lib.runtime import autocast
+from aigc_lib.training import History, fit
+
+__all__ = [
+    "CharLSTM", "CharLSTMConfig", "RNNGrads", "TBPTTBatches", "char_lstm_trace", "evaluate_nats_per_char",
+    "generate", "generate_text", "init_lstm_params", "init_rnn_params", "lstm_cell", "lstm_cell_with_gates",
+    "lstm_forward", "lstm_params_from_torch", "lstm_params_to_torch", "lstm_unroll", "rnn_bptt", "rnn_cell",
+    "rnn_cell_backward", "rnn_forward", "rnn_output", "rnn_params_from_torch", "rnn_params_to_torch",
+    "rnn_unroll", "sample_probs", "tbptt_batches", "train_char_lstm", "warmup_cosine",
+]
+
+Params = dict[str, Tensor]
+LSTMState = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, H)
+
+RNN_KEYS = ("W_xh", "W_hh", "b_h")
+TORCH_GATE_ORDER = ("i", "f", "c", "o")  # rows of weight_ih_l{k}: torch's [i, f, g, o]; its g is our c̃
+LSTM_KEYS = tuple(k for g in ("i", "f", "o", "c") for k in (f"W_x{g}", f"W_h{g}", f"b_{g}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks (every public function fails with: the argument, what was expected, what came)
+# ---------------------------------------------------------------------------------------------
+
+
+def _shape(t: object) -> str:
+    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
+def _check_float(name: str, t: object, shape: tuple[int | None, ...], dtype=None) -> Tensor:
+    """`t` must be a floating tensor of `shape` (None = any size) and, if given, of `dtype`."""
+    ok = (
+        isinstance(t, Tensor)
+        and t.is_floating_point()
+        and t.ndim == len(shape)
+        and all(s is None or s == n for s, n in zip(shape, t.shape, strict=True))
+    )
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        kind = f" {t.dtype}" if isinstance(t, Tensor) else ""
+        raise ValueError(f"{name}: expected a floating-point tensor of shape {want}, got{kind} {_shape(t)}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (as the other inputs), got {t.dtype}")
+    return t
+
+
+def _check_int(name: str, value: object, low: int = 1, high: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        rng = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected an int {rng}, got {value!r}")
+    return value
+
+
+def _check_vec_or_batch(name: str, x: object, size: int | None, lead: tuple[int, ...] | None) -> Tensor:
+    """x: (size,) or (B, size); with `lead` given the leading shape must equal it."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim not in (1, 2):
+        raise ValueError(f"{name}: expected a floating-point tensor of shape (B, {size or 'D'}) or ({size or 'D'},), got {_shape(x)}")
+    if size is not None and x.shape[-1] != size:
+        raise ValueError(f"{name}: expected last dimension {size}, got shape {_shape(x)}")
+    if lead is not None and tuple(x.shape[:-1]) != lead:
+        want = (*lead, x.shape[-1])
+        raise ValueError(f"{name}: expected shape {want} (batch as x), got {_shape(x)}")
+    return x
+
+
+def _check_rnn_params(params: object, name: str = "params") -> tuple[int, int]:
+    """A dict with W_xh (H, D), W_hh (H, H), b_h (H,) of one dtype; returns (D, H)."""
+    if not isinstance(params, Mapping) or any(k not in params for k in RNN_KEYS):
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"{name}: expected a dict with keys {list(RNN_KEYS)}, got {got}")
+    W = _check_float(f"{name}['W_xh']", params["W_xh"], (None, None))
+    H, D = W.shape
+    _check_float(f"{name}['W_hh']", params["W_hh"], (H, H), W.dtype)
+    _check_float(f"{name}['b_h']", params["b_h"], (H,), W.dtype)
+    return D, H
+
+
+def _check_lstm_params(params: object, name: str = "params") -> tuple[int, int]:
+    """A dict with the 12 LSTM tensors W_x* (H, D), W_h* (H, H), b_* (H,) of one dtype; returns (D, H)."""
+    if not isinstance(params, Mapping) or any(k not in params for k in LSTM_KEYS):
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"{name}: expected a dict with keys {list(LSTM_KEYS)}, got {got}")
+    W = _check_float(f"{name}['W_xi']", params["W_xi"], (None, None))
+    H, D = W.shape
+    for g in ("i", "f", "o", "c"):
+        _check_float(f"{name}['W_x{g}']", params[f"W_x{g}"], (H, D), W.dtype)
+        _check_float(f"{name}['W_h{g}']", params[f"W_h{g}"], (H, H), W.dtype)
+        _check_float(f"{name}['b_{g}']", params[f"b_{g}"], (H,), W.dtype)
+    return D, H
+
+
+def _check_layers(layers: object, check: Callable[[object, str], tuple[int, int]], what: str) -> list[tuple[int, int]]:
+    """A non-empty list of parameter dicts whose sizes chain: layer l+1's input is layer l's H."""
+    if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)) or not layers:
+        raise ValueError(f"layers: expected a non-empty list of {what} parameter dicts (one per layer), got {type(layers).__name__}")
+    sizes = [check(p, f"layers[{i}]") for i, p in enumerate(layers)]
+    for i in range(1, len(sizes)):
+        if sizes[i][1] != sizes[0][1]:
+            raise ValueError(
+                f"layers[{i}]: expected hidden size {sizes[0][1]} (every layer has the same, as in torch), got {sizes[i][1]}"
+            )
+        if sizes[i][0] != sizes[i - 1][1]:
+            raise ValueError(
+                f"layers[{i}]: expected input size {sizes[i - 1][1]} (the hidden size of layer {i - 1}), got {sizes[i][0]}"
+            )
+    return sizes
+
+
+def _check_seq(xs: object, D: int) -> tuple[int, int]:
+    """xs: (T, B, D) with T >= 1; returns (T, B)."""
+    x = _check_float("xs", xs, (None, None, D))
+    if x.shape[0] == 0:
+        raise ValueError(f"xs: expected at least one time step, got shape {_shape(x)}")
+    return x.shape[0], x.shape[1]
+
+
+def _randu(shape: tuple[int, ...], bound: float, generator, dtype, device) -> Tensor:
+    """U(-bound, bound): torch's default init for nn.RNN / nn.LSTM / nn.Linear with bound = 1/sqrt(H)."""
+    return (torch.rand(shape, generator=generator, dtype=dtype, device=device) * 2 - 1) * bound
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Vanilla RNN: forward, hand-written backward, backpropagation through time
+# ---------------------------------------------------------------------------------------------
+
+
+def init_rnn_params(
+    input_size: int,
+    hidden_size: int,
+    output_size: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Params:
+    """{W_xh (H, D), W_hh (H, H), b_h (H,)} (+ W_hy (V, H), b_y (V,) with output_size=V), each
+    drawn from U(-1/√H, 1/√H) as torch initialises nn.RNN and nn.Linear. Plain tensors without
+    grad: call `.requires_grad_()` on them to train or gradcheck."""
+    D, H = _check_int("input_size", input_size), _check_int("hidden_size", hidden_size)
+    if output_size is not None:
+        _check_int("output_size", output_size)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
+    k = 1 / math.sqrt(H)
+    shapes = {"W_xh": (H, D), "W_hh": (H, H), "b_h": (H,)}
+    if output_size is not None:
+        shapes |= {"W_hy": (output_size, H), "b_y": (output_size,)}
+    return {name: _randu(s, k, generator, dtype, device) for name, s in shapes.items()}
+
+
+def rnn_cell(x: Tensor, h_prev: Tensor, W_xh: Tensor, W_hh: Tensor, b_h: Tensor) -> Tensor:
+    """One RNN step: h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h).
+
+    x: (B, D) or (D,); h_prev: (B, H) or (H,); W_xh: (H, D); W_hh: (H, H); b_h: (H,). Returns h_t like h_prev.
+    """
+    W_xh = _check_float("W_xh", W_xh, (None, None))
+    H, D = W_xh.shape
+    x = _check_vec_or_batch("x", x, D, None)
+    _check_vec_or_batch("h_prev", h_prev, H, tuple(x.shape[:-1]))
+    _check_float("W_hh", W_hh, (H, H))
+    _check_float("b_h", b_h, (H,))
+    return _rnn_step(x, h_prev, W_xh, W_hh, b_h)
+
+
+def _rnn_step(x: Tensor, h_prev: Tensor, W_xh: Tensor, W_hh: Tensor, b_h: Tensor) -> Tensor:
+    a = x @ W_xh.T + h_prev @ W_hh.T + b_h  # a_t = W_xh x_t + W_hh h_{t-1} + b_h   (B, H)
+    return torch.tanh(a)  # h_t = tanh(a_t)
+
+
+def rnn_output(h: Tensor, W_hy: Tensor, b_y: Tensor) -> Tensor:
+    """Logits y_t = W_hy h_t + b_y; h: (..., H), W_hy: (V, H), b_y: (V,) -> (..., V).
+
+    The sources write y_t = g(W_hy h_t + b_y) with g = softmax; we return the logits and let the loss
+    (`F.cross_entropy`) apply log-softmax, which is the numerically safe way to do it."""
+    W_hy = _check_float("W_hy", W_hy, (None, None))
+    V, H = W_hy.shape
+    _check_float("b_y", b_y, (V,))
+    if not isinstance(h, Tensor) or not h.is_floating_point() or h.ndim < 1 or h.shape[-1] != H:
+        raise ValueError(f"h: expected a floating-point tensor of shape (..., {H}), got {_shape(h)}")
+    return h @ W_hy.T + b_y  # (..., V)
+
+
+def rnn_cell_backward(
+    dh: Tensor, x: Tensor, h_prev: Tensor, h: Tensor, W_xh: Tensor, W_hh: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of one RNN step, given dh = ∂L/∂h_t (B, H) and the forward's x, h_{t-1}, h_t.
+
+    With a = W_xh x + W_hh h_{t-1} + b_h and h_t = tanh(a):
+        da        = dh ⊙ (1 - h_t²)            (tanh'(a) = 1 - tanh(a)²)
+        dx        = da W_xh                    (B, D)
+        dh_prev   = da W_hh                    (B, H)  -- the term that vanishes or explodes over time
+        dW_xh     = Σ_batch da ⊗ x             (H, D)
+        dW_hh     = Σ_batch da ⊗ h_{t-1}       (H, H)
+        db_h      = Σ_batch da                 (H,)
+    Returns (dx, dh_prev, dW_xh, dW_hh, db_h). Unbatched (H,)/(D,) inputs work too.
+    """
+    W_xh = _check_float("W_xh", W_xh, (None, None))
+    H, D = W_xh.shape
+    _check_float("W_hh", W_hh, (H, H))
+    x = _check_vec_or_batch("x", x, D, None)
+    lead = tuple(x.shape[:-1])
+    for name, t in (("h_prev", h_prev), ("h", h), ("dh", dh)):
+        _check_vec_or_batch(name, t, H, lead)
+    return _rnn_step_backward(dh, x, h_prev, h, W_xh, W_hh)
+
+
+def _rnn_step_backward(dh, x, h_prev, h, W_xh, W_hh):
+    da = dh * (1 - h * h)  # ∂L/∂a = ∂L/∂h ⊙ (1 - h²)            (B, H)
+    dx = da @ W_xh  # ∂L/∂x = W_xhᵀ da (row form: da W_xh)     (B, D)
+    dh_prev = da @ W_hh  # ∂L/∂h_{t-1} = W_hhᵀ da                 (B, H)
+    da2 = da.reshape(-1, da.shape[-1])  # (B, H), also for unbatched input
+    dW_xh = da2.T @ x.reshape(-1, x.shape[-1])  # Σ_b da_b x_bᵀ               (H, D)
+    dW_hh = da2.T @ h_prev.reshape(-1, h_prev.shape[-1])  # Σ_b da_b h_{t-1,b}ᵀ    (H, H)
+    db_h = da2.sum(0)  # Σ_b da_b                                  (H,)
+    return dx, dh_prev, dW_xh, dW_hh, db_h
+
+
+def rnn_unroll(xs: Tensor, params: Mapping[str, Tensor], h0: Tensor | None = None) -> Tensor:
+    """Run one RNN layer over a sequence: xs (T, B, D), h0 (B, H) (default zeros) -> hs (T, B, H),
+    hs[t] = tanh(W_xh xs[t] + W_hh hs[t-1] + b_h) with hs[-1] read as h0 at t = 0; the last
+    hidden state is hs[-1]."""
+    D, H = _check_rnn_params(params)
+    T, B = _check_seq(xs, D)
+    h = _initial("h0", h0, (B, H), xs)
+    hs = []
+    for t in range(T):
+        h = _rnn_step(xs[t], h, params["W_xh"], params["W_hh"], params["b_h"])  # (B, H)
+        hs.append(h)
+    return torch.stack(hs)
+
+
+def _initial(name: str, t: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    if t is None:
+        return like.new_zeros(shape)
+    return _check_float(name, t, shape)
+
+
+class RNNGrads(NamedTuple):
+    """What `rnn_bptt` returns: ∂L/∂(everything) for L with the given ∂L/∂h_t."""
+
+    dxs: Tensor  # (T, B, D)  ∂L/∂x_t
+    dh0: Tensor  # (B, H)     ∂L/∂h_0
+    dW_xh: Tensor  # (H, D)
+    dW_hh: Tensor  # (H, H)
+    db_h: Tensor  # (H,)
+    dhs: Tensor  # (T, B, H)  total ∂L/∂h_t (direct + through h_{t+1}): plot its norm to see it vanish
+
+
+def rnn_bptt(xs: Tensor, h0: Tensor, params: Mapping[str, Tensor], dhs: Tensor) -> RNNGrads:
+    """Backpropagation through time for one RNN layer, by hand.
+
+    xs (T, B, D), h0 (B, H); dhs (T, B, H) = the loss's DIRECT gradient on each state hs[t] (e.g.
+    from the output layer at step t). Runs the forward (caching the states), then walks back in time:
+        δ_t  = dhs[t] + ∂L/∂hs[t] through step t+1     (total gradient reaching hs[t])
+        dx_t, ∂L/∂h_{t-1}, dW_xh, dW_hh, db_h  from rnn_cell_backward(δ_t, ...)
+    The weight gradients are summed over time: the same W is used at every step.
+    """
+    D, H = _check_rnn_params(params)
+    T, B = _check_seq(xs, D)
+    _check_float("h0", h0, (B, H))
+    _check_float("dhs", dhs, (T, B, H))
+    W_xh, W_hh = params["W_xh"], params["W_hh"]
+    hs = rnn_unroll(xs, params, h0)  # forward pass, cached: hs[t] = state after xs[t]   (T, B, H)
+    dW_xh, dW_hh, db_h = torch.zeros_like(W_xh), torch.zeros_like(W_hh), torch.zeros_like(params["b_h"])
+    dxs, total = torch.empty_like(xs), torch.empty_like(hs)
+    dh_next = torch.zeros_like(h0)  # gradient from after the last step: none
+    for t in reversed(range(T)):
+        total[t] = dhs[t] + dh_next  # δ_t = direct + recurrent
+        h_prev = hs[t - 1] if t > 0 else h0
+        dxs[t], dh_next, dWx, dWh, db = _rnn_step_backward(total[t], xs[t], h_prev, hs[t], W_xh, W_hh)
+        dW_xh += dWx  # shared weights: gradients add up over time
+        dW_hh += dWh
+        db_h += db
+    return RNNGrads(dxs, dh_next, dW_xh, dW_hh, db_h, total)
+
+
+def rnn_forward(xs: Tensor, layers: Sequence[Mapping[str, Tensor]], h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Stacked RNN, the same computation as `nn.RNN(nonlinearity='tanh')` (batch_first=False).
+
+    xs (T, B, D); layers: one param dict per layer (layer l+1 reads layer l's hidden states);
+    h0 (L, B, H) or None. Returns (out (T, B, H) = the last layer's h_t, h_n (L, B, H))."""
+    sizes = _check_layers(layers, _check_rnn_params, "RNN")
+    _, B = _check_seq(xs, sizes[0][0])
+    L, H = len(layers), sizes[-1][1]
+    if h0 is not None:
+        _check_float("h0", h0, (L, B, H))
+    out, h_n = xs, []
+    for layer, params in enumerate(layers):
+        out = rnn_unroll(out, params, None if h0 is None else h0[layer])  # (T, B, H)
+        h_n.append(out[-1])  # (B, H)
+    return out, torch.stack(h_n)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. LSTM
+# ---------------------------------------------------------------------------------------------
+
+
+def init_lstm_params(
+    input_size: int,
+    hidden_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Params:
+    """The 12 LSTM tensors W_x{i,f,o,c} (H, D), W_h{i,f,o,c} (H, H), b_{i,f,o,c} (H,), drawn from
+    U(-1/√H, 1/√H) as torch initialises nn.LSTM (plain tensors, no grad)."""
+    D, H = _check_int("input_size", input_size), _check_int("hidden_size", hidden_size)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
+    k = 1 / math.sqrt(H)
+    shapes = {"W_x": (H, D), "W_h": (H, H), "b_": (H,)}
+    return {key: _randu(shapes[key[:-1]], k, generator, dtype, device) for key in LSTM_KEYS}
+
+
+def lstm_cell_with_gates(
+    x: Tensor, h_prev: Tensor, c_prev: Tensor, params: Mapping[str, Tensor]
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """One LSTM step, also returning the gates {"i", "f", "o", "c_tilde"} (each like h) for plots.
+
+    x: (B, D) or (D,); h_prev, c_prev: (B, H) or (H,); params: see `init_lstm_params`. Returns (h_t, c_t, gates).
+    """
+    D, H = _check_lstm_params(params)
+    x = _check_vec_or_batch("x", x, D, None)
+    _check_vec_or_batch("h_prev", h_prev, H, tuple(x.shape[:-1]))
+    _check_vec_or_batch("c_prev", c_prev, H, tuple(x.shape[:-1]))
+    return _lstm_step(x, h_prev, c_prev, params)
+
+
+def lstm_cell(x: Tensor, h_prev: Tensor, c_prev: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """One LSTM step -> (h_t, c_t); the equations are in `_lstm_step` (and the module docstring)."""
+    h, c, _ = lstm_cell_with_gates(x, h_prev, c_prev, params)
+    return h, c
+
+
+def _lstm_step(x: Tensor, h: Tensor, c: Tensor, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    # i_t = σ(W_xi x_t + W_hi h_{t-1} + b_i)     input gate: how much of the candidate to write  (B, H)
+    i = torch.sigmoid(x @ p["W_xi"].T + h @ p["W_hi"].T + p["b_i"])
+    # f_t = σ(W_xf x_t + W_hf h_{t-1} + b_f)     forget gate: how much of the old cell to keep
+    f = torch.sigmoid(x @ p["W_xf"].T + h @ p["W_hf"].T + p["b_f"])
+    # o_t = σ(W_xo x_t + W_ho h_{t-1} + b_o)     output gate: how much of the cell to show
+    o = torch.sigmoid(x @ p["W_xo"].T + h @ p["W_ho"].T + p["b_o"])
+    # c̃_t = tanh(W_xc x_t + W_hc h_{t-1} + b_c)  candidate cell content
+    c_tilde = torch.tanh(x @ p["W_xc"].T + h @ p["W_hc"].T + p["b_c"])
+    # c_t = f_t ⊙ c_{t-1} + i_t ⊙ c̃_t            additive update: the gradient path that does not vanish
+    c = f * c + i * c_tilde
+    # h_t = o_t ⊙ tanh(c_t)                      what the next step and the next layer see
+    h = o * torch.tanh(c)
+    return h, c, {"i": i, "f": f, "o": o, "c_tilde": c_tilde}
+
+
+def lstm_unroll(
+    xs: Tensor, params: Mapping[str, Tensor], h0: Tensor | None = None, c0: Tensor | None = None
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Run one LSTM layer over xs (T, B, D) from h0, c0 (B, H) (default zeros).
+
+    Returns (hs (T, B, H), cs (T, B, H), gates {"i", "f", "o", "c_tilde"} each (T, B, H)); the final
+    state is (hs[-1], cs[-1])."""
+    D, H = _check_lstm_params(params)
+    T, B = _check_seq(xs, D)
+    h, c = _initial("h0", h0, (B, H), xs), _initial("c0", c0, (B, H), xs)
+    hs, cs, gates = [], [], {k: [] for k in ("i", "f", "o", "c_tilde")}
+    for t in range(T):
+        h, c, g = _lstm_step(xs[t], h, c, params)  # (B, H) each
+        hs.append(h)
+        cs.append(c)
+        for k, v in g.items():
+            gates[k].append(v)
+    return torch.stack(hs), torch.stack(cs), {k: torch.stack(v) for k, v in gates.items()}
+
+
+def lstm_forward(
+    xs: Tensor, layers: Sequence[Mapping[str, Tensor]], state: LSTMState | None = None
+) -> tuple[Tensor, LSTMState]:
+    """Stacked LSTM, the same computation as `nn.LSTM` (batch_first=False, no dropout).
+
+    xs (T, B, D); layers: one param dict per layer; state (h0, c0) each (L, B, H) or None.
+    Returns (out (T, B, H) = last layer's h_t, (h_n, c_n) each (L, B, H))."""
+    sizes = _check_layers(layers, _check_lstm_params, "LSTM")
+    _, B = _check_seq(xs, sizes[0][0])
+    L, H = len(layers), sizes[-1][1]
+    if state is not None:
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"state: expected a pair (h0, c0) of tensors (L, B, H) or None, got {type(state).__name__}")
+        _check_float("state[0] (h0)", state[0], (L, B, H))
+        _check_float("state[1] (c0)", state[1], (L, B, H))
+    out, h_n, c_n = xs, [], []
+    for layer, params in enumerate(layers):
+        h0, c0 = (None, None) if state is None else (state[0][layer], state[1][layer])
+        out, cs, _ = lstm_unroll(out, params, h0, c0)  # (T, B, H)
+        h_n.append(out[-1])  # (B, H)
+        c_n.append(cs[-1])
+    return out, (torch.stack(h_n), torch.stack(c_n))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Weight mapping to and from torch's nn.RNN / nn.LSTM
+#
+# torch stores layer k as weight_ih_l{k} (G·H, D), weight_hh_l{k} (G·H, H) and TWO biases
+# bias_ih_l{k}, bias_hh_l{k} (G·H,), both added: our b = b_ih + b_hh. For the LSTM (G = 4) the rows
+# are stacked in the gate order [i, f, g, o], where torch's g is our candidate c̃:
+#     rows 0:H -> i,  H:2H -> f,  2H:3H -> c̃ (g),  3H:4H -> o.
+# Writing back puts the whole bias into bias_ih and zeros into bias_hh (same sum, same outputs).
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_torch_rnn(module: object, cls: type, layer: object, name: str) -> int:
+    if not isinstance(module, cls):
+        raise ValueError(f"{name}: expected a torch.nn.{cls.__name__}, got {type(module).__name__}")
+    if module.bidirectional:
+        raise ValueError(f"{name}: bidirectional {cls.__name__}s are not supported (expected bidirectional=False)")
+    if getattr(module, "proj_size", 0):
+        raise ValueError(f"{name}: LSTMs with projections are not supported (expected proj_size=0, got {module.proj_size})")
+    if cls is nn.RNN and module.nonlinearity != "tanh":
+        raise ValueError(f"{name}: expected nonlinearity='tanh' (the equations here), got {module.nonlinearity!r}")
+    return _check_int("layer", layer, 0, module.num_layers - 1)
+
+
+def _torch_weights(module: nn.RNNBase, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    w_ih, w_hh = getattr(module, f"weight_ih_l{k}"), getattr(module, f"weight_hh_l{k}")
+    b = torch.zeros(w_ih.shape[0], dtype=w_ih.dtype, device=w_ih.device)
+    if module.bias:
+        b = getattr(module, f"bias_ih_l{k}") + getattr(module, f"bias_hh_l{k}")  # b = b_ih + b_hh
+    return w_ih.detach().clone(), w_hh.detach().clone(), b.detach().clone()
+
+
+@torch.no_grad()
+def _set_torch_weights(module: nn.RNNBase, k: int, w_ih: Tensor, w_hh: Tensor, b: Tensor) -> None:
+    getattr(module, f"weight_ih_l{k}").copy_(w_ih)
+    getattr(module, f"weight_hh_l{k}").copy_(w_hh)
+    if module.bias:
+        getattr(module, f"bias_ih_l{k}").copy_(b)
+        getattr(module, f"bias_hh_l{k}").zero_()
+    elif bool((b != 0).any()):
+        raise ValueError("params: the module has bias=False but the biases are not all zero")
+
+
+def _check_sizes_match(name: str, D: int, H: int, module: nn.RNNBase, k: int) -> None:
+    want_D = module.input_size if k == 0 else module.hidden_size
+    if (D, H) != (want_D, module.hidden_size):
+        raise ValueError(
+            f"{name}: layer {k} of the module has input size {want_D} and hidden size {module.hidden_size}, "
+            f"but params have input size {D} and hidden size {H}"
+        )
+
+
+def rnn_params_from_torch(rnn: nn.RNN, layer: int = 0) -> Params:
+    """{W_xh, W_hh, b_h} of layer `layer` of a tanh nn.RNN (copies; b_h = bias_ih + bias_hh)."""
+    k = _check_torch_rnn(rnn, nn.RNN, layer, "rnn")
+    w_ih, w_hh, b = _torch_weights(rnn, k)
+    return {"W_xh": w_ih, "W_hh": w_hh, "b_h": b}
+
+
+def rnn_params_to_torch(params: Mapping[str, Tensor], rnn: nn.RNN, layer: int = 0) -> nn.RNN:
+    """Copy {W_xh, W_hh, b_h} into layer `layer` of `rnn` (bias_ih = b_h, bias_hh = 0); returns rnn."""
+    k = _check_torch_rnn(rnn, nn.RNN, layer, "rnn")
+    D, H = _check_rnn_params(params)
+    _check_sizes_match("params", D, H, rnn, k)
+    _set_torch_weights(rnn, k, params["W_xh"], params["W_hh"], params["b_h"])
+    return rnn
+
+
+def lstm_params_from_torch(lstm: nn.LSTM, layer: int = 0) -> Params:
+    """The 12 tensors of layer `layer` of an nn.LSTM (copies): row blocks [i, f, g, o] -> i, f, c, o;
+    b_* = bias_ih + bias_hh."""
+    k = _check_torch_rnn(lstm, nn.LSTM, layer, "lstm")
+    w_ih, w_hh, b = _torch_weights(lstm, k)
+    params = {}
+    for gate, wx, wh, bb in zip(TORCH_GATE_ORDER, w_ih.chunk(4), w_hh.chunk(4), b.chunk(4), strict=True):
+        params |= {f"W_x{gate}": wx.clone(), f"W_h{gate}": wh.clone(), f"b_{gate}": bb.clone()}
+    return {key: params[key] for key in LSTM_KEYS}
+
+
+def lstm_params_to_torch(params: Mapping[str, Tensor], lstm: nn.LSTM, layer: int = 0) -> nn.LSTM:
+    """Copy the 12 tensors into layer `layer` of `lstm`, stacking the gates as torch's [i, f, g, o]
+    (bias_ih = b, bias_hh = 0); returns lstm."""
+    k = _check_torch_rnn(lstm, nn.LSTM, layer, "lstm")
+    D, H = _check_lstm_params(params)
+    _check_sizes_match("params", D, H, lstm, k)
+    w_ih = torch.cat([params[f"W_x{g}"] for g in TORCH_GATE_ORDER])  # (4H, D)
+    w_hh = torch.cat([params[f"W_h{g}"] for g in TORCH_GATE_ORDER])  # (4H, H)
+    b = torch.cat([params[f"b_{g}"] for g in TORCH_GATE_ORDER])  # (4H,)
+    _set_torch_weights(lstm, k, w_ih, w_hh, b)
+    return lstm
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Fast path: a character-level LSTM language model
+# ---------------------------------------------------------------------------------------------
+
+
+def _lstm_needs_fp32(device: torch.device) -> bool:
+    """True under an autocast whose dtype the device's LSTM kernel cannot run: cuDNN runs bf16 RNNs
+    only from cuDNN 9.13 (pytorch/pytorch#164411; torch's own CUDA LSTM cell has no bf16 either) and
+    oneDNN has no bf16 LSTM on CPU. There the LSTM runs in fp32 (TF32 on GPUs) and the rest in bf16."""
+    if not torch.is_autocast_enabled(device.type):
+        return False
+    dtype = torch.get_autocast_dtype(device.type)
+    if device.type == "cuda" and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled:
+        return dtype == torch.bfloat16 and (torch.backends.cudnn.version() or 0) < 91300
+    if device.type == "cuda":  # torch's own CUDA LSTM kernel: fp16 yes, bf16 no
+        return dtype == torch.bfloat16
+    return True  # CPU (oneDNN) and others: keep the LSTM in its weights' dtype
+
+
+@dataclass
+class CharLSTMConfig:
+    vocab_size: int
+    embed_dim: int = 128
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.0  # between LSTM layers (nn.LSTM's own) and before the output layer
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "embed_dim", "hidden_size", "num_layers"):
+            _check_int(name, getattr(self, name))
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {d!r}")
+
+
+class CharLSTM(nn.Module):
+    """Embedding -> nn.LSTM (cuDNN on GPU) -> dropout -> Linear: next-character logits at every step.
+
+    p(x_{t+1} | x_{≤t}) = softmax(W_hy h_t + b_y), h_t from the stacked LSTM over the embeddings.
+    Init: torch's defaults (U(-1/√H, 1/√H) for the LSTM and the head, N(0, 1) embeddings), plus a
+    forget-gate bias of 1 (Jozefowicz et al., 2015: the cell starts out remembering) and a zero
+    output bias (the first loss is ≈ ln V)."""
+
+    def __init__(self, config: CharLSTMConfig):
+        super().__init__()
+        if not isinstance(config, CharLSTMConfig):
+            raise ValueError(f"config: expected a CharLSTMConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
+        self.lstm = nn.LSTM(
+            c.embed_dim, c.hidden_size, c.num_layers, batch_first=True,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden_size, c.vocab_size)
+        with torch.no_grad():
+            H = c.hidden_size
+            for k in range(c.num_layers):
+                getattr(self.lstm, f"bias_ih_l{k}")[H : 2 * H].fill_(1.0)  # b_f = 1 (+ bias_hh's 0)
+                getattr(self.lstm, f"bias_hh_l{k}")[H : 2 * H].zero_()
+            self.head.bias.zero_()
+
+    def forward(self, idx: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """idx (B, T) int64, state (h, c) each (L, B, H) or None (zeros) -> (logits (B, T, V), state)."""
+        c = self.config
+        if not isinstance(idx, Tensor) or idx.dtype != torch.int64 or idx.ndim != 2:
+            kind = f"{idx.dtype} " if isinstance(idx, Tensor) else ""
+            raise ValueError(f"idx: expected an int64 tensor of shape (B, T), got {kind}{_shape(idx)}")
+        if state is not None:
+            want = (c.num_layers, idx.shape[0], c.hidden_size)
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ValueError(f"state: expected a pair (h, c) of tensors {want} or None, got {type(state).__name__}")
+            for name, s in zip(("state[0] (h)", "state[1] (c)"), state, strict=True):
+                if not isinstance(s, Tensor) or tuple(s.shape) != want:
+                    raise ValueError(f"{name}: expected shape {want} (num_layers, B, hidden_size), got {_shape(s)}")
+            state = tuple(state)
+        x = self.embed(idx)  # (B, T, E)
+        if _lstm_needs_fp32(x.device):  # autocast to a dtype this device's LSTM kernel lacks
+            dtype = self.lstm.weight_ih_l0.dtype
+            with torch.autocast(x.device.type, enabled=False):
+                state = None if state is None else tuple(s.to(dtype) for s in state)
+                out, state = self.lstm(x.to(dtype), state)
+        else:
+            out, state = self.lstm(x, state)  # (B, T, H); state: (L, B, H) x 2
+        logits = self.head(self.drop(out))  # (B, T, V)
+        return logits, state
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token, counting only the matrix multiplies (2 FLOPs per multiply-add):
+
+            2 · ( Σ_l 4H (D_l + H)  +  H V ),   D_0 = embed_dim, D_l = H for l ≥ 1
+
+        4H(D_l + H): the four gates' W_x· x_t and W_h· h_{t-1} in layer l; HV: the output layer. The
+        embedding is a lookup (0 FLOPs); biases, σ/tanh and the ⊙ updates are O(H) per layer and left
+        out. Training (forward + backward) costs ≈ 3x this."""
+        c = self.config
+        H = c.hidden_size
+        macs = sum(4 * H * ((c.embed_dim if k == 0 else H) + H) for k in range(c.num_layers))
+        return 2 * (macs + H * c.vocab_size)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@torch.no_grad()
+def char_lstm_trace(model: CharLSTM, idx: Tensor) -> list[dict[str, Tensor]]:
+    """Look inside a CharLSTM: its weights run through the from-scratch `lstm_unroll`, layer by layer.
+
+    idx (B, T) int64 -> one dict per layer with "h", "c", "i", "f", "o", "c_tilde", each (B, T, H),
+    from a zero state without dropout (the last layer's "h" is what nn.LSTM outputs). E.g. plot
+    `trace[0]["f"][0].T` as an (H, T) heat map of the first layer's forget gates over a text."""
+    if not isinstance(model, CharLSTM):
+        raise ValueError(f"model: expected a CharLSTM, got {type(model).__name__}")
+    if not isinstance(idx, Tensor) or idx.dtype != torch.int64 or idx.ndim != 2:
+        raise ValueError(f"idx: expected an int64 tensor of shape (B, T), got {_shape(idx)}")
+    xs = model.embed(idx.to(model.embed.weight.device)).transpose(0, 1)  # (T, B, E)
+    trace = []
+    for k in range(model.config.num_layers):
+        hs, cs, gates = lstm_unroll(xs, lstm_params_from_torch(model.lstm, k))  # (T, B, H) each
+        trace.append({name: t.transpose(0, 1) for name, t in {"h": hs, "c": cs, **gates}.items()})
+        xs = hs  # layer k+1 reads layer k's hidden states
+    return trace
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Truncated backpropagation through time with the shared `fit`
+# ---------------------------------------------------------------------------------------------
+
+
+def _f32(t: Tensor) -> Tensor:
+    """bf16/fp16 logits (autocast) -> float32 for the softmax; float32/float64 stay as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _check_ids(name: str, ids: object) -> Tensor:
+    if not isinstance(ids, Tensor) or ids.dtype != torch.int64 or ids.ndim != 1:
+        kind = f"{ids.dtype} " if isinstance(ids, Tensor) else ""
+        raise ValueError(f"{name}: expected a 1-D int64 tensor of token ids (CharTokenizer.encode), got {kind}{_shape(ids)}")
+    return ids
+
+
+class TBPTTBatches:
+    """`batches(step) -> (x, y, reset)` for `fit`: the text cut into `batch_size` parallel streams.
+
+    Row b of every batch is the next `seq_len` characters of stream b, so the LSTM state left by
+    step s is the right starting state for step s+1 (truncated BPTT: gradients stop at the chunk
+    edge, the state does not). With L = (len(ids) - 1) // batch_size characters per stream,
+    stream b is ids[b·L : (b+1)·L] (targets: shifted by one); a pass is `len(self)` =
+    L // seq_len steps (the leftover tail of each stream is skipped); `reset` is True at the first
+    step of every pass, where the state must start again from zeros."""
+
+    def __init__(self, ids: Tensor, batch_size: int, seq_len: int, device: torch.device | str | None = None):
+        ids = _check_ids("ids", ids)
+        self.batch_size, self.seq_len = _check_int("batch_size", batch_size), _check_int("seq_len", seq_len)
+        need = batch_size * seq_len + 1
+        if len(ids) < need:
+            raise ValueError(
+                f"ids: expected at least batch_size * seq_len + 1 = {need} ids, got {len(ids)}; "
+                "use a smaller batch_size or seq_len"
+            )
+        L = (len(ids) - 1) // batch_size  # characters per stream
+        self.n_chunks = L // seq_len  # steps per pass
+        ids = ids.to(device) if device is not None else ids  # the whole text lives on the device
+        self.x = ids[: batch_size * L].view(batch_size, L)  # (B, L) streams
+        self.y = ids[1 : batch_size * L + 1].view(batch_size, L)  # (B, L) next characters
+        self.stream_len = L
+
+    def __len__(self) -> int:
+        return self.n_chunks
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor, bool]:
+        k = step % self.n_chunks  # chunk within the pass
+        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return self.x[:, cols].contiguous(), self.y[:, cols].contiguous(), k == 0  # (B, S), (B, S), reset
+
+
+def tbptt_batches(ids: Tensor, batch_size: int, seq_len: int, device: torch.device | str | None = None) -> TBPTTBatches:
+    """A callable `step -> (x (B, S), y (B, S), reset)` walking `batch_size` streams of the text in
+    order (see TBPTTBatches). `device`: keep the whole id tensor there (no copies per step)."""
+    return TBPTTBatches(ids, batch_size, seq_len, device)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup (step+1)/warmup for the first `warmup_steps` steps, then a cosine
+    from 1 down to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _lm_loss(carry: dict) -> Callable[[nn.Module, tuple], Tensor]:
+    """The loss closure for fit: carries the detached LSTM state from one chunk to the next."""
+
+    def loss_fn(model: nn.Module, batch: tuple) -> Tensor:
+        x, y, reset = batch  # (B, S), (B, S), bool
+        logits, state = model(x, None if reset else carry["state"])  # (B, S, V)
+        carry["state"] = tuple(s.detach() for s in state)  # keep the values, cut the graph (truncation)
+        return F.cross_entropy(_f32(logits.flatten(0, 1)), y.flatten())  # mean nats per character
+
+    return loss_fn
+
+
+def train_char_lstm(
+    model: nn.Module,
+    train_ids: Tensor,
+    steps: int,
+    *,
+    batch_size: int = 32,
+    seq_len: int = 64,
+    lr: float = 2e-3,
+    grad_clip: float | None = 1.0,
+    weight_decay: float = 0.0,
+    warmup_steps: int | None = None,
+    min_lr_ratio: float = 0.1,
+    checkpoint: str | os.PathLike | None = None,
+    ckpt_every: int | None = None,
+    log_every: int = 50,
+    progress: bool = True,
+) -> History:
+    """Train a character model `model(idx, state) -> (logits, state)` by truncated BPTT with `fit`.
+
+    AdamW(lr, betas=(0.9, 0.99); weight decay on matrices only), linear warmup for `warmup_steps`
+    (default min(100, steps // 10)) then a cosine down to lr·min_lr_ratio. The LSTM state is carried
+    across steps (detached) and reset at the start of every pass over the text; it is not in the
+    checkpoint, so `ckpt_every` defaults to the multiple of one pass nearest 500 steps: periodic
+    checkpoints fall on reset steps, where a resume is exact. Returns fit's History ("loss" in nats
+    per character, "grad_norm" when clipping)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected an nn.Module (e.g. CharLSTM), got {type(model).__name__}")
+    _check_int("steps", steps)
+    for name, v in (("lr", lr), ("min_lr_ratio", min_lr_ratio), ("weight_decay", weight_decay)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf or (name == "lr" and v == 0):
+            raise ValueError(f"{name}: expected a {'positive' if name == 'lr' else 'non-negative'} finite number, got {v!r}")
+    if min_lr_ratio > 1:
+        raise ValueError(f"min_lr_ratio: expected a number in [0, 1], got {min_lr_ratio!r}")
+    device = next(model.parameters()).device
+    batches = tbptt_batches(train_ids, batch_size, seq_len, device=device)
+    warmup = min(100, steps // 10) if warmup_steps is None else _check_int("warmup_steps", warmup_steps, 0)
+    if ckpt_every is None:
+        ckpt_every = max(1, round(500 / len(batches))) * len(batches)
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _Schedule(steps, warmup, min_lr_ratio))
+    return fit(
+        model, opt, batches, _lm_loss({"state": None}), steps,
+        grad_clip=grad_clip, scheduler=sched, checkpoint=checkpoint, ckpt_every=ckpt_every,
+        log_every=log_every, desc="char-lstm", progress=progress,
+    )
+
+
+@dataclass
+class _Schedule:
+    """Picklable warmup_cosine for LambdaLR (its state_dict keeps a callable object's fields)."""
+
+    total_steps: int
+    warmup_steps: int
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.min_ratio)
+
+
+@torch.no_grad()
+def evaluate_nats_per_char(model: nn.Module, ids: Tensor, batch_size: int = 32, seq_len: int = 256) -> float:
+    """Mean negative log-likelihood of ids[1:] given what precedes it, in nats per character.
+
+    The text is cut into `batch_size` streams of L = (len(ids) - 1) // batch_size characters, read in
+    chunks of `seq_len` (the last chunk may be shorter) with the LSTM state carried across chunks:
+    with batch_size=1 this is exactly the sequential NLL of the whole text; with more streams each
+    stream starts from a zero state and the last (len(ids) - 1) mod batch_size characters are not
+    scored. Eval mode (no dropout), no grad, one host sync at the end; bits/char = nats / ln 2."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected an nn.Module (e.g. CharLSTM), got {type(model).__name__}")
+    ids = _check_ids("ids", ids)
+    _check_int("batch_size", batch_size)
+    _check_int("seq_len", seq_len)
+    if len(ids) < batch_size + 1:
+        raise ValueError(f"ids: expected at least batch_size + 1 = {batch_size + 1} ids, got {len(ids)}")
+    device = next(model.parameters()).device
+    L = (len(ids) - 1) // batch_size
+    x = ids[: batch_size * L].view(batch_size, L).to(device)  # (B, L)
+    y = ids[1 : batch_size * L + 1].view(batch_size, L).to(device)  # (B, L)
+    was_training = model.training
+    model.eval()
+    total, state = torch.zeros((), dtype=torch.float64, device=device), None
+    try:
+        for start in range(0, L, seq_len):
+            with autocast(device):
+                logits, state = model(x[:, start : start + seq_len], state)  # (B, S, V)
+            nll = F.cross_entropy(_f32(logits.flatten(0, 1)), y[:, start : start + seq_len].flatten(), reduction="sum")
+            total += nll
+    finally:
+        model.train(was_training)
+    return float(total) / (batch_size * L)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Sampling: temperature on the logits, top-k, and streaming generation with a carried state
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
+    """p = softmax(top_k_mask(z) / T) over the last dim.
+
+    T divides the LOGITS z (T < 1 sharpens, T > 1 flattens; equivalently p ∝ softmax(z)^(1/T)). The
+    source article divided the probabilities instead, which is not a temperature at all. top_k keeps
+    the k largest logits (ties with the k-th are kept too) and sets the rest to -inf, i.e.
+    probability 0. T -> 0 (or top_k=1) gives the argmax."""
+    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.ndim < 1 or logits.shape[-1] < 1:
+        kind = f"{logits.dtype} " if isinstance(logits, Tensor) else ""
+        raise ValueError(f"logits: expected a floating-point tensor of shape (..., V), got {kind}{_shape(logits)}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r} (for greedy decoding use top_k=1)")
+    V = logits.shape[-1]
+    if top_k is not None:
+        _check_int("top_k", top_k, 1, V)
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # the k-th largest logit  (..., 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)  # keep z_i ≥ z_(k)
+    return torch.softmax(logits / temperature, dim=-1)  # p_i = exp(z_i/T) / Σ_j exp(z_j/T)
+
+
+def _prompt_ids(prompt_ids: object, vocab_size: int | None) -> list[int]:
+    if isinstance(prompt_ids, Tensor):
+        if prompt_ids.dtype not in (torch.int64, torch.int32) or prompt_ids.ndim != 1:
+            raise ValueError(f"prompt_ids: expected a 1-D integer tensor or list of ints, got {prompt_ids.dtype} {_shape(prompt_ids)}")
+        ids = prompt_ids.tolist()
+    elif isinstance(prompt_ids, Sequence) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt_ids):
+        ids = list(prompt_ids)
+    else:
+        raise ValueError(f"prompt_ids: expected a 1-D integer tensor or list of ints, got {type(prompt_ids).__name__}")
+    if not ids:
+        raise ValueError("prompt_ids: expected at least one id (the model needs a token to start from, e.g. a newline)")
+    if vocab_size is not None and not all(0 <= i < vocab_size for i in ids):
+        raise ValueError(f"prompt_ids: expected ids in [0, {vocab_size}), got min {min(ids)} max {max(ids)}")
+    return ids
+
+
+def _eval_step(model: nn.Module, idx: Tensor, state):
+    """One forward in eval mode, restoring every setting right after (nothing leaks past a yield).
+
+    On CPU, oneDNN's LSTM kernel spends ~20 ms setting up each call, ten times the work of one token
+    at H = 256, so single-token steps use torch's native kernel (same results)."""
+    was_training, onednn = model.training, torch.backends.mkldnn.enabled
+    model.eval()
+    torch.backends.mkldnn.enabled = onednn and idx.device.type != "cpu"
+    try:
+        return model(idx, state)
+    finally:
+        model.train(was_training)
+        torch.backends.mkldnn.enabled = onednn
+
+
+def generate(
+    model: nn.Module,
+    prompt_ids: Tensor | Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Stream `max_new_tokens` sampled ids, one at a time (the arguments are checked at the call).
+
+    The prompt is read ONCE (one forward over it gives the state and the logits of its last
+    position); after that each new token is fed alone with the carried state, O(1) work per token —
+    never re-reading the whole context. `model(idx (1, T), state) -> (logits (1, T, V), state)`;
+    `generator` makes sampling reproducible (it is used on its own device)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected an nn.Module (e.g. CharLSTM), got {type(model).__name__}")
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    ids = _prompt_ids(prompt_ids, vocab_size)
+    _check_int("max_new_tokens", max_new_tokens, 0)
+    sample_probs(torch.zeros(vocab_size or 1), temperature, top_k if vocab_size else None)  # checks T, top_k
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    return _generate(model, ids, max_new_tokens, temperature, top_k, generator)
+
+
+@torch.no_grad()  # torch re-enters no_grad on every resumption of a generator: grad mode never leaks
+def _generate(model, ids, max_new_tokens, temperature, top_k, generator) -> Iterator[int]:
+    if max_new_tokens == 0:
+        return
+    device = next(model.parameters()).device
+    logits, state = _eval_step(model, torch.tensor([ids], device=device), None)  # read the prompt once
+    for i in range(max_new_tokens):
+        probs = sample_probs(_f32(logits[0, -1]), temperature, top_k)  # (V,)
+        if generator is not None:
+            probs = probs.to(generator.device)
+        token = torch.multinomial(probs, 1, generator=generator).to(device)  # (1,)
+        yield int(token)
+        if i + 1 < max_new_tokens:  # feed only the new token, with the carried state
+            logits, state = _eval_step(model, token.view(1, 1), state)  # (1, 1, V)
+
+
+def generate_text(
+    model: nn.Module,
+    tokenizer,
+    prompt: str,
+    n: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    include_prompt: bool = True,
+) -> str:
+    """`prompt` followed by `n` sampled characters (only the new ones with include_prompt=False).
+    `tokenizer`: a CharTokenizer (encode/decode); characters are joined as they are, spaces included."""
+    if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "decode"):
+        raise ValueError(f"tokenizer: expected an object with encode/decode (CharTokenizer), got {type(tokenizer).__name__}")
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt: expected a non-empty str, got {prompt!r}")
+    new = list(generate(model, tokenizer.encode(prompt), n, temperature, top_k, generator))
+    text = tokenizer.decode(new)
+    return prompt + text if include_prompt else text
