@@ -206,6 +206,16 @@ def test_hidden_feedback_never_shows_hidden_inputs(grader, tmp_path):
     assert hidden_ids not in gradescope_results(report)
 
 
+def test_a_hidden_input_cannot_come_back_in_a_visible_message(grader, tmp_path):
+    stash = {"count_bigrams": "SEEN = []\n" + CORRECT["count_bigrams"].replace(
+        "def count_bigrams(ids, vocab_size):\n", "def count_bigrams(ids, vocab_size):\n    SEEN.append(ids.tolist()[:3])\n"),
+        "fit_pixel_model": "def fit_pixel_model(images, alpha=1.0):\n    raise ValueError('STASH' + repr(SEEN))"}
+    report = grader.grade(submission(tmp_path, "stash", {**CORRECT, **stash}))
+    from aigc_lib.grading.reports import feedback_markdown
+
+    assert "STASH" in feedback_markdown(report) and "[2]]" not in feedback_markdown(report)
+
+
 def _private_hidden(tmp_path):
     private = tmp_path / "private"
     private.mkdir()

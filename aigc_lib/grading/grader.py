@@ -88,7 +88,11 @@ class Grader:
             found = sorted(SOLUTIONS.glob(f"{self.chapter}_*.ipynb"))
             self.source = found[0] if found else None
         self.ids = solution_ids(read_cells(self.source)) if self.source is not None else {}
-        self.slots = [(f"{ex.key}/{i}", ex, case) for ex in self.exercises for i, case in enumerate(ex.all_cases())]
+        # every visible case runs before any hidden one: a learner function cannot stash a hidden
+        # input and show it in a visible case's error message
+        numbered = [(f"{ex.key}/{i}", ex, case, i >= len(ex.cases)) for ex in self.exercises
+                    for i, case in enumerate(ex.all_cases())]
+        self.slots = [(slot, ex, case) for slot, ex, case, hidden in sorted(numbered, key=lambda s: s[3])]
         self._expected: dict[str, Any] = {}
         self._inputs = {slot: encode_inputs(case.inputs()) for slot, _, case in self.slots}
 
