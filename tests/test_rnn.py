@@ -581,11 +581,26 @@ def test_teaching_path_bad_inputs():
         lstm_params_to_torch(q, nn.LSTM(3, H).to(F64))
 
 
+@pytest.mark.parametrize("forget_bias", [1.0, 0.0, -0.5])
+def test_char_lstm_forget_bias_init(forget_bias):
+    """b_f (rows H:2H of torch's [i, f, g, o] biases, summed) is config.forget_bias in every layer; other gates 0-mean."""
+    cfg = CharLSTMConfig(vocab_size=7, embed_dim=4, hidden_size=8, num_layers=2, forget_bias=forget_bias)
+    model = CharLSTM(cfg)
+    H = cfg.hidden_size
+    for k in range(cfg.num_layers):
+        b = getattr(model.lstm, f"bias_ih_l{k}") + getattr(model.lstm, f"bias_hh_l{k}")
+        assert torch.equal(b[H : 2 * H], torch.full((H,), forget_bias))
+        assert not torch.allclose(b[:H], torch.full((H,), forget_bias))  # only the forget gate is set
+    assert CharLSTMConfig(vocab_size=7).forget_bias == 1.0
+
+
 def test_char_lstm_bad_inputs():
     with pytest.raises(ValueError, match="vocab_size: expected an int >= 1, got 0"):
         CharLSTMConfig(vocab_size=0)
     with pytest.raises(ValueError, match=r"dropout: expected a number in \[0, 1\), got 1.0"):
         CharLSTMConfig(vocab_size=5, dropout=1.0)
+    with pytest.raises(ValueError, match="forget_bias: expected a finite number, got nan"):
+        CharLSTMConfig(vocab_size=5, forget_bias=float("nan"))
     model = tiny_lm()
     with pytest.raises(ValueError, match=r"idx: expected an int64 tensor of shape \(B, T\), got torch.int64 \(5,\)"):
         model(torch.zeros(5, dtype=torch.int64))
