@@ -1,4 +1,5 @@
-"""Plots for notebooks and scripts: `image_grid` for samples, `loss_curve` for training histories.
+"""Plots for notebooks and scripts: `image_grid` for samples, `snapshot_grids` for samples over
+training, `loss_curve` for training histories.
 
 Both return the matplotlib Figure; `save="out/x.png"` also writes it to disk (parent folders are
 created). In Jupyter the figure shows inline exactly once, whether or not it is the cell's last
@@ -130,6 +131,30 @@ def image_grid(
         ax.text(left, top, str(label), color="white", fontsize=8, va="top", ha="left", bbox=box)
     if title:
         ax.set_title(title)
+    return _finish(fig, save)
+
+
+def snapshot_grids(
+    snapshots: Mapping[int, Any],
+    n: int = 16,
+    *,
+    title: str | None = None,
+    save: str | os.PathLike | None = None,
+    value_range: tuple[float, float] | None = (0.0, 1.0),
+) -> Figure:
+    """One small image grid per training snapshot, left to right: {step: images (N, ...)} -> a row of
+    grids of the first `n` images of each, titled by step (e.g. a GAN's G(z_fixed) over training)."""
+    if not isinstance(snapshots, Mapping) or not snapshots:
+        raise ValueError(f"snapshots: expected a non-empty dict {{step: images}}, got {type(snapshots).__name__}")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise ValueError(f"n: expected a positive int (images per snapshot), got {n!r}")
+    k = len(snapshots)
+    fig, axes = plt.subplots(1, k, figsize=(min(2.2 * k, 16), 2.6), FigureClass=_ShowOnceFigure, squeeze=False)
+    nrow = math.ceil(math.sqrt(n))
+    for ax, (step, images) in zip(axes[0], sorted(snapshots.items()), strict=True):
+        image_grid(images[:n], nrow, ax=ax, title=f"step {step}", value_range=value_range)
+    if title:
+        fig.suptitle(title)
     return _finish(fig, save)
 
 

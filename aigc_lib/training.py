@@ -138,7 +138,7 @@ def fit(
     """Train `model` until `steps` optimizer steps are done in total; returns the per-step History.
 
     grad_clip   -- clip the global gradient norm of the optimizer's parameters to this value; the norm
-                   before clipping is logged as "grad_norm".
+                   before clipping is logged as "grad_norm" (math.inf: log it, clip nothing).
     scheduler   -- stepped once after every optimizer step (not ReduceLROnPlateau: that one needs the
                    loss on the host every step).
     checkpoint  -- path of a checkpoint file: resume from it if it exists, save to it as we go.
@@ -530,6 +530,6 @@ def _check_numbers(*, grad_clip: Any, **counts: Any) -> None:
     if grad_clip is not None and (
         isinstance(grad_clip, bool)
         or not isinstance(grad_clip, (int, float))
-        or not 0 < grad_clip < math.inf
+        or not 0 < grad_clip <= math.inf
     ):
-        raise ValueError(f"grad_clip: expected a positive finite number or None, got {grad_clip!r}")
+        raise ValueError(f"grad_clip: expected a positive number (math.inf: log the norm only) or None, got {grad_clip!r}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from aigc_lib.plots import ema, image_grid, loss_curve
+from aigc_lib.plots import ema, image_grid, loss_curve, snapshot_grids
 from aigc_lib.training import History
 
 matplotlib.use("Agg")  # headless, as in CI, even on a desktop with a display
@@ -51,6 +51,19 @@ def test_image_grid_layout_labels_and_ranges(tmp_path):
     )  # 3 rows x 4 columns, 1 px frames
     assert [t.get_text() for t in ax.texts] == [str(i) for i in range(12)]
     image_grid(x * 5, value_range=None)  # min/max scaling
+
+
+def test_snapshot_grids_one_grid_per_step_in_order(tmp_path):
+    snaps = {200: torch.rand(20, 1, 8, 8) * 2 - 1, 0: torch.zeros(20, 1, 8, 8), 100: torch.ones(3, 1, 8, 8)}
+    fig = snapshot_grids(snaps, n=9, value_range=(-1, 1), title="G over training", save=tmp_path / "s.png")
+    assert_png(tmp_path / "s.png")
+    assert [ax.get_title() for ax in fig.axes] == ["step 0", "step 100", "step 200"]
+    assert fig.axes[0].images[0].get_array().shape[:2] == (3 * 9 + 1, 3 * 9 + 1)  # 9 images: 3 x 3
+    assert fig.axes[1].images[0].get_array().shape[:2] == (9 + 1, 3 * 9 + 1)  # only 3 images exist: one row
+    with pytest.raises(ValueError, match="snapshots: expected a non-empty dict"):
+        snapshot_grids({})
+    with pytest.raises(ValueError, match="n: expected a positive int"):
+        snapshot_grids(snaps, n=0)
 
 
 def test_image_grid_draws_into_given_axes(tmp_path):

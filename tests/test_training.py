@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 
@@ -71,6 +72,21 @@ def test_dict_metrics_are_logged():
     assert set(hist.as_dict()) == {"step", "loss", "mae"}
     assert len(hist["mae"]) == 12 and all(isinstance(v, float) for v in hist["mae"])
     assert History.from_dict(hist.as_dict()) == hist
+
+
+def test_grad_clip_inf_logs_the_norm_and_clips_nothing():
+    torch.manual_seed(0)
+    runs = []
+    for clip in (None, math.inf):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        hist = fit(model, opt, lambda step: (X, 100 * Y), mse, 5, grad_clip=clip, log_every=1, progress=False)
+        runs.append((hist, model.weight.detach().clone()))
+    (plain, w_plain), (logged, w_logged) = runs
+    assert "grad_norm" not in plain.metrics and len(logged["grad_norm"]) == 5
+    assert min(logged["grad_norm"]) > 1.0  # large gradients, left unclipped:
+    assert torch.equal(w_plain, w_logged)
 
 
 def test_grad_clip_bounds_the_gradient_norm():
@@ -451,7 +467,7 @@ def test_bad_arguments_name_what_was_wrong():
         (dict(steps=0), "steps: expected a positive int, got 0"),
         (dict(steps=2.5), "steps: expected a positive int"),
         (dict(grad_clip=-1.0), "grad_clip: expected a positive"),
-        (dict(grad_clip=float("inf")), "grad_clip"),
+        (dict(grad_clip=float("nan")), "grad_clip"),
         (dict(log_every=0), "log_every"),
         (dict(ckpt_every=True), "ckpt_every"),
         (dict(batches=3), "batches: expected a callable"),
