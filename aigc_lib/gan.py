@@ -95,7 +95,9 @@ def _check_labels(labels: object, batch: int, n_classes: int) -> Tensor | None:
     if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or tuple(labels.shape) != (batch,):
         kind = f"{labels.dtype} " if isinstance(labels, Tensor) else ""
         raise ValueError(f"labels: expected an int64 tensor of shape ({batch},) for a conditional model, got {kind}{_shape(labels)}")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+    # range check on the CPU only: on a GPU it would sync with the host on every call (an
+    # out-of-range label there fails inside the embedding lookup instead)
+    if labels.device.type == "cpu" and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
         raise ValueError(f"labels: expected classes in [0, {n_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
     return labels
 
@@ -419,9 +421,13 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     What `train_gan` does each step (there `fit` runs the G half: zero_grad, backward, step)."""
     fake = G(z) if labels is None else G(z, labels)
     stats = discriminator_step(D, opt_d, real, fake, labels, loss)
-    g_loss = generator_loss(D, fake, labels, loss)
-    opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
+    D.requires_grad_(False)  # G's backward goes through D but needs no gradients for D's weights
+    try:
+        g_loss = generator_loss(D, fake, labels, loss)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+    finally:
+        D.requires_grad_(True)
     stats["g_grad_norm"] = _grad_norm(G)
     opt_g.step()
     return {"g_loss": g_loss.detach(), **stats}
@@ -552,17 +558,21 @@ def train_gan(
             y = ys[k] if ys is not None else None
             z = torch.randn(batch_size, z_dim, device=device, dtype=param.dtype)
             last = k == d_steps - 1
+            gan["D"].requires_grad_(True)
             with torch.set_grad_enabled(last):  # only the last fakes are reused for G's loss
                 fake = gan["G"](z) if y is None else gan["G"](z, y)
             stats = discriminator_step(gan["D"], opt_d, reals[k], fake, y, loss)
+        gan["D"].requires_grad_(False)  # fit's backward of G's loss: no gradients for D's weights
         return {"loss": generator_loss(gan["D"], fake, y, loss), **stats}  # fit: G's backward + step
 
     extra = {"opt_d": opt_d, "snapshots": snaps}
     modes = G.training, D.training
-    # grad_clip=inf: fit logs G's gradient norm ("grad_norm") and clips nothing
-    history = fit(gan, opt_g, batches, gan_loss, steps, grad_clip=math.inf, checkpoint=checkpoint,
-                  ckpt_every=ckpt_every, log_every=log_every, extra_state=extra, desc=desc, progress=progress)
-    G.train(modes[0]), D.train(modes[1])
+    try:  # grad_clip=inf: fit logs G's gradient norm ("grad_norm") and clips nothing
+        history = fit(gan, opt_g, batches, gan_loss, steps, grad_clip=math.inf, checkpoint=checkpoint,
+                      ckpt_every=ckpt_every, log_every=log_every, extra_state=extra, desc=desc, progress=progress)
+    finally:
+        D.requires_grad_(True)
+        G.train(modes[0]), D.train(modes[1])
     history.metrics["g_grad_norm"] = history.metrics.pop("grad_norm")
     if snapshot_every is not None:
         snaps.at.add(steps)

@@ -1149,3 +1149,19 @@ def test_spectral_norm_discriminator_weights_have_unit_spectral_norm():
 def test_bad_d_norm_is_named():
     with pytest.raises(ValueError, match="d_norm: expected 'batch', 'spectral' or 'none', got 'layer'"):
         DCGANConfig(d_norm="layer")
+
+
+def test_g_step_computes_no_gradients_for_d_and_leaves_d_trainable():
+    """G's backward runs through D, but D's .grad stays what D's own step left (no wasted weight gradients)."""
+    G, D = dcgan_pair(seed=3)
+    opt_g, opt_d = (torch.optim.SGD(m.parameters(), lr=0.01) for m in (G, D))
+    real, z = images(4, seed=5), randn(4, G.z_dim, seed=6, dtype=torch.float32)
+    gan.gan_step(G, D, opt_g, opt_d, real, z)
+    after_step = [p.grad.clone() for p in D.parameters()]
+    G2, D2 = dcgan_pair(seed=3)
+    gan.discriminator_step(D2, torch.optim.SGD(D2.parameters(), lr=0.01), real, G2(z))
+    for got, want in zip(after_step, (p.grad for p in D2.parameters()), strict=True):
+        assert torch.equal(got, want)
+    assert all(p.requires_grad for p in D.parameters())
+    train_gan(G, D, DATA, 2, **RUN)
+    assert all(p.requires_grad for p in D.parameters())
