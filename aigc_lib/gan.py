@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aigc_lib.runtime import autocast
-from aigc_lib.training import History, fit
+from aigc_lib.training import History, fit, fused_optimizer_ok
 
 __all__ = [
     "DCGANConfig", "DCGANDiscriminator", "DCGANGenerator", "GANLoss", "LOSSES", "MLPDiscriminator",
@@ -532,8 +532,9 @@ def train_gan(
     device = param.device
     data = data.to(device, param.dtype)
     labels = labels.to(device) if labels is not None else None
-    opt_g = torch.optim.Adam(G.parameters(), lr=_check_positive("lr_g", lr_g), betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=_check_positive("lr_d", lr_d), betas=betas)
+    fused = fused_optimizer_ok(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=_check_positive("lr_g", lr_g), betas=betas, fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=_check_positive("lr_d", lr_d), betas=betas, fused=fused)
     gan = nn.ModuleDict({"G": G, "D": D})  # one module: fit checkpoints both
     z_dim = G.z_dim
 

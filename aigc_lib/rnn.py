@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aigc_lib.runtime import autocast
-from aigc_lib.training import History, fit
+from aigc_lib.training import History, fit, fused_optimizer_ok
 
 __all__ = [
     "CharLSTM", "CharLSTMConfig", "RNNGrads", "TBPTTBatches", "char_lstm_trace", "evaluate_nats_per_char",
@@ -776,7 +776,7 @@ def train_char_lstm(
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=fused_optimizer_ok(device))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _Schedule(steps, warmup, min_lr_ratio))
     return fit(
         model, opt, batches, _lm_loss({"state": None}), steps,
