@@ -355,11 +355,15 @@ def _epoch_batches(images: Tensor, batch_size: int, seed: int):
     """step -> a batch: each epoch is a fresh permutation seeded by (seed, epoch), so resume is exact."""
     n = len(images)
     per_epoch = max(1, n // batch_size)  # drop the last partial batch
+    cache: dict[int, Tensor] = {}  # the current epoch's order: one permutation per epoch, not per step
 
     def batch(step: int) -> Tensor:
         epoch, i = divmod(step, per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        return images[order[i * batch_size : (i + 1) * batch_size].to(images.device)]
+        if epoch not in cache:
+            cache.clear()
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            cache[epoch] = torch.randperm(n, generator=gen).to(images.device)
+        return images[cache[epoch][i * batch_size : (i + 1) * batch_size]]
 
     return batch, per_epoch
 
