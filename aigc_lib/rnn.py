@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aigc_lib.runtime import autocast
-from aigc_lib.training import History, fit, fused_optimizer_ok
+from aigc_lib.training import History, adamw_warmup_cosine, fit, warmup_cosine
 
 __all__ = [
     "CharLSTM", "CharLSTMConfig", "RNNGrads", "TBPTTBatches", "char_lstm_trace", "evaluate_nats_per_char",
@@ -713,15 +713,6 @@ def tbptt_batches(ids: Tensor, batch_size: int, seq_len: int, device: torch.devi
     return TBPTTBatches(ids, batch_size, seq_len, device)
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
-    """LR multiplier: linear warmup (step+1)/warmup for the first `warmup_steps` steps, then a cosine
-    from 1 down to `min_ratio` at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def _lm_loss(carry: dict) -> Callable[[nn.Module, tuple], Tensor]:
     """The loss closure for fit: carries the detached LSTM state from one chunk to the next."""
 
@@ -773,28 +764,12 @@ def train_char_lstm(
     if ckpt_every is None:
         ckpt_every = max(1, round(500 / len(batches))) * len(batches)
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=fused_optimizer_ok(device))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _Schedule(steps, warmup, min_lr_ratio))
+    opt, sched = adamw_warmup_cosine(model, lr, steps, warmup, min_lr_ratio, weight_decay, betas=(0.9, 0.99))
     return fit(
         model, opt, batches, _lm_loss({"state": None}), steps,
         grad_clip=grad_clip, scheduler=sched, checkpoint=checkpoint, ckpt_every=ckpt_every,
         log_every=log_every, desc="char-lstm", progress=progress,
     )
-
-
-@dataclass
-class _Schedule:
-    """Picklable warmup_cosine for LambdaLR (its state_dict keeps a callable object's fields)."""
-
-    total_steps: int
-    warmup_steps: int
-    min_ratio: float
-
-    def __call__(self, step: int) -> float:
-        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.min_ratio)
 
 
 @torch.no_grad()
@@ -917,7 +892,9 @@ def _generate(model, ids, max_new_tokens, temperature, top_k, generator) -> Iter
     if max_new_tokens == 0:
         return
     device = next(model.parameters()).device
-    logits, state = _eval_step(model, torch.tensor([ids], device=device), None)  # read the prompt once
+    block = getattr(getattr(model, "config", None), "block_size", None)  # a GPT reads at most its block
+    prompt = torch.tensor([ids[-block:] if block else ids], device=device)
+    logits, state = _eval_step(model, prompt, None)  # read the prompt once
     for i in range(max_new_tokens):
         probs = sample_probs(_f32(logits[0, -1]), temperature, top_k)  # (V,)
         if generator is not None:

@@ -81,6 +81,41 @@ def fused_optimizer_ok(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup (step+1)/warmup for the first `warmup_steps` steps, then a cosine
+    from 1 down to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class _WarmupCosine:
+    """Picklable warmup_cosine for LambdaLR (its state_dict keeps a callable object's fields)."""
+
+    total_steps: int
+    warmup_steps: int
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.min_ratio)
+
+
+def adamw_warmup_cosine(
+    model: nn.Module, lr: float, steps: int, warmup_steps: int, min_lr_ratio: float = 0.1,
+    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.99),
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (fused where torch has the kernel) with weight decay on matrices only (not biases, norms,
+    1-D tensors), and its warmup + cosine LambdaLR schedule, for language models."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused_optimizer_ok(device))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _WarmupCosine(steps, warmup_steps, min_lr_ratio))
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss (or a logged metric) became nan/inf; `.step` is where, `.history` what came before."""
 
