@@ -34,8 +34,9 @@ from torch import Tensor, nn
 from aigc_lib.training import History, adamw_warmup_cosine, fit
 
 __all__ = [
-    "GPT", "Block", "GPTConfig", "KVCache", "MultiHeadAttention", "attention", "causal_mask", "evaluate_loss",
-    "merge_heads", "random_windows", "sinusoidal_positions", "split_heads", "train_gpt",
+    "GPT", "Block", "EncoderDecoderBlock", "GPTConfig", "KVCache", "MultiHeadAttention", "Seq2SeqConfig",
+    "Seq2SeqTransformer", "attention", "causal_mask", "evaluate_loss", "merge_heads", "random_windows",
+    "reversal_batch", "sinusoidal_positions", "split_heads", "train_gpt", "train_seq2seq",
 ]
 
 
@@ -147,13 +148,23 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
 
     def forward(self, x: Tensor, *, causal: bool = False, key_padding: Tensor | None = None,
-                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                past: tuple[Tensor, Tensor] | None = None, memory: Tensor | None = None,
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x (B, T, C) -> (y (B, T, C), (k, v) each (B, h, S, d) including `past`).
 
         causal      -- each position attends only to itself and earlier ones (past keys included).
         key_padding -- boolean (B, S): True for real keys, False for padding.
-        past        -- cached (k, v) of earlier positions: the new queries attend to them too."""
-        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, h, T, d) each
+        past        -- cached (k, v) of earlier positions: the new queries attend to them too.
+        memory      -- cross-attention: keys and values from `memory` (B, S, C) (the encoder's
+                       output), queries from x."""
+        if memory is None:
+            q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, h, T, d) each
+        else:
+            C = x.shape[-1]
+            w_q, w_kv = self.qkv.weight.split([C, 2 * C])
+            b_q, b_kv = self.qkv.bias.split([C, 2 * C]) if self.qkv.bias is not None else (None, None)
+            q = split_heads(F.linear(x, w_q, b_q), self.n_heads)  # (B, h, T, d)
+            k, v = (split_heads(t, self.n_heads) for t in F.linear(memory, w_kv, b_kv).chunk(2, dim=-1))  # (B, h, S, d)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, h, S, d)
         T, S = q.shape[2], k.shape[2]
@@ -354,3 +365,160 @@ def evaluate_loss(model: GPT, ids: Tensor, block: int | None = None, batch_size:
     finally:
         model.train(was_training)
     return float(total) / (n * block)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder–decoder with cross-attention, and a task that needs it
+# ---------------------------------------------------------------------------------------------
+
+PAD, BOS, EOS = 0, 1, 2  # special token ids of the seq2seq vocabulary
+
+
+@dataclass
+class Seq2SeqConfig:
+    src_vocab: int
+    tgt_vocab: int
+    max_len: int = 32  # longest source and target, special tokens included
+    n_layer: int = 2  # encoder layers, and as many decoder layers
+    n_head: int = 4
+    n_embd: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab", "tgt_vocab", "max_len", "n_layer", "n_head", "n_embd"):
+            _check_int(name, getattr(self, name))
+        if self.n_embd % self.n_head or self.n_embd % 2:
+            raise ValueError(f"n_embd: expected an even multiple of n_head={self.n_head}, got {self.n_embd}")
+
+
+class EncoderDecoderBlock(nn.Module):
+    """Pre-LN block of the original Transformer: self-attention (causal in the decoder), then, in the
+    decoder only, cross-attention to the encoder's output, then the MLP; each with a residual."""
+
+    def __init__(self, c: Seq2SeqConfig, decoder: bool):
+        super().__init__()
+        self.decoder = decoder
+        self.ln1, self.ln3 = nn.LayerNorm(c.n_embd), nn.LayerNorm(c.n_embd)
+        self.self_attn = MultiHeadAttention(c.n_embd, c.n_head, c.dropout)
+        if decoder:
+            self.ln2, self.cross_attn = nn.LayerNorm(c.n_embd), MultiHeadAttention(c.n_embd, c.n_head, c.dropout)
+        self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(), nn.Linear(4 * c.n_embd, c.n_embd),
+                                 nn.Dropout(c.dropout))
+
+    def forward(self, x: Tensor, padding: Tensor | None, memory: Tensor | None = None,
+                memory_padding: Tensor | None = None) -> Tensor:
+        x = x + self.self_attn(self.ln1(x), causal=self.decoder, key_padding=padding)[0]
+        if self.decoder:
+            x = x + self.cross_attn(self.ln2(x), memory=memory, key_padding=memory_padding)[0]
+        return x + self.mlp(self.ln3(x))
+
+
+class Seq2SeqTransformer(nn.Module):
+    """src (B, S) -> encoder -> memory (B, S, C); tgt_in (B, T) -> decoder (attending to memory) -> logits (B, T, V).
+
+    Fixed sinusoidal positions, PAD (0) ignored as a key, decoder output tied to its token embedding."""
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        if not isinstance(config, Seq2SeqConfig):
+            raise ValueError(f"config: expected a Seq2SeqConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.src_tok, self.tgt_tok = nn.Embedding(c.src_vocab, c.n_embd), nn.Embedding(c.tgt_vocab, c.n_embd)
+        self.register_buffer("pos_table", sinusoidal_positions(c.max_len, c.n_embd), persistent=False)
+        self.encoder = nn.ModuleList(EncoderDecoderBlock(c, decoder=False) for _ in range(c.n_layer))
+        self.decoder = nn.ModuleList(EncoderDecoderBlock(c, decoder=True) for _ in range(c.n_layer))
+        self.ln_enc, self.ln_dec = nn.LayerNorm(c.n_embd), nn.LayerNorm(c.n_embd)
+        self.head = nn.Linear(c.n_embd, c.tgt_vocab, bias=False)
+        self.head.weight = self.tgt_tok.weight
+        self.apply(GPT._init)
+
+    def _check(self, name: str, ids: object, vocab: int) -> Tensor:
+        if not isinstance(ids, Tensor) or ids.dtype != torch.int64 or ids.ndim != 2 or not 0 < ids.shape[1] <= self.config.max_len:
+            raise ValueError(f"{name}: expected an int64 tensor (B, L) with 1 <= L <= max_len={self.config.max_len}, "
+                             f"got {_shape(ids)}")
+        return ids
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, S) -> (memory (B, S, C), padding mask (B, S): True for real tokens)."""
+        src = self._check("src", src, self.config.src_vocab)
+        padding = src != PAD
+        x = self.src_tok(src) + self.pos_table[: src.shape[1]]
+        for block in self.encoder:
+            x = block(x, padding)
+        return self.ln_enc(x), padding
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, memory_padding: Tensor) -> Tensor:
+        """tgt_in (B, T) (BOS, y_1, ..., y_{T−1}) -> logits (B, T, V) of y_1 .. y_T."""
+        tgt_in = self._check("tgt_in", tgt_in, self.config.tgt_vocab)
+        x = self.tgt_tok(tgt_in) + self.pos_table[: tgt_in.shape[1]]
+        for block in self.decoder:
+            x = block(x, None, memory, memory_padding)  # causal self-attention needs no padding mask
+        return self.head(self.ln_dec(x))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        memory, padding = self.encode(src)
+        return self.decode(tgt_in, memory, padding)
+
+    @torch.no_grad()
+    def greedy(self, src: Tensor, max_new: int | None = None) -> Tensor:
+        """Greedy decoding from BOS until EOS (or max_new tokens): (B, ≤ max_new) ids, EOS included,
+        PAD after a sequence's EOS."""
+        max_new = self.config.max_len - 1 if max_new is None else _check_int("max_new", max_new)
+        was_training = self.training
+        self.eval()
+        try:
+            memory, padding = self.encode(src)
+            out = torch.full((src.shape[0], 1), BOS, dtype=torch.int64, device=src.device)
+            done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
+            for _ in range(min(max_new, self.config.max_len - 1)):
+                nxt = self.decode(out, memory, padding)[:, -1].argmax(-1)
+                nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                done |= nxt == EOS
+                if bool(done.all()):
+                    break
+        finally:
+            self.train(was_training)
+        return out[:, 1:]
+
+
+def reversal_batch(batch_size: int, max_digits: int, generator: torch.Generator | None = None,
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """A task that needs cross-attention: reverse a digit string. Tokens: PAD 0, BOS 1, EOS 2, digits 3..12.
+
+    Returns (src (B, max_digits) PAD-padded, tgt_in (B, max_digits + 1) = BOS + reversed,
+    tgt_out (B, max_digits + 1) = reversed + EOS, PAD-padded); lengths uniform in 1..max_digits."""
+    _check_int("batch_size", batch_size), _check_int("max_digits", max_digits)
+    lengths = torch.randint(1, max_digits + 1, (batch_size,), generator=generator)
+    digits = torch.randint(3, 13, (batch_size, max_digits), generator=generator)
+    pos = torch.arange(max_digits)
+    real = pos[None] < lengths[:, None]  # (B, L)
+    src = torch.where(real, digits, PAD)
+    rev_index = (lengths[:, None] - 1 - pos[None]).clamp(min=0)
+    rev = torch.where(real, digits.gather(1, rev_index), PAD)  # reversed digits, PAD after
+    tgt_out = torch.cat([rev, torch.full((batch_size, 1), PAD)], dim=1)
+    tgt_out[torch.arange(batch_size), lengths] = EOS
+    tgt_in = torch.cat([torch.full((batch_size, 1), BOS), rev], dim=1)
+    return src, tgt_in, tgt_out
+
+
+def train_seq2seq(model: Seq2SeqTransformer, steps: int, *, batch_size: int = 64, max_digits: int = 10,
+                  lr: float = 1e-3, seed: int = 0, checkpoint=None, log_every: int = 50,
+                  progress: bool = True) -> History:
+    """Train on `reversal_batch` (fresh batches seeded by (seed, step)); cross-entropy over non-PAD targets."""
+    if not isinstance(model, Seq2SeqTransformer):
+        raise ValueError(f"model: expected a Seq2SeqTransformer, got {type(model).__name__}")
+    if max_digits + 1 > model.config.max_len:
+        raise ValueError(f"max_digits: expected at most max_len - 1 = {model.config.max_len - 1}, got {max_digits}")
+    opt, sched = adamw_warmup_cosine(model, lr, _check_int("steps", steps), min(100, steps // 10), 0.1, 0.01)
+
+    def batches(step: int) -> tuple[Tensor, Tensor, Tensor]:
+        return reversal_batch(batch_size, max_digits, torch.Generator().manual_seed(seed * 1_000_003 + step))
+
+    def loss_fn(m: Seq2SeqTransformer, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        src, tgt_in, tgt_out = batch
+        logits = m(src, tgt_in)
+        return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
+
+    return fit(model, opt, batches, loss_fn, steps, grad_clip=1.0, scheduler=sched, checkpoint=checkpoint,
+               log_every=log_every, desc="seq2seq", progress=progress)

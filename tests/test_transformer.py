@@ -15,18 +15,25 @@ from torch import nn
 
 from aigc_lib import rnn, transformer
 from aigc_lib.transformer import (
+    BOS,
+    EOS,
     GPT,
+    PAD,
     GPTConfig,
     KVCache,
     MultiHeadAttention,
+    Seq2SeqConfig,
+    Seq2SeqTransformer,
     attention,
     causal_mask,
     evaluate_loss,
     merge_heads,
     random_windows,
+    reversal_batch,
     sinusoidal_positions,
     split_heads,
     train_gpt,
+    train_seq2seq,
 )
 
 F64 = torch.float64
@@ -852,3 +859,94 @@ def test_train_and_generate_on_cuda():
     assert len(out) == 10 and all(0 <= t < 3 for t in out)
     assert len(list(rnn.generate(model, [0, 1, 2, 0, 1, 2], 10, top_k=1))) == 10  # 6 + 10 > block_size: slides
     assert math.isfinite(evaluate_loss(model, ABC))
+
+
+# --------------------------------------------------------------------------- encoder–decoder
+
+S2S = dict(src_vocab=13, tgt_vocab=13, max_len=12, n_layer=2, n_head=2, n_embd=16)
+
+
+def tiny_s2s(seed: int = 0) -> Seq2SeqTransformer:
+    torch.manual_seed(seed)
+    model = Seq2SeqTransformer(Seq2SeqConfig(**S2S)).to(F64).eval()
+    with torch.no_grad():  # O(1) random weights: attention far from uniform, so masking mistakes show
+        for p in model.parameters():
+            p.normal_(0, 0.5, generator=gen(seed + 1))
+    return model
+
+
+def test_reversal_batch_reverses_and_pads():
+    src, tgt_in, tgt_out = reversal_batch(64, 7, gen(3))
+    assert src.shape == (64, 7) and tgt_in.shape == tgt_out.shape == (64, 8)
+    for s, ti, to in zip(src, tgt_in, tgt_out, strict=True):
+        digits = s[s != PAD].tolist()
+        assert 1 <= len(digits) <= 7 and all(3 <= d <= 12 for d in digits)
+        assert s[: len(digits)].tolist() == digits  # digits first, then PAD
+        assert to[: len(digits) + 1].tolist() == digits[::-1] + [EOS]
+        assert ti[: len(digits) + 1].tolist() == [BOS] + digits[::-1]
+        assert (to[len(digits) + 1 :] == PAD).all() and (ti[len(digits) + 1 :] == PAD).all()
+
+
+def test_cross_attention_equals_nn_multihead_attention_with_copied_weights():
+    mha = MultiHeadAttention(8, 2).to(F64)
+    with torch.no_grad():
+        for p in mha.parameters():
+            p.normal_(0, 0.5, generator=gen(4))
+    ref = nn.MultiheadAttention(8, 2, batch_first=True).to(F64)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(mha.qkv.weight), ref.in_proj_bias.copy_(mha.qkv.bias)
+        ref.out_proj.weight.copy_(mha.proj.weight), ref.out_proj.bias.copy_(mha.proj.bias)
+    x, memory = randn(3, 4, 8, seed=5), randn(3, 6, 8, seed=6)
+    padding = torch.tensor([[True] * 6, [True] * 3 + [False] * 3, [True] + [False] * 5])
+    y, (k, v) = mha(x, memory=memory, key_padding=padding)
+    want, _ = ref(x, memory, memory, key_padding_mask=~padding, need_weights=False)
+    assert close(y, want) and k.shape == v.shape == (3, 2, 6, 4)
+
+
+def test_seq2seq_shapes_causality_and_padding_invariance():
+    model = tiny_s2s()
+    src, tgt_in, _ = reversal_batch(4, 6, gen(7))
+    logits = model(src, tgt_in)
+    assert logits.shape == (4, 7, 13) and model.head.weight is model.tgt_tok.weight
+    changed = tgt_in.clone()
+    changed[:, 4] = (changed[:, 4] + 1) % 13  # a later decoder input never changes earlier outputs
+    out = model(src, changed)
+    assert close(out[:, :4], logits[:, :4]) and not close(out[:, 4:], logits[:, 4:])
+    longer = F.pad(src, (0, 3), value=PAD)  # more padding on the source: the encoder ignores it
+    assert close(model(longer, tgt_in), logits, tol=1e-10)
+    other = src.clone()
+    other[0, 0] = 3 if other[0, 0] != 3 else 4  # a real source token matters (through cross-attention)
+    assert not close(model(other, tgt_in)[0], logits[0])
+    with pytest.raises(ValueError, match=r"src: expected an int64 tensor \(B, L\) with 1 <= L <= max_len=12"):
+        model(torch.zeros(2, 13, dtype=torch.int64), tgt_in)
+    with pytest.raises(ValueError, match="n_embd: expected an even multiple of n_head=3"):
+        Seq2SeqConfig(src_vocab=5, tgt_vocab=5, n_head=3, n_embd=16)
+
+
+def test_greedy_decoding_stops_at_eos_and_pads_after_it():
+    model = tiny_s2s(seed=2)
+    src, _, _ = reversal_batch(5, 6, gen(8))
+    out = model.greedy(src, max_new=8)
+    assert out.dtype == torch.int64 and out.shape[0] == 5 and out.shape[1] <= 8 and not model.training
+    for row in out.tolist():
+        if EOS in row:
+            assert all(t == PAD for t in row[row.index(EOS) + 1 :])
+    # greedy equals re-running the decoder on its own prefix and taking the argmax at each step
+    memory, padding = model.encode(src)
+    prefix = torch.full((5, 1), BOS)
+    for i in range(out.shape[1]):
+        nxt = model.decode(prefix, memory, padding)[:, -1].argmax(-1)
+        finished = (out[:, :i] == EOS).any(1)
+        assert torch.equal(out[~finished, i], nxt[~finished])
+        prefix = torch.cat([prefix, out[:, i : i + 1]], dim=1)
+
+
+def test_train_seq2seq_lowers_the_loss_and_checks_its_arguments():
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(Seq2SeqConfig(**S2S))
+    history = train_seq2seq(model, 60, batch_size=32, max_digits=6, lr=3e-3, progress=False, log_every=10)
+    assert sum(history.losses[-10:]) / 10 < sum(history.losses[:10]) / 10 - 0.2
+    with pytest.raises(ValueError, match="max_digits: expected at most max_len - 1 = 11, got 12"):
+        train_seq2seq(model, 1, max_digits=12, progress=False)
+    with pytest.raises(ValueError, match="model: expected a Seq2SeqTransformer"):
+        train_seq2seq(nn.Linear(2, 2), 1, progress=False)
