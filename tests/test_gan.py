@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import F64, close, gen, randn
 from torch import nn
 
 from aigc_lib import gan
@@ -45,20 +46,7 @@ from aigc_lib.gan import (
     wgan_g_loss,
 )
 
-F64 = torch.float64
 B = 5
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape: int, seed: int = 0, dtype=F64, requires_grad: bool = False) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=dtype).requires_grad_(requires_grad)
-
-
-def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-12) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=tol, atol=tol))
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import F64, close, gen, randn
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -43,20 +44,7 @@ from aigc_lib.rnn import (
     warmup_cosine,
 )
 
-F64 = torch.float64
 B, D, H, T = 3, 4, 5, 6
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape: int, seed: int = 0, requires_grad: bool = False) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=F64).requires_grad_(requires_grad)
-
-
-def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-12) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=tol, atol=tol))
 
 
 def tiny_lm(vocab: int = 7, seed: int = 0, dtype=F64, **kw) -> CharLSTM:

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import F64, close, gen, randn
 from torch import nn
 
 from aigc_lib import rnn, transformer
@@ -35,21 +36,6 @@ from aigc_lib.transformer import (
     train_gpt,
     train_seq2seq,
 )
-
-F64 = torch.float64
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape: int, seed: int = 0, dtype=F64, requires_grad: bool = False) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=dtype).requires_grad_(requires_grad)
-
-
-def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-12) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=tol, atol=tol))
-
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
 

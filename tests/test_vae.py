@@ -15,6 +15,7 @@ from statistics import NormalDist
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import F64, close, gen, randn
 from torch import nn
 from torch.distributions import Bernoulli, MultivariateNormal, Normal, kl_divergence
 
@@ -36,25 +37,12 @@ from aigc_lib.vae import (
     vae_loss,
 )
 
-F64 = torch.float64
 B, D = 5, 4
 TINY = dict(latent_dim=2, hidden=16)
 
 
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape: int, seed: int = 0, dtype=F64, requires_grad: bool = False) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=dtype).requires_grad_(requires_grad)
-
-
 def rand(*shape: int, seed: int = 0, dtype=F64) -> torch.Tensor:
     return torch.rand(*shape, generator=gen(seed), dtype=dtype)
-
-
-def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-12) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=tol, atol=tol))
 
 
 def images(n: int = 64, seed: int = 0, shape=(1, 28, 28), dtype=torch.float32) -> torch.Tensor:
