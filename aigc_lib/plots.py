@@ -1,5 +1,5 @@
 """Plots for notebooks and scripts: `image_grid` for samples, `snapshot_grids` for samples over
-training, `loss_curve` for training histories.
+training, `loss_curve` for training histories, `LiveLossCurve` to watch one while training runs.
 
 Both return the matplotlib Figure; `save="out/x.png"` also writes it to disk (parent folders are
 created). In Jupyter the figure shows inline exactly once, whether or not it is the cell's last
@@ -239,3 +239,36 @@ def loss_curve(
     if title:
         ax.set_title(title)
     return _finish(fig, save)
+
+
+class LiveLossCurve:
+    """A loss curve redrawn in place while training runs: pass it as `on_log=` to `training.fit` (and
+    the trainers built on it); it is called with the History every `log_every` steps.
+
+    In Jupyter one figure in the cell's output is replaced at each call; headless (a script, CI) it
+    draws nothing until `figure()` is asked for. `loss_curve`'s keyword arguments are passed on."""
+
+    def __init__(self, **kwargs: Any):
+        self.kwargs, self.history, self._handle = kwargs, None, None
+
+    def __call__(self, history: Any) -> None:
+        self.history = history
+        if plt.get_backend().lower() == "agg":
+            return  # nothing can show it
+        from IPython.display import display
+
+        fig = self.figure()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        plt.close(fig)
+        image = {"image/png": buf.getvalue(), "text/plain": "<loss curve>"}
+        if self._handle is None:
+            self._handle = display(image, raw=True, display_id=True)
+        else:
+            self._handle.update(image, raw=True)
+
+    def figure(self) -> Figure:
+        """The curve of the latest History as a figure."""
+        if self.history is None:
+            raise ValueError("history: nothing logged yet (LiveLossCurve is called by fit every log_every steps)")
+        return loss_curve(self.history, **self.kwargs)

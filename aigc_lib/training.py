@@ -175,6 +175,7 @@ def fit(
     extra_state: Mapping[str, Any] | None = None,
     desc: str = "train",
     progress: bool = True,
+    on_log: Callable[[History], Any] | None = None,
 ) -> History:
     """Train `model` until `steps` optimizer steps are done in total; returns the per-step History.
 
@@ -185,10 +186,12 @@ def fit(
     checkpoint  -- path of a checkpoint file: resume from it if it exists, save to it as we go.
     extra_state -- more objects with `state_dict()`/`load_state_dict()` to checkpoint (a second
                    optimizer, an EMA model, ...).
+    on_log      -- called with the History after each flush (every `log_every` steps), e.g. a
+                   `plots.LiveLossCurve` that redraws the loss while training runs.
     Batches are moved to the model's device (tensors inside tuples, lists and dicts too), so move
     the model with `model.to(device)` before creating the optimizer.
     """
-    _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state)
+    _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, on_log)
     _check_numbers(steps=steps, ckpt_every=ckpt_every, log_every=log_every, grad_clip=grad_clip)
     device = next(model.parameters()).device
     path = Path(checkpoint) if checkpoint is not None else None
@@ -235,6 +238,8 @@ def fit(
                 # drop half a window from the history.
                 with hold_ctrl_c:
                     bar.set_postfix(log.flush(path))
+                if on_log is not None:
+                    on_log(log.history)
             if path is not None and (step % ckpt_every == 0 or step == steps):
                 log.flush(path)
                 _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
@@ -538,7 +543,7 @@ def _load(path: Path, model, optimizer, scheduler, extra: dict) -> tuple[int, Hi
 # --- argument checks -------------------------------------------------------------------------------
 
 
-def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state) -> None:
+def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, on_log) -> None:
     def kind(x: Any) -> str:
         return type(x).__name__
 
@@ -554,6 +559,8 @@ def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state) -
         raise ValueError(
             f"loss_fn: expected a callable (model, batch) -> loss, got {kind(loss_fn)}"
         )
+    if on_log is not None and not callable(on_log):
+        raise ValueError(f"on_log: expected a callable History -> None or None, got {kind(on_log)}")
     if scheduler is not None and not hasattr(scheduler, "state_dict"):
         raise ValueError(f"scheduler: expected a torch LR scheduler or None, got {kind(scheduler)}")
     for name, obj in (extra_state or {}).items():

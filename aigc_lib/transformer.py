@@ -31,12 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aigc_lib.rnn import generate, sample_probs
 from aigc_lib.training import History, adamw_warmup_cosine, fit
 
 __all__ = [
     "GPT", "Block", "EncoderDecoderBlock", "GPTConfig", "KVCache", "MultiHeadAttention", "Seq2SeqConfig",
-    "Seq2SeqTransformer", "attention", "causal_mask", "evaluate_loss", "merge_heads", "random_windows",
-    "reversal_batch", "sinusoidal_positions", "split_heads", "train_gpt", "train_seq2seq",
+    "Seq2SeqTransformer", "attention", "attention_maps", "attention_weights", "causal_mask", "evaluate_loss",
+    "generate_without_cache", "merge_heads", "random_windows", "reversal_batch", "sinusoidal_positions",
+    "split_heads", "train_gpt", "train_seq2seq",
 ]
 
 
@@ -78,12 +80,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"q, k, v: expected q (..., T, d_k), k (..., S, d_k), v (..., S, d_v); got "
                          f"{_shape(q)}, {_shape(k)}, {_shape(v)}")
+    return attention_weights(q, k, mask) @ v  # (..., T, d_v)
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q kᵀ / √d_k + M): (..., T, S), row t = how much query t reads from each key."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T, S)
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             raise ValueError(f"mask: expected a boolean tensor (True = attend), got {_shape(mask)}")
         scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v  # (..., T, d_v)
+    return torch.softmax(scores, dim=-1)
 
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
@@ -157,6 +164,25 @@ class MultiHeadAttention(nn.Module):
         past        -- cached (k, v) of earlier positions: the new queries attend to them too.
         memory      -- cross-attention: keys and values from `memory` (B, S, C) (the encoder's
                        output), queries from x."""
+        q, k, v = self._project(x, past, memory)
+        mask, causal = self._mask(x, q.shape[2], k.shape[2], causal, key_padding)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, T, d)
+        return self.proj(merge_heads(y)), (k, v)
+
+    @torch.no_grad()
+    def weights(self, x: Tensor, *, causal: bool = False, key_padding: Tensor | None = None,
+                memory: Tensor | None = None) -> Tensor:
+        """The attention probabilities of `forward` with the same arguments: (B, h, T, S), for plots."""
+        q, k, _ = self._project(x, None, memory)
+        mask, causal = self._mask(x, q.shape[2], k.shape[2], causal, key_padding)
+        if causal:
+            mask = causal_mask(q.shape[2], device=x.device)
+        return attention_weights(q, k, mask)
+
+    def _project(self, x: Tensor, past: tuple[Tensor, Tensor] | None, memory: Tensor | None,
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, h, T, d) from x; k, v (B, h, S, d) from x (or `memory`), after the cached `past`."""
         if memory is None:
             q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, h, T, d) each
         else:
@@ -167,7 +193,11 @@ class MultiHeadAttention(nn.Module):
             k, v = (split_heads(t, self.n_heads) for t in F.linear(memory, w_kv, b_kv).chunk(2, dim=-1))  # (B, h, S, d)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, h, S, d)
-        T, S = q.shape[2], k.shape[2]
+        return q, k, v
+
+    @staticmethod
+    def _mask(x: Tensor, T: int, S: int, causal: bool, key_padding: Tensor | None) -> tuple[Tensor | None, bool]:
+        """(boolean mask broadcastable to (B, h, T, S) or None, whether SDPA's is_causal is still to apply)."""
         mask = None
         if key_padding is not None:
             if not isinstance(key_padding, Tensor) or key_padding.dtype != torch.bool or tuple(key_padding.shape) != (x.shape[0], S):
@@ -175,11 +205,8 @@ class MultiHeadAttention(nn.Module):
             mask = key_padding[:, None, None, :]  # (B, 1, 1, S)
         if causal and (mask is not None or T != S):
             c = causal_mask(T, S, device=x.device)
-            mask = c if mask is None else mask & c
-            causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, T, d)
-        return self.proj(merge_heads(y)), (k, v)
+            return (c if mask is None else mask & c), False
+        return mask, causal
 
 
 @dataclass
@@ -255,6 +282,18 @@ class GPT(nn.Module):
         """Parameters, counting the tied embedding/output matrix once."""
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token at full context, matrix multiplies only (2 FLOPs per multiply-add):
+
+            2 · ( L · 12C²  +  C V )  +  L · 4 T C
+
+        12C² per layer: Q, K, V and output projections (4C²) and the MLP (8C²); CV: the output layer;
+        4TC per layer: the scores q·k and the weighted sum of values over T = block_size keys (the
+        convention of nanoGPT's estimate_mfu; a causal kernel does about half). Training ≈ 3x this,
+        the same rule as `CharLSTM.flops_per_token` (6N per token for the weights)."""
+        c = self.config
+        return 2 * (c.n_layer * 12 * c.n_embd**2 + c.n_embd * c.vocab_size) + c.n_layer * 4 * c.block_size * c.n_embd
+
     def _positions(self, start: int, T: int, device: torch.device) -> Tensor:
         if self.config.positions == "learned":
             return self.pos(torch.arange(start, start + T, device=device))
@@ -290,6 +329,50 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x)), new  # (B, T, V)
 
 
+@torch.no_grad()
+def attention_maps(model: GPT, idx: Tensor) -> Tensor:
+    """Every layer's and head's causal attention probabilities on idx (B, T): (n_layer, B, n_head, T, T)."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"model: expected a GPT, got {type(model).__name__}")
+    if not isinstance(idx, Tensor) or idx.dtype != torch.int64 or idx.ndim != 2 or not 0 < idx.shape[1] <= model.config.block_size:
+        raise ValueError(f"idx: expected an int64 tensor (B, T) with T <= block_size={model.config.block_size}, got {_shape(idx)}")
+    T = idx.shape[1]
+    x = model.tok(idx) + model._positions(0, T, idx.device)  # (B, T, C), as in forward (eval: no dropout)
+    maps = []
+    for block in model.blocks:
+        maps.append(block.attn.weights(block.ln1(x), causal=True))
+        x, _ = block(x)
+    return torch.stack(maps)
+
+
+@torch.no_grad()
+def generate_without_cache(model: GPT, prompt_ids: Tensor | list[int], max_new_tokens: int, temperature: float = 1.0,
+                           top_k: int | None = None, generator: torch.Generator | None = None) -> list[int]:
+    """The slow way, for comparison with the KV cache of `rnn.generate`: every new token re-reads the
+    whole context (its last block_size tokens) from scratch. Same sampling, so the same generator
+    gives the same tokens (up to floating-point ties)."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"model: expected a GPT, got {type(model).__name__}")
+    generate(model, prompt_ids, max_new_tokens, temperature, top_k, generator)  # the same argument checks
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(prompt_ids, dtype=torch.int64, device=device).view(1, -1)
+    was_training = model.training
+    model.eval()
+    new: list[int] = []
+    try:
+        for _ in range(max_new_tokens):
+            logits, _ = model(ids[:, -model.config.block_size :])
+            probs = sample_probs(logits[0, -1].float(), temperature, top_k)
+            if generator is not None:
+                probs = probs.to(generator.device)
+            token = torch.multinomial(probs, 1, generator=generator).to(device)
+            new.append(int(token))
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    finally:
+        model.train(was_training)
+    return new
+
+
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation (the shared loop)
 # ---------------------------------------------------------------------------------------------
@@ -320,10 +403,11 @@ def random_windows(ids: Tensor, batch_size: int, block: int, seed: int = 0):
 def train_gpt(model: GPT, train_ids: Tensor, steps: int, *, batch_size: int = 12, block: int | None = None,
               lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100, min_lr_ratio: float = 0.1,
               grad_clip: float | None = 1.0, seed: int = 0, compile: bool = False, checkpoint=None,
-              log_every: int = 50, progress: bool = True) -> History:
+              log_every: int = 50, progress: bool = True, on_log=None) -> History:
     """Next-token cross-entropy on random windows of `train_ids`, AdamW (decay on matrices only, betas
     (0.9, 0.99)), linear warmup then cosine to lr·min_lr_ratio, gradient clipping, bf16 autocast on
-    CUDA (fit), optionally `torch.compile`d. Returns fit's History ("loss" in nats per token)."""
+    CUDA (fit), optionally `torch.compile`d; `on_log` as in `fit` (e.g. a plots.LiveLossCurve).
+    Returns fit's History ("loss" in nats per token)."""
     if not isinstance(model, GPT):
         raise ValueError(f"model: expected a GPT, got {type(model).__name__}")
     block = model.config.block_size if block is None else _check_int("block", block)
@@ -340,7 +424,7 @@ def train_gpt(model: GPT, train_ids: Tensor, steps: int, *, batch_size: int = 12
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
     return fit(model, opt, batches, loss_fn, steps, grad_clip=grad_clip, scheduler=sched, checkpoint=checkpoint,
-               log_every=log_every, desc="char-GPT", progress=progress)
+               log_every=log_every, desc="char-GPT", progress=progress, on_log=on_log)
 
 
 @torch.no_grad()
@@ -460,6 +544,19 @@ class Seq2SeqTransformer(nn.Module):
         return self.decode(tgt_in, memory, padding)
 
     @torch.no_grad()
+    def cross_attention_maps(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Each decoder layer's cross-attention probabilities: (n_layer, B, n_head, T, S); row t shows
+        which source positions the decoder reads while predicting target token t + 1."""
+        memory, padding = self.encode(src)
+        x = self.tgt_tok(self._check("tgt_in", tgt_in, self.config.tgt_vocab)) + self.pos_table[: tgt_in.shape[1]]
+        maps = []
+        for block in self.decoder:
+            mid = x + block.self_attn(block.ln1(x), causal=True)[0]  # the block's first half, as in its forward
+            maps.append(block.cross_attn.weights(block.ln2(mid), memory=memory, key_padding=padding))
+            x = block(x, None, memory, padding)
+        return torch.stack(maps)
+
+    @torch.no_grad()
     def greedy(self, src: Tensor, max_new: int | None = None) -> Tensor:
         """Greedy decoding from BOS until EOS (or max_new tokens): (B, ≤ max_new) ids, EOS included,
         PAD after a sequence's EOS."""
@@ -504,7 +601,7 @@ def reversal_batch(batch_size: int, max_digits: int, generator: torch.Generator 
 
 def train_seq2seq(model: Seq2SeqTransformer, steps: int, *, batch_size: int = 64, max_digits: int = 10,
                   lr: float = 1e-3, seed: int = 0, checkpoint=None, log_every: int = 50,
-                  progress: bool = True) -> History:
+                  progress: bool = True, on_log=None) -> History:
     """Train on `reversal_batch` (fresh batches seeded by (seed, step)); cross-entropy over non-PAD targets."""
     if not isinstance(model, Seq2SeqTransformer):
         raise ValueError(f"model: expected a Seq2SeqTransformer, got {type(model).__name__}")
@@ -521,4 +618,4 @@ def train_seq2seq(model: Seq2SeqTransformer, steps: int, *, batch_size: int = 64
         return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
 
     return fit(model, opt, batches, loss_fn, steps, grad_clip=1.0, scheduler=sched, checkpoint=checkpoint,
-               log_every=log_every, desc="seq2seq", progress=progress)
+               log_every=log_every, desc="seq2seq", progress=progress, on_log=on_log)

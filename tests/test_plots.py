@@ -9,6 +9,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from aigc_lib import plots
 from aigc_lib.plots import ema, image_grid, loss_curve, snapshot_grids
 from aigc_lib.training import History
 
@@ -138,3 +139,30 @@ def test_ema_is_bias_corrected():
     assert np.allclose(
         ema(np.full(5, 3.0), 0.9), 3.0
     )  # a constant stays constant from the first point
+
+
+def test_live_loss_curve_replaces_one_display_in_place(monkeypatch):
+    import IPython.display
+
+    calls = []
+
+    class Handle:
+        def update(self, data, raw):
+            calls.append(("update", sorted(data)))
+
+    def display(data, raw, display_id):
+        calls.append(("display", sorted(data)))
+        return Handle()
+
+    live = plots.LiveLossCurve(keys=["loss"])
+    with pytest.raises(ValueError, match="nothing logged"):
+        live.figure()
+    live({"step": [0, 1], "loss": [2.0, 1.0]})  # headless (Agg): remembers, draws nothing
+    assert calls == [] and live.figure() is not None
+    monkeypatch.setattr(plots.plt, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
+    monkeypatch.setattr(IPython.display, "display", display)
+    history = History()
+    for step in range(3):
+        history.append(step, {"loss": 1.0 / (step + 1)})
+        live(history)
+    assert calls == [("display", ["image/png", "text/plain"])] + [("update", ["image/png", "text/plain"])] * 2

@@ -542,3 +542,14 @@ def test_cuda_bf16_autocast_without_per_step_syncs(monkeypatch):
         torch.cuda.set_sync_debug_mode(0)
     assert dtypes == {torch.bfloat16}
     assert hist.losses[-1] < 0.05 * hist.losses[0]
+
+
+def test_on_log_sees_the_history_after_every_flush():
+    seen = []
+    model, opt, _ = make()
+    hist = fit(model, opt, random_batch, mse, 12, log_every=5, progress=False,
+               on_log=lambda h: seen.append(list(h.steps)))
+    assert seen == [list(range(5)), list(range(10)), list(range(12))]
+    assert hist.steps == list(range(12))
+    with pytest.raises(ValueError, match="on_log"):
+        fit(model, opt, random_batch, mse, 2, progress=False, on_log="plot")

@@ -380,7 +380,7 @@ def test_mha_key_padding_wrong_shape_or_dtype_raises():
     with pytest.raises(ValueError, match=r"key_padding: expected a boolean tensor \(2, 5\), got \(2, 4\)"):
         ours(x, key_padding=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"key_padding: expected a boolean tensor \(2, 5\), got \(2, 5\)"):
-        ours(x, key_padding=torch.ones(2, 5))
+        ours(x, key_padding=torch.ones(2, 5, dtype=F64))
     _, past = ours(x)
     with pytest.raises(ValueError, match=r"key_padding: expected a boolean tensor \(2, 6\), got \(2, 1\)"):
         ours(x[:, :1], past=past, key_padding=torch.ones(2, 1, dtype=torch.bool))
@@ -936,3 +936,89 @@ def test_train_seq2seq_lowers_the_loss_and_checks_its_arguments():
         train_seq2seq(model, 1, max_digits=12, progress=False)
     with pytest.raises(ValueError, match="model: expected a Seq2SeqTransformer"):
         train_seq2seq(nn.Linear(2, 2), 1, progress=False)
+
+
+# --- attention probabilities for plots -------------------------------------------------------
+
+
+def test_attention_weights_is_the_softmax_of_scaled_scores_and_feeds_attention():
+    q, k, v = randn(2, 5, 4, seed=1), randn(2, 7, 4, seed=2), randn(2, 7, 3, seed=3)
+    mask = causal_mask(5, 7)
+    w = transformer.attention_weights(q, k, mask)
+    by_hand = torch.softmax((q @ k.transpose(-2, -1) / 2.0).masked_fill(~mask, -math.inf), dim=-1)
+    assert close(w, by_hand) and close(w.sum(-1), torch.ones(2, 5, dtype=F64))
+    assert close(w @ v, attention(q, k, v, mask))
+
+
+def _through_proj(mha: MultiHeadAttention, w: torch.Tensor, x: torch.Tensor, memory=None) -> torch.Tensor:
+    v = split_heads(mha.qkv(memory if memory is not None else x).chunk(3, dim=-1)[2], mha.n_heads)
+    return mha.proj(merge_heads(w @ v))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_mha_weights_reproduce_forward_with_padding(causal):
+    mha = MultiHeadAttention(12, 3).double()
+    x = randn(2, 6, 12, seed=4)
+    padding = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    w = mha.weights(x, causal=causal, key_padding=padding)
+    assert w.shape == (2, 3, 6, 6)
+    assert close(_through_proj(mha, w, x), mha(x, causal=causal, key_padding=padding)[0])
+    assert w[1, :, :, 4:].abs().max() == 0  # padded keys get no weight
+    if causal:
+        assert w[0].triu(1).abs().max() == 0
+
+
+def test_mha_weights_for_cross_attention():
+    mha = MultiHeadAttention(8, 2).double()
+    x, memory = randn(1, 3, 8, seed=5), randn(1, 5, 8, seed=6)
+    w = mha.weights(x, memory=memory)
+    assert w.shape == (1, 2, 3, 5) and close(_through_proj(mha, w, x, memory), mha(x, memory=memory)[0])
+
+
+def test_attention_maps_of_a_gpt_are_causal_and_match_its_first_layer():
+    model = GPT(GPTConfig(**TINY)).double().eval()
+    idx = torch.randint(0, 11, (2, 6), generator=gen(7))
+    maps = transformer.attention_maps(model, idx)
+    assert maps.shape == (2, 2, 2, 6, 6)
+    assert close(maps.sum(-1), torch.ones(2, 2, 2, 6, dtype=F64)) and maps.triu(1).abs().max() == 0
+    block = model.blocks[0]
+    h = block.ln1(model.tok(idx) + model.pos(torch.arange(6)))
+    assert close(_through_proj(block.attn, maps[0], h), block.attn(h, causal=True)[0])
+    with pytest.raises(ValueError, match="idx"):
+        transformer.attention_maps(model, torch.zeros(1, 9, dtype=torch.int64))  # longer than block_size 8
+    with pytest.raises(ValueError, match="model"):
+        transformer.attention_maps(nn.Linear(2, 2), idx)
+
+
+def test_cross_attention_maps_ignore_source_padding_and_match_the_decoder():
+    model = Seq2SeqTransformer(Seq2SeqConfig(src_vocab=13, tgt_vocab=13, max_len=8)).double()
+    src, tgt_in, _ = reversal_batch(3, 5, gen(8))
+    maps = model.cross_attention_maps(src, tgt_in)
+    assert maps.shape == (2, 3, 4, 6, 5)
+    assert close(maps.sum(-1), torch.ones(2, 3, 4, 6, dtype=F64))
+    assert (src == PAD).any() and (maps * (src == PAD)[None, :, None, None, :]).abs().max() == 0
+    memory, padding = model.encode(src)
+    block = model.decoder[0]
+    x = model.tgt_tok(tgt_in) + model.pos_table[:6]
+    mid = x + block.self_attn(block.ln1(x), causal=True)[0]
+    assert close(_through_proj(block.cross_attn, maps[0], block.ln2(mid), memory),
+                 block.cross_attn(block.ln2(mid), memory=memory, key_padding=padding)[0])
+
+
+def test_generate_without_cache_samples_the_same_tokens_as_the_cached_generator():
+    model = GPT(GPTConfig(**{**TINY, "block_size": 32})).double()
+    cached = list(rnn.generate(model, [1, 2, 3], 20, temperature=0.9, top_k=5, generator=gen(9)))
+    assert transformer.generate_without_cache(model, [1, 2, 3], 20, temperature=0.9, top_k=5, generator=gen(9)) == cached
+    assert model.training  # restored
+    with pytest.raises(ValueError, match="temperature"):
+        transformer.generate_without_cache(model, [1], 3, temperature=0.0)
+    with pytest.raises(ValueError, match="model"):
+        transformer.generate_without_cache(nn.Linear(2, 2), [1], 3)
+
+
+def test_flops_per_token_counts_the_matrix_multiplies():
+    c = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    model = GPT(c)
+    weights = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith(("tok", "pos")))
+    assert weights == 2 * 12 * 16**2  # the layers' matrices: 12 C^2 each
+    assert model.flops_per_token() == 2 * (weights + 16 * 11) + 2 * 4 * 8 * 16
