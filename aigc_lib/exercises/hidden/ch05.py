@@ -1,0 +1,31 @@
+"""Chapter 05 hidden cases: never shown in the student edition, run by the grader (and CI)."""
+
+from __future__ import annotations
+
+import torch
+
+from aigc_lib import diffusion
+from aigc_lib.exercises.ch05 import ddim_case, guidance_case, posterior_case, q_case
+from aigc_lib.exercises.core import Case
+
+HIDDEN = {
+    "05.q_sample": (
+        Case("hidden: float64, B=4, 3x8x8", lambda: q_case([0, 1, 250, 999], 100, shape=(3, 8, 8), dtype=torch.float64)),
+        Case("hidden: the cosine schedule",
+             lambda: {**q_case([5, 900], 101), "schedule": diffusion.cosine_schedule(1000)}),
+    ),
+    "05.posterior_mean": (
+        Case("hidden: float64, B=4", lambda: posterior_case([0, 2, 600, 998], 102, dtype=torch.float64)),
+        Case("hidden: the cosine schedule",
+             lambda: {**posterior_case([1, 999], 103), "schedule": diffusion.cosine_schedule(1000)}),
+    ),
+    "05.ddim_step": (
+        Case("hidden: float64, t = 40 -> 20", lambda: ddim_case(40, 20, 104, dtype=torch.float64)),
+        Case("hidden: the cosine schedule, 999 -> 899",
+             lambda: ddim_case(999, 899, 105, schedule=diffusion.cosine_schedule(1000))),
+    ),
+    "05.guided_eps": (
+        Case("hidden: float64, scale 7.5", lambda: guidance_case(7.5, 106, dtype=torch.float64)),
+        Case("hidden: negative scale -1 (away from the condition)", lambda: guidance_case(-1.0, 107, B=1)),
+    ),
+}
