@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from aigc_lib.runtime import autocast
-from aigc_lib.training import History, adamw_warmup_cosine, fit
+from aigc_lib.training import History, adamw_warmup_cosine, epoch_indices, fit
 
 __all__ = [
     "EMA", "NoiseSchedule", "UNet", "UNetConfig", "cosine_schedule", "ddim_step", "ddim_timesteps",
@@ -921,22 +921,6 @@ def to_unit(x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _epoch_order(n: int, batch_size: int, seed: int):
-    """step -> indices: each epoch a fresh permutation seeded by (seed, epoch), so resume is exact."""
-    per_epoch = max(1, n // batch_size)  # drop the last partial batch
-    cache: dict[int, Tensor] = {}
-
-    def indices(step: int) -> Tensor:
-        epoch, i = divmod(step, per_epoch)
-        if epoch not in cache:
-            cache.clear()
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            cache[epoch] = torch.randperm(n, generator=gen)
-        return cache[epoch][i * batch_size : (i + 1) * batch_size]
-
-    return indices
-
-
 def train_diffusion(model: nn.Module, images: Tensor, steps: int, *, schedule: NoiseSchedule,
                     labels: Tensor | None = None, p_uncond: float = 0.1, batch_size: int = 64, lr: float = 2e-3,
                     warmup: int | None = None, weight_decay: float = 0.0, grad_clip: float | None = 1.0,
@@ -985,7 +969,7 @@ def train_diffusion(model: nn.Module, images: Tensor, steps: int, *, schedule: N
     data = (images.detach().to("cpu", torch.float32) * 2 - 1).contiguous()  # [0, 1] -> [−1, 1], (N, C, H, W)
     if cuda:
         data = data.pin_memory()
-    order = _epoch_order(len(data), min(batch_size, len(data)), seed)
+    order = epoch_indices(len(data), min(batch_size, len(data)), seed)
     T = schedule.T
     ema = EMA(model, ema_decay)
     optimizer, scheduler = adamw_warmup_cosine(model, lr, steps, warmup, weight_decay=weight_decay)

@@ -116,6 +116,26 @@ def adamw_warmup_cosine(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, _WarmupCosine(steps, warmup_steps, min_lr_ratio))
 
 
+def epoch_indices(n: int, batch_size: int, seed: int = 0) -> Callable[[int], torch.Tensor]:
+    """step -> the indices (batch_size,) of that step's batch: each epoch is a fresh permutation of
+    range(n) seeded by (seed, epoch), the last partial batch dropped. A function of the step alone,
+    so a run resumed at any step draws the same batches; one permutation per epoch is cached."""
+    _check_numbers(grad_clip=None, n=n, batch_size=batch_size)
+    if batch_size > n:
+        raise ValueError(f"batch_size: expected at most n={n}, got {batch_size}")
+    per_epoch = n // batch_size
+    cache: dict[int, torch.Tensor] = {}
+
+    def indices(step: int) -> torch.Tensor:
+        epoch, i = divmod(step, per_epoch)
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        return cache[epoch][i * batch_size : (i + 1) * batch_size]
+
+    return indices
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss (or a logged metric) became nan/inf; `.step` is where, `.history` what came before."""
 
@@ -201,6 +221,8 @@ def fit(
     if path is not None and path.exists():
         step, history = _load(path, model, optimizer, scheduler, extra)
         if step >= steps:  # finished before: weights and RNG are now as they were at the end
+            if on_log is not None:
+                on_log(history)
             if progress:
                 print(
                     f"{desc}: loaded the finished run from {path} (step {step}); delete it to retrain"

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aigc_lib.runtime import autocast
-from aigc_lib.training import History, fit, fused_optimizer_ok
+from aigc_lib.training import History, epoch_indices, fit, fused_optimizer_ok
 
 __all__ = [
     "Autoencoder", "VAE", "VAEConfig", "bernoulli_log_likelihood", "elbo_terms", "evaluate_nelbo",
@@ -352,20 +352,10 @@ def iwae_bound(model: VAE, images: Tensor, k: int = 100, batch_size: int = 100, 
 
 
 def _epoch_batches(images: Tensor, batch_size: int, seed: int):
-    """step -> a batch: each epoch is a fresh permutation seeded by (seed, epoch), so resume is exact."""
-    n = len(images)
-    per_epoch = max(1, n // batch_size)  # drop the last partial batch
-    cache: dict[int, Tensor] = {}  # the current epoch's order: one permutation per epoch, not per step
-
-    def batch(step: int) -> Tensor:
-        epoch, i = divmod(step, per_epoch)
-        if epoch not in cache:
-            cache.clear()
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            cache[epoch] = torch.randperm(n, generator=gen).to(images.device)
-        return images[cache[epoch][i * batch_size : (i + 1) * batch_size]]
-
-    return batch, per_epoch
+    """step -> a batch of `images` (`training.epoch_indices`: one seeded permutation per epoch)."""
+    batch_size = min(batch_size, len(images))
+    order = epoch_indices(len(images), batch_size, seed)
+    return (lambda step: images[order(step).to(images.device)]), len(images) // batch_size
 
 
 def _train(model: nn.Module, images: Tensor, loss_fn, steps: int, batch_size: int, lr: float, seed: int,

@@ -553,3 +553,22 @@ def test_on_log_sees_the_history_after_every_flush():
     assert hist.steps == list(range(12))
     with pytest.raises(ValueError, match="on_log"):
         fit(model, opt, random_batch, mse, 2, progress=False, on_log="plot")
+
+
+def test_epoch_indices_cover_each_epoch_once_and_depend_only_on_the_step():
+    order = training.epoch_indices(10, 3, seed=5)
+    epoch0 = torch.cat([order(s) for s in range(3)])  # 3 batches of 3; the 10th index is dropped
+    assert len(epoch0.unique()) == 9 and not torch.equal(epoch0, torch.cat([order(s) for s in range(3, 6)]))
+    assert torch.equal(training.epoch_indices(10, 3, seed=5)(4), order(4))  # a fresh object (a resume) agrees
+    assert not torch.equal(training.epoch_indices(10, 3, seed=6)(0), order(0))
+    with pytest.raises(ValueError, match="batch_size"):
+        training.epoch_indices(2, 3)
+
+
+def test_on_log_is_shown_the_history_of_a_finished_run_that_is_loaded(tmp_path):
+    model, opt, _ = make()
+    fit(model, opt, random_batch, mse, 6, log_every=5, progress=False, checkpoint=tmp_path / "run.pt")
+    seen = []
+    fit(model, opt, random_batch, mse, 6, progress=False, checkpoint=tmp_path / "run.pt",
+        on_log=lambda h: seen.append(list(h.steps)))
+    assert seen == [list(range(6))]
