@@ -442,6 +442,8 @@ def ddim_step(model_output: Tensor, xt: Tensor, t: int, t_prev: int, schedule: N
 def guided_eps(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): ε̃ = ε(x, ∅) + w (ε(x, y) − ε(x, ∅)).
 
+    w is diffusers' guidance_scale; the paper writes (1 + w') ε(x, y) − w' ε(x, ∅), i.e. w' = w − 1.
+
     scale w = 1: the conditional prediction; 0: the unconditional one; > 1: pushed further towards y.
     (Works the same on v-predictions: the combination is linear.)"""
     if not isinstance(eps_cond, Tensor) or not eps_cond.is_floating_point():

@@ -81,7 +81,7 @@ EXERCISES = (
              "sqrt(ab_prev) * x0_hat + sqrt(1 - ab_prev) * eps. t and t_prev are Python ints: float(...) the "
              "schedule values and use math.sqrt.",
         cases=(
-            Case("t = 999 -> 979 (a 50-step sampler's first step)", lambda: ddim_case(999, 979, 6)),
+            Case("t = 980 -> 960 (a 50-step sampler's first step)", lambda: ddim_case(980, 960, 6)),
             Case("t = 500 -> 250", lambda: ddim_case(500, 250, 7, B=3)),
             Case("the last step: t = 20 -> t_prev = -1 (alpha_bar = 1: returns x0_hat)", lambda: ddim_case(20, -1, 8)),
         ),
