@@ -12,9 +12,21 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def posterior_mean(x0, xt, t, schedule):
+# The exercises take the schedule as its betas (a float64 tensor (T,)): the grader sends learners
+# plain tensors and numbers only, and the learner derives alphas and alpha_bars from them.
+
+
+def q_sample(x0, t, eps, betas):
+    return diffusion.q_sample(x0, t, eps, diffusion.NoiseSchedule(betas))
+
+
+def posterior_mean(x0, xt, t, betas):
     """The mean of q(x_{t-1} | x_t, x_0) alone (the library returns it with the variance)."""
-    return diffusion.posterior_mean_variance(x0, xt, t, schedule)[0]
+    return diffusion.posterior_mean_variance(x0, xt, t, diffusion.NoiseSchedule(betas))[0]
+
+
+def ddim_step(model_output, xt, t, t_prev, betas):
+    return diffusion.ddim_step(model_output, xt, t, t_prev, diffusion.NoiseSchedule(betas))
 
 
 def images(B: int, seed: int, shape=(1, 4, 4), dtype=torch.float32) -> torch.Tensor:
@@ -24,34 +36,34 @@ def images(B: int, seed: int, shape=(1, 4, 4), dtype=torch.float32) -> torch.Ten
 def q_case(t: list[int], seed: int, T: int = 1000, shape=(1, 4, 4), dtype=torch.float32) -> dict:
     B = len(t)
     return {"x0": images(B, seed, shape, dtype).clamp(-1, 1), "t": torch.tensor(t), "eps": images(B, seed + 1, shape, dtype),
-            "schedule": diffusion.linear_schedule(T)}
+            "betas": diffusion.linear_schedule(T).betas}
 
 
 def posterior_case(t: list[int], seed: int, T: int = 1000, shape=(1, 4, 4), dtype=torch.float32) -> dict:
     B = len(t)
     return {"x0": images(B, seed, shape, dtype).clamp(-1, 1), "xt": images(B, seed + 1, shape, dtype),
-            "t": torch.tensor(t), "schedule": diffusion.linear_schedule(T)}
+            "t": torch.tensor(t), "betas": diffusion.linear_schedule(T).betas}
 
 
 def ddim_case(t: int, t_prev: int, seed: int, B: int = 2, T: int = 1000, shape=(1, 4, 4), dtype=torch.float32,
-              schedule=None) -> dict:
+              betas=None) -> dict:
     return {"model_output": images(B, seed, shape, dtype), "xt": images(B, seed + 1, shape, dtype), "t": t,
-            "t_prev": t_prev, "schedule": schedule or diffusion.linear_schedule(T)}
+            "t_prev": t_prev, "betas": diffusion.linear_schedule(T).betas if betas is None else betas}
 
 
 def guidance_case(scale: float, seed: int, B: int = 2, shape=(1, 4, 4), dtype=torch.float32) -> dict:
     return {"eps_cond": images(B, seed, shape, dtype), "eps_uncond": images(B, seed + 1, shape, dtype), "scale": scale}
 
 
-_DTYPE_HINT = ("schedule.alpha_bars is float64 (T,): index it with t, then .to(x0.dtype) and .view(-1, 1, 1, 1) so "
-               "it broadcasts over (B, C, H, W) and the result keeps the images' dtype.")
+_DTYPE_HINT = ("alpha_bars = torch.cumprod(1 - betas, 0) is float64 (T,): index it with t, then .to(x0.dtype) and "
+               ".view(-1, 1, 1, 1) so it broadcasts over (B, C, H, W) and the result keeps the images' dtype.")
 
 EXERCISES = (
     Exercise(
         key="05.q_sample",
         function="q_sample",
-        reference=diffusion.q_sample,
-        hint="x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps, alpha_bar_t = schedule.alpha_bars[t] "
+        reference=q_sample,
+        hint="x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps with alpha_bar_t = alpha_bars[t] "
              "(one value per image). " + _DTYPE_HINT,
         cases=(
             Case("t = 0: almost the clean image", lambda: q_case([0], 0)),
@@ -64,8 +76,8 @@ EXERCISES = (
         function="posterior_mean",
         reference=posterior_mean,
         hint="mu = sqrt(ab_prev) * beta_t / (1 - ab_t) * x0 + sqrt(alpha_t) * (1 - ab_prev) / (1 - ab_t) * xt with "
-             "ab_t = schedule.alpha_bars[t], ab_prev = schedule.alpha_bars_prev[t] (1 at t = 0), beta_t = "
-             "schedule.betas[t], alpha_t = schedule.alphas[t]. " + _DTYPE_HINT,
+             "alpha_t = 1 - betas[t], ab_t = alpha_bars[t] and ab_prev = alpha_bars[t - 1] (1 at t = 0: e.g. "
+             "torch.cat([torch.ones(1, dtype=betas.dtype), alpha_bars[:-1]])[t]). " + _DTYPE_HINT,
         cases=(
             Case("t = 0: the mean is x0 itself", lambda: posterior_case([0], 3)),
             Case("B=3, t = 1, 400, 999", lambda: posterior_case([1, 400, 999], 4)),
@@ -75,11 +87,12 @@ EXERCISES = (
     Exercise(
         key="05.ddim_step",
         function="ddim_step",
-        reference=diffusion.ddim_step,
-        hint="Deterministic DDIM (eta = 0): ab = alpha_bars[t], ab_prev = alpha_bars[t_prev] (1.0 when t_prev < 0); "
+        reference=ddim_step,
+        hint="Deterministic DDIM (eta = 0): alpha_bars = torch.cumprod(1 - betas, 0); ab = alpha_bars[t], "
+             "ab_prev = alpha_bars[t_prev] (1.0 when t_prev < 0); "
              "x0_hat = (xt - sqrt(1 - ab) * eps) / sqrt(ab) with eps = model_output; return "
              "sqrt(ab_prev) * x0_hat + sqrt(1 - ab_prev) * eps. t and t_prev are Python ints: float(...) the "
-             "schedule values and use math.sqrt.",
+             "values and use math.sqrt.",
         cases=(
             Case("t = 980 -> 960 (a 50-step sampler's first step)", lambda: ddim_case(980, 960, 6)),
             Case("t = 500 -> 250", lambda: ddim_case(500, 250, 7, B=3)),
