@@ -55,17 +55,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import DEFAULT_TEXT, Data, char_split, check_load, matmul_gflops
 from torch import nn
 
-from aigc_lib.data import CharTokenizer, shakespeare_text
+from aigc_lib.data import shakespeare_text
 from aigc_lib.rnn import (
     CharLSTM,
     CharLSTMConfig,
@@ -75,8 +74,6 @@ from aigc_lib.rnn import (
     train_char_lstm,
 )
 
-DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-VAL_FRACTION = 0.1  # nanoGPT shakespeare_char: train = first 90%, val = last 10%
 NANOGPT_CPU = {"tflop": 7.3, "val_loss": 1.88}  # nanoGPT small CPU config (0.8M-param GPT, 2000 iters)
 TARGET = 1.60  # nats/char at 7.3 TFLOP
 
@@ -84,12 +81,6 @@ TARGET = 1.60  # nats/char at 7.3 TFLOP
 # --------------------------------------------------------------------------------------- data
 
 
-@dataclass
-class Data:
-    source: str
-    tokenizer: CharTokenizer
-    train_ids: torch.Tensor
-    val_ids: torch.Tensor
 
 
 def load_data(path: Path | None) -> Data:
@@ -100,10 +91,7 @@ def load_data(path: Path | None) -> Data:
         print(f"NOTE: {path} not found: using aigc_lib.data.shakespeare_text() instead "
               "(a different text: the nanoGPT / char-rnn anchors do not apply)")
         text, source = shakespeare_text("all"), "aigc_lib.data.shakespeare_text('all')"
-    tok = CharTokenizer.from_text(text)  # sorted distinct characters of the whole text
-    ids = tok.encode(text)
-    cut = int(len(ids) * (1 - VAL_FRACTION))
-    return Data(source, tok, ids[:cut], ids[cut:])
+    return char_split(text, source)
 
 
 # --------------------------------------------------------------------------------------- part 1
@@ -222,13 +210,6 @@ def bare_loop(model: nn.Module, batches, steps: int, lr: float, clip: float) -> 
         opt.step()
 
 
-def matmul_gflops(n: int, reps: int) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def throughput(args: argparse.Namespace, data: Data) -> dict:
@@ -354,15 +335,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_load() -> None:
-    """Warn when other processes compete for the cores: with more than one thread, every oneDNN
-    LSTM time step ends in an OpenMP barrier, and a thread that loses its core stalls all of them
-    (seen here: 2 threads 50x slower than 1 while another process kept one of the 2 cores busy)."""
-    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-    if load > 0.5:
-        print(f"WARNING: load average {load:.1f} on {cores} cores before we start: other work "
-              "competes for the CPU, so timings are noisy"
-              + (" and multi-threaded LSTM steps can stall (try --threads 1)" if cores > 1 else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

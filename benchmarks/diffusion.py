@@ -84,12 +84,12 @@ across runs. The script warns when the load average shows other work competing f
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from common import check_load, matmul_gflops, sync
 from torch import Tensor, nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
@@ -129,9 +129,6 @@ def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def train(model: nn.Module, images: Tensor, labels: Tensor, steps: int, schedule: dm.NoiseSchedule,
@@ -201,16 +198,6 @@ def forward_flops(model: nn.Module, batch: int, device: torch.device) -> int:
         return count_flops(lambda: model(x, t, y))
 
 
-def matmul_gflops(n: int, reps: int, device: torch.device) -> float:
-    """fp32 GFLOP/s of an n x n matmul (2 n^3 FLOPs), `reps` calls after one warm-up call."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def cycled(n: int) -> Tensor:
@@ -549,13 +536,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_load() -> None:
-    """Warn when other processes compete for the cores (timings then drift)."""
-    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-    if load > 0.5:
-        print(f"WARNING: load average {load:.1f} on {cores} cores before we start: other work competes for the "
-              "CPU, so timings are noisy" + ("; multi-threaded steps can stall at every OpenMP barrier (try "
-                                             "--threads 1)" if cores > 1 and torch.get_num_threads() > 1 else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

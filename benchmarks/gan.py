@@ -69,12 +69,12 @@ the matmul peak halved). Use --threads 1 there; --quick runs on one thread unles
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
+from common import check_load, matmul_gflops, sync
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -117,9 +117,6 @@ def adam(m: nn.Module) -> torch.optim.Adam:
     return torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused)  # train_gan's optimizer
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -161,16 +158,6 @@ class StepBench:
         return counter.get_total_flops()
 
 
-def matmul_gflops(n: int, reps: int, device: torch.device) -> float:
-    """fp32 GFLOP/s of an n x n matmul (2 n^3 FLOPs), `reps` calls after one warm-up call."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 # --------------------------------------------------------------------------------------- part 1
@@ -398,15 +385,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_load() -> None:
-    """Warn when other processes compete for the cores (timings then drift between models)."""
-    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-    if load > 0.5:
-        print(f"WARNING: load average {load:.1f} on {cores} cores before we start: other work "
-              "competes for the CPU, so timings are noisy"
-              + (" and multi-threaded steps can stall at every OpenMP barrier (seen here: 2 threads "
-                 "50x slower than 1 while another process kept a core busy; try --threads 1)"
-                 if cores > 1 and torch.get_num_threads() > 1 else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

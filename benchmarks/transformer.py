@@ -96,15 +96,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import DEFAULT_TEXT, Data, char_split, matmul_gflops
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from aigc_lib.data import CharTokenizer
 from aigc_lib.rnn import generate, sample_probs
 from aigc_lib.transformer import GPT, GPTConfig, evaluate_loss, random_windows, train_gpt
 
-DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-VAL_FRACTION = 0.1  # nanoGPT shakespeare_char: train = first 90%, val = last 10%
 REF_TFLOP, REF_VAL = 7.3, 1.88  # nanoGPT small CPU config: ~7.3 TFLOP of training -> val 1.88
 HALF_TARGET, EQUAL_TARGET = 1.88, 1.75  # ours at <= REF_TFLOP / 2, and at <= REF_TFLOP
 KV_TARGET = 5.0  # KV-cache generation speed-up over recomputing the context
@@ -150,23 +148,13 @@ LABELS = {"ref": "nanoGPT CPU config (reference)", "half": "ours, <= half comput
 # --------------------------------------------------------------------------------------- data
 
 
-@dataclass
-class Data:
-    source: str
-    tokenizer: CharTokenizer
-    train_ids: torch.Tensor
-    val_ids: torch.Tensor
 
 
 def load_data(path: Path) -> Data | None:
     """tinyshakespeare, tokenized (vocab from the whole text) and split 90/10; None if missing."""
     if not path.exists():
         return None
-    text = path.read_text(encoding="utf-8")
-    tok = CharTokenizer.from_text(text)
-    ids = tok.encode(text)
-    cut = int(len(ids) * (1 - VAL_FRACTION))
-    return Data(str(path), tok, ids[:cut], ids[cut:])
+    return char_split(path.read_text(encoding="utf-8"), str(path))
 
 
 # --------------------------------------------------------------------------------------- FLOPs
@@ -201,18 +189,6 @@ def train_step_flops(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[int,
     return counter.get_total_flops(), attn
 
 
-def matmul_gflops(n: int, reps: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
-    """Achieved GFLOP/s of an n x n matmul (the practical peak of this device and dtype)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 # --------------------------------------------------------------------------------------- part 1

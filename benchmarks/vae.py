@@ -35,6 +35,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import matmul_gflops
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -117,13 +118,6 @@ def flops_per_step(step) -> int:
     return counter.get_total_flops()
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def run_dataset(name: str, train: torch.Tensor, test: torch.Tensor, epochs: int, seed: int, repeats: int) -> dict:
