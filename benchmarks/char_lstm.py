@@ -81,8 +81,6 @@ TARGET = 1.60  # nats/char at 7.3 TFLOP
 # --------------------------------------------------------------------------------------- data
 
 
-
-
 def load_data(path: Path | None) -> Data:
     """The text (file, or the course's own Shakespeare as a fallback), tokenized and split 90/10."""
     if path is not None and path.exists():
@@ -210,8 +208,6 @@ def bare_loop(model: nn.Module, batches, steps: int, lr: float, clip: float) -> 
         opt.step()
 
 
-
-
 def throughput(args: argparse.Namespace, data: Data) -> dict:
     """Tokens/s of the three models and the matmul peak, interleaved repeats, medians."""
     config = make_config(args, data.tokenizer.vocab_size)
@@ -333,8 +329,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeats, args.tp_steps = min(args.repeats, 3), min(args.tp_steps, 5)
         args.matmul_reps, args.sample = min(args.matmul_reps, 3), min(args.sample, 100)
     return args
-
-
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,8 +129,6 @@ def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-
-
 def train(model: nn.Module, images: Tensor, labels: Tensor, steps: int, schedule: dm.NoiseSchedule,
           seed: int, progress: bool = False, desc: str = "diffusion") -> tuple[dm.EMA, float]:
     """The chapter's recipe via the library loop; returns (EMA, wall seconds)."""
@@ -196,8 +194,6 @@ def forward_flops(model: nn.Module, batch: int, device: torch.device) -> int:
     y = (torch.arange(batch) % 10).to(device)
     with torch.no_grad(), autocast(device):
         return count_flops(lambda: model(x, t, y))
-
-
 
 
 def cycled(n: int) -> Tensor:
@@ -534,8 +530,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.ddim = sorted(set(args.ddim))
     args.fast = 50 if 50 in args.ddim else max([k for k in args.ddim if k <= 50] or args.ddim[:1])
     return args
-
-
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -117,8 +117,6 @@ def adam(m: nn.Module) -> torch.optim.Adam:
     return torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused)  # train_gan's optimizer
 
 
-
-
 @dataclass
 class StepBench:
     """One model's `gan_step` on a fixed batch: what parts 2 and 3 time."""
@@ -156,8 +154,6 @@ class StepBench:
         with FlopCounterMode(display=False) as counter:
             self.step()
         return counter.get_total_flops()
-
-
 
 
 # --------------------------------------------------------------------------------------- part 1
@@ -383,8 +379,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.threads is None:  # one thread keeps the smoke check fast when another process holds a core
         args.threads = 1 if args.quick else 0
     return args
-
-
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -148,8 +148,6 @@ LABELS = {"ref": "nanoGPT CPU config (reference)", "half": "ours, <= half comput
 # --------------------------------------------------------------------------------------- data
 
 
-
-
 def load_data(path: Path) -> Data | None:
     """tinyshakespeare, tokenized (vocab from the whole text) and split 90/10; None if missing."""
     if not path.exists():
@@ -187,8 +185,6 @@ def train_step_flops(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[int,
     model.zero_grad(set_to_none=True)
     attn = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "attention" in str(op))
     return counter.get_total_flops(), attn
-
-
 
 
 # --------------------------------------------------------------------------------------- part 1

@@ -118,8 +118,6 @@ def flops_per_step(step) -> int:
     return counter.get_total_flops()
 
 
-
-
 def run_dataset(name: str, train: torch.Tensor, test: torch.Tensor, epochs: int, seed: int, repeats: int) -> dict:
     steps_per_epoch = len(train) // BATCH
     print(f"\n== {name}: {len(train):,} train / {len(test):,} test images, {epochs} epochs of {steps_per_epoch} steps "
