@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from aigc_lib.grading import Grader, Limits, find_submissions, grade_class, isolation_level
+from aigc_lib.grading import Grader, Limits, SandboxBroken, find_submissions, grade_class
 from aigc_lib.grading.reports import gradescope_results, write_atomic
 
 
@@ -36,10 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="submissions graded in parallel")
     parser.add_argument("--cell-timeout", type=float, default=Limits.cell_seconds, help="seconds per learner cell")
     parser.add_argument("--call-timeout", type=float, default=Limits.call_seconds, help="seconds per test call")
-    parser.add_argument("--wall-timeout", type=float, default=Limits.wall_seconds, help="seconds per sandbox run")
+    parser.add_argument("--call-idle", type=float, default=Limits.idle_seconds,
+                        help="seconds a cell or call may sleep or block before it is stopped")
+    parser.add_argument("--wall-timeout", type=float, default=Limits.wall_seconds,
+                        help="wall-clock seconds per cell or call (a backstop; the limits above are CPU time)")
     parser.add_argument("--memory-mb", type=int, default=Limits.memory_bytes >> 20, help="memory per sandbox")
     parser.add_argument("--gradescope", type=Path, help="also write Gradescope's results.json (one submission)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--insecure", action="store_true",
+                        help="without root: run learner code as you, with no isolation (your own notebook only)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers: expected >= 1, got {args.workers}")
@@ -47,17 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     submissions = find_submissions(args.submissions)
     if not submissions:
         parser.error("no submissions found")
-    limits = Limits(cell_seconds=args.cell_timeout, call_seconds=args.call_timeout,
+    limits = Limits(cell_seconds=args.cell_timeout, call_seconds=args.call_timeout, idle_seconds=args.call_idle,
                     wall_seconds=args.wall_timeout, memory_bytes=args.memory_mb << 20)
-    grader = Grader(_chapter(submissions, args.chapter), limits=limits, hidden_dir=args.hidden, source=args.source)
-    print(f"grading {len(submissions)} submission(s) of chapter {grader.chapter}; isolation: {isolation_level()}")
-    reports = grade_class(grader, submissions, args.out, workers=args.workers, progress=not args.quiet)
+    try:
+        grader = Grader(_chapter(submissions, args.chapter), limits=limits, hidden_dir=args.hidden,
+                        source=args.source, insecure=args.insecure)
+        print(f"grading {len(submissions)} submission(s) of chapter {grader.chapter}; isolation: {grader.level}")
+        reports = grade_class(grader, submissions, args.out, workers=args.workers, progress=not args.quiet)
+    except SandboxBroken as err:  # an infrastructure failure must never become a learner's score
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for r in sorted(reports, key=lambda r: r["student"]):
         flag = "" if r["status"] == "graded" else f"  [{r['status']}: {r['reason']}]"
         print(f"  {r['student']:<24} {r['score']:g} / {r['max_score']:g}{flag}")
     if args.gradescope:
         if len(reports) != 1:
             parser.error("--gradescope needs exactly one submission")
+        if reports[0]["status"] == "error":
+            print(f"error: {reports[0]['reason']}; no results.json written", file=sys.stderr)
+            return 2
         write_atomic(args.gradescope, gradescope_results(reports[0]))
     print(f"reports: {args.out}/ (grades.csv, summary.md, learners/<id>/feedback.md)")
     return 0

@@ -200,7 +200,7 @@ def test_hidden_feedback_never_shows_hidden_inputs(grader, tmp_path):
     from aigc_lib.grading.reports import feedback_html, feedback_markdown
 
     visible = feedback_markdown(report)
-    assert "LEAK[0, 1, 0, 1]" in visible  # a visible case's input is the learner's own business
+    assert "LEAK\\[0, 1, 0, 1\\]" in visible  # a visible case's input is the learner's own business (escaped)
     hidden_ids = "LEAK[2]"  # the first hidden case's input
     assert hidden_ids not in visible and hidden_ids not in feedback_html(report)
     assert hidden_ids not in gradescope_results(report)

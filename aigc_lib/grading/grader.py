@@ -1,15 +1,16 @@
 """Grade one submission: run the learner's cells in the sandbox, judge the outcomes here.
 
-The grader process holds the references and the hidden cases' expected values; the sandbox only
-ever receives the learner's own code and the case inputs. A sandbox that dies (time, memory,
-`os._exit`) is restarted without the cell or call that killed it, so a crash costs only the
-exercises it touches.
+The grader process holds the references and every case; the sandbox receives the learner's own
+code, then one call's inputs at a time. Each returned value is judged as soon as it arrives and
+only the verdict is kept, so the grader's memory does not grow with what learners return. A step
+that crashes or runs past a limit costs only the exercises it touches: the sandbox restarts
+without it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import signal
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,59 +18,60 @@ from typing import Any
 import aigc_lib
 from aigc_lib.exercises import Exercise, exercises_for
 from aigc_lib.exercises.core import CaseResult, Raised, judge
+from aigc_lib.grading import sandbox as wire
 from aigc_lib.grading.isolate import (
     Limits,
-    SandboxRun,
-    decode_tensors,
-    encode_inputs,
+    SandboxBroken,
+    SandboxUid,
+    exposed_paths,
+    guarantees,
     isolation_level,
     run_sandbox,
 )
-from aigc_lib.grading.submission import (
-    UnreadableSubmission,
-    learner_cells,
-    read_cells,
-    solution_ids,
-)
+from aigc_lib.grading.submission import UnreadableSubmission, learner_cells, read_cells, solution_ids
 from aigc_lib.notebooks import ROOT, SOLUTIONS
 
 # What a learner's solution cell may rely on: the grader runs only solution cells, not the notebook.
 PREAMBLE = "import math\nimport random\n\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n"
 
+STOPPED = {"cpu": ("TimeLimit", "ran past its {cpu:g} s of CPU time"),
+           "idle": ("TimeLimit", "slept, blocked or stopped for more than {idle:g} s"),
+           "wall": ("TimeLimit", "ran past the {wall:g} s wall-clock limit"),
+           "died": ("Crashed", "the process died (memory or process limit, a signal, os._exit)"),
+           "protocol": ("Crashed", "the process wrote into the grader's channel")}
+
 
 def protected_paths(*extra: Path | None) -> list[Path]:
-    """Hidden from the sandbox: the library (references, hidden cases), solutions, tests, git history."""
+    """What learner code must never read: the library (references, hidden cases), solutions,
+    tests, git history, and whatever the caller adds (hidden folder, reports, submissions)."""
     package = Path(aigc_lib.__file__).resolve().parent
     paths = [package, ROOT / "solutions", ROOT / "tests", ROOT / ".git", *(p for p in extra if p is not None)]
-    return sorted({p.resolve() for p in paths})
+    return sorted({Path(p).resolve() for p in paths})
 
 
-def decode(meta: Any, tensor: Any) -> Any:
-    """Rebuild a learner's outcome from the sandbox's plain data; anything odd becomes a named type."""
-    if not isinstance(meta, dict):
-        return Raised("GradingError", "malformed result")
-    kind = meta.get("kind")
-    if kind in ("tensor", "tuple of tensors", "list of tensors") and isinstance(tensor, str):
-        value = decode_tensors(tensor, kind)
-        return value if value is not None else Raised("GradingError", "the returned tensor could not be read")
-    if kind == "raised":
-        return Raised(str(meta.get("type"))[:80], str(meta.get("message", ""))[:300])
-    if kind in ("float", "int", "str") and type(meta.get("value")).__name__ == kind:
-        return meta["value"]
-    # an instance of an empty class bearing the returned type's name, so feedback can name it
-    return type(str(meta.get("type", "object"))[:80], (), {})()
+def decode(event: dict, blob: bytes) -> Any:
+    """A learner's outcome from the sandbox's plain data (never trusted beyond its values)."""
+    error = event.get("error")
+    if isinstance(error, dict):
+        return Raised(wire.printable(error.get("type"), 80), wire.printable(error.get("message", ""), 300))
+    try:
+        value = wire.unpack(event.get("value"), blob)
+    except (wire.WireError, TypeError, ValueError, RuntimeError, KeyError):
+        return Raised("GradingError", "the returned value could not be read")
+    if isinstance(value, wire.Other):  # an object of a bare class named like the returned type
+        try:
+            return type(value.type_name or "object", (), {})()
+        except (TypeError, ValueError):
+            return object()
+    return value
 
 
-def _crash_reason(run: SandboxRun, limits: Limits) -> str:
-    if run.timed_out:
-        return f"exceeded the {limits.wall_seconds:g} s time limit"
-    rc = run.returncode
-    if rc is not None and rc < 0:
-        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
-        if name == "SIGXCPU":
-            return "exceeded the CPU time limit"
-        return f"was killed by {name} (memory or process limit?)"
-    return f"exited with code {rc}"
+def _nbytes(value: Any) -> int:
+    if hasattr(value, "element_size"):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 64
 
 
 @dataclass
@@ -80,9 +82,15 @@ class Grader:
     limits: Limits = field(default_factory=Limits)
     hidden_dir: Path | None = None  # instructor-private hidden cases (chNN.py files), outside the repo
     source: Path | None = None  # the authored notebook whose grade_ids locate solution cells
-    max_attempts: int = 8
+    level: str | None = None  # isolation level; None: the strongest this host allows
+    insecure: bool = False  # allow level "none" (learner code runs as you): your own notebook only
 
     def __post_init__(self) -> None:
+        self.level = self.level or isolation_level()
+        if self.level == "none" and not self.insecure:
+            raise SandboxBroken(
+                "refusing to grade: without root on Linux, learner code would run as you, with your files "
+                "and network. Grade as root (namespaces isolation), or pass --insecure to check your own notebook.")
         self.exercises: list[Exercise] = list(exercises_for(self.chapter, self.hidden_dir).values())
         if self.source is None:
             found = sorted(SOLUTIONS.glob(f"{self.chapter}_*.ipynb"))
@@ -93,8 +101,16 @@ class Grader:
         numbered = [(f"{ex.key}/{i}", ex, case, i >= len(ex.cases)) for ex in self.exercises
                     for i, case in enumerate(ex.all_cases())]
         self.slots = [(slot, ex, case) for slot, ex, case, hidden in sorted(numbered, key=lambda s: s[3])]
-        self._expected: dict[str, Any] = {}
-        self._inputs = {slot: encode_inputs(case.inputs()) for slot, _, case in self.slots}
+        self.hidden = {slot for slot, _, _, hidden in numbered if hidden}
+        self.expected = {slot: ex.reference(**case.inputs()) for slot, ex, case in self.slots}
+        calls, blob = [], bytearray()
+        for slot, ex, case in self.slots:
+            own = bytearray()
+            tree = wire.pack(case.inputs(), own, 1 << 30)
+            calls.append({"slot": slot, "function": ex.function, "inputs": tree, "blob": [len(blob), len(blob) + len(own)],
+                          "seed": zlib.crc32(slot.encode()), "max_bytes": 4 * _nbytes(self.expected[slot]) + (1 << 20)})
+            blob += own
+        self.calls, self.blob = calls, bytes(blob)
 
     @property
     def max_score(self) -> float:
@@ -102,88 +118,123 @@ class Grader:
 
     def fingerprint(self) -> str:
         """Changes whenever the grade of an unchanged submission could change."""
-        parts = [aigc_lib.__version__, self.chapter, repr(self.limits),
+        parts = [aigc_lib.__version__, self.chapter, repr(self.limits), self.level,
                  *(f"{slot}:{case.points}:{case.rtol}:{case.atol}" for slot, _, case in self.slots)]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
-    def expected(self, slot: str, exercise: Exercise, case) -> Any:
-        if slot not in self._expected:
-            self._expected[slot] = exercise.reference(**case.inputs())
-        return self._expected[slot]
-
-    def run(self, path: Path, *, hide: list[Path], worker: int = 0) -> tuple[dict[str, Any], dict[str, str], list[str]]:
-        """Outcome per slot, error per learner cell, and notes on restarts."""
-        cells = learner_cells(read_cells(path), self.exercises, self.ids)
-        outcomes: dict[str, Any] = {}
+    def run(self, cells: list, uid: SandboxUid) -> tuple[dict[str, CaseResult], dict[str, str], list[str]]:
+        """A verdict per slot, an error per learner cell, notes on restarts. Raises SandboxBroken
+        when the sandbox itself failed."""
+        cases = {slot: (ex, case) for slot, ex, case in self.slots}
+        ids = {c.id for c in cells}
+        verdicts: dict[str, CaseResult] = {}
         cell_errors: dict[str, str] = {}
-        skipped: set[str] = set()
         notes: list[str] = []
-        by_slot = {slot: ex for slot, ex, _ in self.slots}
-        for _ in range(self.max_attempts):
-            pending = [slot for slot, _, _ in self.slots if slot not in outcomes]
-            plan = {"preamble": PREAMBLE, "cells": [asdict(c) for c in cells if c.id not in skipped],
-                    "calls": [{"slot": s, "function": by_slot[s].function, "inputs": self._inputs[s]} for s in pending]}
-            run = run_sandbox(plan, self.limits, hide=hide, slot=worker)
-            cell = call = None
-            for event in run.events:
-                kind = event.get("event")
-                if kind == "cell_start":
-                    cell = event.get("id")
-                elif kind == "cell_done":
-                    cell = None
-                    if event.get("error") and event.get("id") in {c.id for c in cells}:
-                        cell_errors[event["id"]] = str(event["error"])[:300]
-                elif kind == "call_start":
-                    call = event.get("slot")
-                elif kind == "result" and event.get("slot") in pending and event["slot"] not in outcomes:
-                    outcomes[event["slot"]] = decode(event.get("meta"), event.get("tensor"))
-                    call = None
-            pending = [slot for slot in pending if slot not in outcomes]
-            if run.finished or not pending:
-                break
-            reason = _crash_reason(run, self.limits)
-            if call in pending:
-                outcomes[call] = Raised("Crashed", f"the process {reason} during this test")
-                notes.append(f"{call}: the process {reason}; restarted without this test")
-            elif cell is not None and cell not in skipped:
-                skipped.add(cell)
-                cell_errors[cell] = f"the process {reason} in this cell; it was skipped on restart"
-                notes.append(f"cell {cell}: the process {reason}; restarted without this cell")
-            else:
-                notes.append(f"the process {reason} before running any cell: {run.stderr_tail[-300:]}")
-                break
-        for slot, _, _ in self.slots:
-            outcomes.setdefault(slot, Raised("NotRun", "grading stopped before this test ran"))
-        return outcomes, cell_errors, notes
 
-    def grade(self, path: Path, *, student: str | None = None, hide: list[Path] | None = None,
-              worker: int = 0) -> dict:
-        """The full report of one submission (the file is only read)."""
-        path = Path(path)
-        report: dict[str, Any] = {"student": student or path.stem, "notebook": str(path), "chapter": self.chapter,
-                                  "max_score": self.max_score, "isolation": isolation_level(), "status": "graded",
-                                  "reason": "", "cell_errors": {}, "notes": []}
+        def stopped(kind: str, limits: dict) -> tuple[str, str]:
+            name, text = STOPPED.get(kind, ("Crashed", "the process stopped"))
+            return name, text.format(**limits)
+
+        def on_event(event: dict, blob: bytes) -> None:
+            kind = event.get("event")
+            if kind == "cell" and event.get("id") in ids:
+                cell = event["id"]
+                if event.get("stopped"):
+                    name, text = stopped(event["stopped"], self.limits.step(self.limits.cell_seconds))
+                    cell_errors[cell] = f"{name}: {text}; the cell was skipped on restart"
+                    notes.append(f"cell {cell}: {text}; restarted without this cell")
+                elif isinstance(event.get("error"), dict) and cell not in cell_errors:
+                    error = event["error"]
+                    cell_errors[cell] = f"{wire.printable(error.get('type'), 80)}: {wire.printable(error.get('message', ''), 300)}"
+            elif kind == "result" and event.get("slot") in cases and event["slot"] not in verdicts:
+                slot = event["slot"]
+                if event.get("stopped"):
+                    name, text = stopped(event["stopped"], self.limits.step(self.limits.call_seconds))
+                    outcome = Raised(name, text)
+                    notes.append(f"{slot}: {text}; restarted without this test")
+                else:
+                    outcome = decode(event, blob)
+                verdicts[slot] = self._judge(slot, *cases[slot], outcome)
+            elif kind == "gave_up":
+                notes.append(str(event.get("message"))[:200])
+
+        plan = {"preamble": PREAMBLE, "cells": [asdict(c) for c in cells], "calls": self.calls}
+        run = run_sandbox(plan, self.blob, self.limits, uid, on_event, level=self.level)
+        if run.broken:
+            raise SandboxBroken(run.broken)
+        for slot, ex, case in self.slots:
+            if slot not in verdicts:
+                verdicts[slot] = self._judge(slot, ex, case, Raised("NotRun", "grading stopped before this test ran"))
+        return verdicts, cell_errors, notes
+
+    def _judge(self, slot: str, ex: Exercise, case, outcome: Any) -> CaseResult:
+        hidden = slot in self.hidden
         try:
-            outcomes, report["cell_errors"], report["notes"] = self.run(path, hide=hide or protected_paths(path.parent),
-                                                                        worker=worker)
+            return judge(case, outcome, self.expected[slot], hidden=hidden)
+        except Exception:  # noqa: BLE001 - an outcome we cannot judge earns nothing and stops nothing
+            return CaseResult(case.name, 0.0, case.points, "error", "the grader could not judge this value",
+                              case.hint, hidden)
+
+    def grade(self, path: Path, *, student: str | None = None, uid: SandboxUid | None = None) -> dict:
+        """The full report of one submission (the file is only read). Raises SandboxBroken on an
+        infrastructure failure: that must never become a learner's score."""
+        path = Path(path)
+        report: dict[str, Any] = {"student": wire.printable(student or path.stem, 200), "chapter": self.chapter,
+                                  "notebook": wire.printable(str(path), 500), "max_score": self.max_score,
+                                  "isolation": self.level, "guarantees": guarantees(self.level), "status": "graded",
+                                  "reason": "", "cell_errors": {}, "notes": []}
+        own = uid is None
+        uid = uid or SandboxUid()
+        try:
+            cells = learner_cells(read_cells(path), self.exercises, self.ids)
+            verdicts, report["cell_errors"], report["notes"] = self.run(cells, uid)
         except FileNotFoundError:
             report.update(status="missing", reason="no notebook was submitted")
-            outcomes = {slot: Raised("Missing", "no notebook") for slot, _, _ in self.slots}
-        except (UnreadableSubmission, OSError) as err:
-            report.update(status="unreadable", reason=str(err))
-            outcomes = {slot: Raised("Unreadable", str(err)) for slot, _, _ in self.slots}
+            verdicts = self._all(Raised("Missing", "no notebook"))
+        except UnreadableSubmission as err:
+            report.update(status="unreadable", reason=wire.printable(str(err), 300))
+            verdicts = self._all(Raised("Unreadable", report["reason"]))
+        finally:
+            if own:
+                uid.release()
         exercises = []
         for ex in self.exercises:
-            results: list[CaseResult] = []
-            for i, case in enumerate(ex.all_cases()):
-                slot = f"{ex.key}/{i}"
-                results.append(judge(case, outcomes[slot], self.expected(slot, ex, case), hidden=i >= len(ex.cases)))
+            results = [verdicts[f"{ex.key}/{i}"] for i in range(len(ex.all_cases()))]
             exercises.append({"key": ex.key, "function": ex.function, "hint": ex.hint,
                               "points": sum(r.points for r in results), "max_points": ex.points,
                               "cases": [public_case(r) for r in results]})
         report["exercises"] = exercises
         report["score"] = sum(e["points"] for e in exercises)
         return report
+
+    def _all(self, outcome: Raised) -> dict[str, CaseResult]:
+        return {slot: self._judge(slot, ex, case, outcome) for slot, ex, case in self.slots}
+
+    def self_test(self, uid: SandboxUid, protected: list[Path]) -> None:
+        """Prove the sandbox before a class is graded: the course's own solution must get full marks,
+        and learner code must reach none of `protected`. Raises SandboxBroken, loudly, otherwise."""
+        if self.level == "limits-only":
+            exposed = exposed_paths(protected, uid.uid)
+            if exposed:
+                listing = " ".join(f"'{p}'" for p in exposed)
+                raise SandboxBroken(
+                    f"refusing to grade: isolation is limits-only (no namespaces), and learner code (uid {uid.uid}) "
+                    f"could read: {listing}. Make them unreadable to others first, e.g. chmod -R o-rwx {listing}")
+        if self.source is None:
+            raise SandboxBroken(f"no solutions notebook for chapter {self.chapter}: the sandbox cannot be proven")
+        probe = ("import os\n_seen = [p for p in %r if os.path.exists(p) and os.access(p, os.R_OK)]\n"
+                 "if _seen:\n    raise RuntimeError('VISIBLE ' + repr(_seen))\n") % [str(p) for p in protected]
+        cells = learner_cells(read_cells(self.source), self.exercises, self.ids)
+        cells.append(type(cells[0])("aigc-canary-probe", probe) if cells else None)
+        verdicts, cell_errors, notes = self.run([c for c in cells if c is not None], uid)
+        if self.level != "none" and "aigc-canary-probe" in cell_errors:
+            raise SandboxBroken(f"refusing to grade: learner code could see protected paths: {cell_errors['aigc-canary-probe']}")
+        lost = [f"{slot}: {r.status} {r.message}" for slot, r in verdicts.items() if not r.passed]
+        if lost or notes:
+            raise SandboxBroken(
+                f"refusing to grade: the course's own solution ({self.source.name}) did not get full marks in the "
+                f"sandbox (isolation {self.level}), so learners' scores would be wrong. First problems: "
+                + "; ".join([*notes, *lost, *(f"cell {k}: {v}" for k, v in cell_errors.items())][:4]))
 
 
 def public_case(r: CaseResult) -> dict:

@@ -1,129 +1,386 @@
-"""Run the sandbox process with limits, and read back what it reported.
+"""Start the sandbox (see `sandbox.py`) under the strongest isolation the host allows, and read it.
 
-On Linux as root (CI, a grading server) the sandbox gets its own network namespace (no network),
-mount namespace (protected paths and the shared temp dirs replaced by empty tmpfs) and PID
-namespace (killing it kills every process it started), then drops to an unprivileged uid.
-Elsewhere it still runs with resource limits, a minimal environment and a private working
-directory; `isolation_level()` says which, and every report records it.
+Three levels, named in every report with the guarantees that held:
+
+- ``namespaces`` (Linux, root): fresh PID/mount/network/IPC/UTS namespaces; the learner's root is
+  built from an allow-list; learner code runs as a sandbox uid of its own (locked per worker, so
+  two graders on one host never share one); a cgroup bounds the whole sandbox's memory and
+  processes where the host has cgroups; killing the namespace's PID 1 kills everything in it.
+- ``limits-only`` (root, but no namespaces, e.g. Gradescope): learner code still runs as a
+  sandbox uid, and every process of that uid is killed after each run. It sees the host's
+  filesystem, so the grader refuses to run unless the course's package, solutions, hidden tests,
+  reports and submissions are unreadable to that uid (`exposed_paths` says which are not).
+- ``none`` (not root): learner code runs as you, with your files. Refused unless asked for
+  explicitly (`insecure=True`, for grading your own notebook).
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import json
+import fcntl
+import glob
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import torch
+from aigc_lib.grading import sandbox as wire
 
-SANDBOX = Path(__file__).with_name("sandbox.py")
-BASE_UID = 50_000  # sandbox uids: BASE_UID + worker slot; no such users exist, they own nothing
+SANDBOX = Path(wire.__file__).resolve()
+BASE_UID, UID_RANGE = 50_000, 512  # sandbox uids: no such users exist, they own nothing
+LOCKS = Path("/run/aigc_lib-sandbox")  # root-only: which sandbox uid each running grader holds
+COURSE_PACKAGES = ["aigc_lib"]  # left out of the sandbox's view of the installed packages
+SYSTEM = ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/sys/devices/system/cpu",
+          *(f"/etc/{name}" for name in wire.ETC)]
+MAX_EVENT_HEADER = 1 << 20
+
+
+class SandboxBroken(RuntimeError):
+    """The sandbox itself failed (not the learner): grading must stop, not award zeros."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    cell_seconds: float = 20.0  # per learner cell
-    call_seconds: float = 10.0  # per function call on one case
-    wall_seconds: float = 120.0  # the whole sandbox process
-    memory_bytes: int = 2 << 30  # address space
-    processes: int = 64  # per sandbox uid: a fork bomb stops here
+    cell_seconds: float = 20.0  # CPU seconds per learner cell
+    call_seconds: float = 10.0  # CPU seconds per test call
+    idle_seconds: float = 5.0  # a step that sleeps, blocks or stops this long is stopped
+    wall_seconds: float = 120.0  # wall-clock backstop per step (load makes CPU time slower to come)
+    memory_bytes: int = 2 << 30  # the whole sandbox (cgroup), and each process's address space
+    processes: int = 32  # processes and threads of the sandbox uid
     file_bytes: int = 64 << 20  # largest file it may write (in its private tmpfs)
+    max_restarts: int = 8
 
-    def rlimits(self) -> dict[str, int]:
-        return {
-            "RLIMIT_AS": self.memory_bytes,
-            "RLIMIT_CPU": int(self.wall_seconds) + 1,
-            "RLIMIT_NPROC": self.processes,
-            "RLIMIT_FSIZE": self.file_bytes,
-            "RLIMIT_NOFILE": 256,
-            "RLIMIT_CORE": 0,
-        }
+    def step(self, cpu: float) -> dict:
+        return {"cpu": cpu, "idle": self.idle_seconds, "wall": self.wall_seconds}
+
+    def rlimits(self, cpu_budget: float) -> dict[str, int]:
+        return {"RLIMIT_AS": self.memory_bytes, "RLIMIT_CPU": int(cpu_budget) + 1, "RLIMIT_NPROC": self.processes,
+                "RLIMIT_FSIZE": self.file_bytes, "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0}
 
 
 @lru_cache(maxsize=1)
 def isolation_level() -> str:
-    """'namespaces' when we can unshare (root on Linux), else 'limits-only'."""
+    """'namespaces', 'limits-only' (root without namespaces) or 'none' (not root)."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "none"
     unshare = shutil.which("unshare")
-    if sys.platform != "linux" or os.geteuid() != 0 or unshare is None:
+    if unshare is None:
         return "limits-only"
-    probe = subprocess.run([unshare, "--net", "--mount", "--pid", "--fork", "--kill-child", "true"],
+    probe = subprocess.run([unshare, "--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "true"],
                            capture_output=True, timeout=30)
     return "namespaces" if probe.returncode == 0 else "limits-only"
 
 
+def guarantees(level: str) -> list[str]:
+    """What held for a run at `level`, in words for the report."""
+    common = ["verdicts computed by the grader from plain data (no unpickling), never by learner code",
+              "each test's inputs reach learner code only while that test runs"]
+    if level == "none":
+        return [*common, "NO ISOLATION: learner code ran as the grading user, with its files and network"]
+    held = [*common, "learner code ran as an unprivileged uid of its own, killed entirely after each run",
+            "per-step CPU, idle and wall limits; memory, process and file-size limits"]
+    held.append("whole-sandbox memory and process limits (cgroup)" if cgroups_available()
+                else "memory limited per process only (no cgroup on this host)")
+    if level == "namespaces":
+        held += ["no network; a filesystem built from an allow-list (interpreter, system libraries, packages "
+                 "without the course), read-only, with a private /tmp"]
+    else:
+        held += ["the course package, solutions, hidden tests, reports and submissions checked unreadable to the "
+                 "sandbox uid; other files on this host are not hidden (no namespaces); the network is reachable"]
+    return held
+
+
+# --- sandbox uids, locked per worker ----------------------------------------------------------
+
+def _lock_dir() -> Path:
+    LOCKS.mkdir(mode=0o700, exist_ok=True)
+    info = os.lstat(LOCKS)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+        raise SandboxBroken(f"{LOCKS} must be a root-owned directory of mode 0700")
+    return LOCKS
+
+
+class SandboxUid:
+    """A sandbox uid held by this process (flock) until `release`; stale processes, temp folders
+    and cgroups that a killed grader left for this uid are cleaned up when it is taken."""
+
+    def __init__(self) -> None:
+        self.uid = os.getuid()
+        self._lock = None
+        if os.geteuid() != 0:
+            return
+        folder = _lock_dir()
+        for uid in range(BASE_UID, BASE_UID + UID_RANGE):
+            fd = os.open(folder / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.uid, self._lock = uid, fd
+            break
+        else:
+            raise SandboxBroken(f"all {UID_RANGE} sandbox uids are in use")
+        kill_uid(self.uid)
+        for stale in glob.glob(os.path.join(tempfile.gettempdir(), f"aigc-sandbox-{self.uid}-*")):
+            shutil.rmtree(stale, ignore_errors=True)
+        Cgroup(self.uid).remove()
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+# --- cgroups: one per sandbox run, named by its uid ---------------------------------------------
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+@lru_cache(maxsize=1)
+def cgroups_available() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:
+        group = Cgroup(0, probe=True)
+        group.create(1 << 30, 16)
+        group.remove()
+        return True
+    except OSError:
+        return False
+
+
+class Cgroup:
+    """cgroup v2 (memory.max, pids.max, cgroup.kill) or v1 (memory and pids controllers)."""
+
+    def __init__(self, uid: int, probe: bool = False) -> None:
+        name = f"aigc-sandbox-{'probe-' + str(os.getpid()) if probe else uid}"
+        self.v2 = (CGROUP / "cgroup.controllers").exists()
+        self.dirs = [CGROUP / name] if self.v2 else [CGROUP / "memory" / name, CGROUP / "pids" / name]
+
+    def create(self, memory: int, processes: int) -> None:
+        for d in self.dirs:
+            d.mkdir(exist_ok=True)
+        if self.v2:
+            (self.dirs[0] / "memory.max").write_text(str(memory))
+            swap = self.dirs[0] / "memory.swap.max"
+            if swap.exists():
+                swap.write_text("0")
+            (self.dirs[0] / "pids.max").write_text(str(processes))
+        else:
+            (self.dirs[0] / "memory.limit_in_bytes").write_text(str(memory))
+            (self.dirs[1] / "pids.max").write_text(str(processes))
+
+    def prefix(self) -> list[str]:
+        """A command prefix that enters the cgroup before exec'ing the rest (children inherit it)."""
+        enter = " ".join(f"echo $$ > {d / 'cgroup.procs'};" for d in self.dirs)
+        return ["/bin/sh", "-c", f'{enter} exec "$@"', "sh"]
+
+    def pids(self) -> set[int]:
+        found = set()
+        for d in self.dirs:
+            try:
+                found |= {int(p) for p in (d / "cgroup.procs").read_text().split()}
+            except OSError:
+                pass
+        return found
+
+    def remove(self) -> None:
+        """Kill everything inside, then remove the cgroup."""
+        if self.v2 and (self.dirs[0] / "cgroup.kill").exists():
+            (self.dirs[0] / "cgroup.kill").write_text("1")
+        deadline = time.monotonic() + 10
+        while (pids := self.pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        for d in self.dirs:
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+
+
+# --- what the sandbox may see --------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def python_paths() -> tuple[list[str], list[str], list[str]]:
+    """(stdlib folders, package folders, other folders the interpreter needs), all real paths:
+    a virtualenv reached through a symlink resolves to the same places."""
+    real = lambda p: os.path.realpath(p)  # noqa: E731
+    paths = sysconfig.get_paths()
+    stdlib = sorted({real(paths["stdlib"]), real(paths["platstdlib"])})
+    dynload = [real(p) for p in sys.path if p and p.endswith("lib-dynload") and os.path.isdir(p)]
+    stdlib = sorted({*stdlib, *dynload})
+    # installed-package folders only (not every sys.path entry: a test runner or PYTHONPATH may add
+    # the course's own folders), plus wherever torch and numpy really live
+    import numpy
+    import torch
+
+    sites = [p for p in sys.path if p and os.path.basename(p.rstrip("/")) in ("site-packages", "dist-packages")]
+    sites += [str(Path(m.__file__).resolve().parents[1]) for m in (torch, numpy)]
+    packages = [real(p) for p in dict.fromkeys(sites) if os.path.isdir(p)]
+    # other Pythons' package folders under the system tree: the course may be installed there too
+    system = [real(p) for pattern in ("/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages")
+              for p in glob.glob(pattern)]
+    packages = list(dict.fromkeys([*packages, *system]))
+    needed = [real(sys.base_prefix), real(sys.executable)]
+    return stdlib, packages, needed
+
+
+def worker_path() -> list[str]:
+    stdlib, packages, _ = python_paths()
+    return [*stdlib, *(p for p in packages if p in map(os.path.realpath, sys.path))]
+
+
+def exposed_paths(paths: list[Path], uid: int) -> list[Path]:
+    """Those of `paths` that `uid` (no groups of its own) could read or, for folders, enter."""
+    exposed = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            continue
+        chain = [*reversed(path.resolve().parents), path.resolve()]
+        ok = True
+        for i, part in enumerate(chain):
+            info = os.stat(part)
+            need = 0o001 if i < len(chain) - 1 else (0o005 if stat.S_ISDIR(info.st_mode) else 0o004)
+            mine = info.st_uid == uid
+            if not ((info.st_mode >> 6 & 0o7) & need if mine else (info.st_mode & 0o7) & need):
+                ok = False
+                break
+        if ok:
+            exposed.append(path)
+    return exposed
+
+
+def writable_by_others(path: Path) -> bool:
+    info = os.stat(path)
+    return bool(info.st_mode & 0o002) and not info.st_mode & stat.S_ISVTX
+
+
+# --- running it ----------------------------------------------------------------------------------
+
 @dataclass
 class SandboxRun:
-    events: list[dict] = field(default_factory=list)
-    returncode: int | None = None
-    timed_out: bool = False
+    level: str
+    broken: str = ""  # set when the sandbox itself failed: an infrastructure error, not a learner's
     stderr_tail: str = ""
 
-    @property
-    def finished(self) -> bool:
-        return any(e.get("event") == "done" for e in self.events)
 
-
-def _environment() -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-
-
-def encode_inputs(inputs: dict) -> str:
-    buf = io.BytesIO()
-    torch.save(inputs, buf)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def decode_tensors(data: str, kind: str) -> torch.Tensor | tuple | list | None:
-    """A tensor (or a tuple/list of tensors, as `kind` says) that the sandbox sent, loaded with
-    `weights_only=True` (no arbitrary pickle code runs); None if it is not what `kind` says."""
-    try:
-        value = torch.load(io.BytesIO(base64.b64decode(data, validate=True)), weights_only=True)
-    except Exception:  # noqa: BLE001 - anything malformed is simply not a tensor
-        return None
-    if kind == "tensor":
-        return value if type(value) is torch.Tensor else None
-    container = {"tuple of tensors": tuple, "list of tensors": list}.get(kind)
-    if container is not None and type(value) is container and all(type(v) is torch.Tensor for v in value):
-        return value
-    return None
-
-
-def run_sandbox(plan: dict, limits: Limits, *, hide: list[Path], slot: int = 0) -> SandboxRun:
-    """Start the sandbox on `plan`, wait at most `limits.wall_seconds`, parse its event lines."""
-    level = isolation_level()
-    plan = {**plan, "limits": limits.rlimits(), "cell_timeout": limits.cell_seconds,
-            "call_timeout": limits.call_seconds, "isolate": level == "namespaces",
-            "hide": [str(p) for p in hide if p.exists()], "uid": BASE_UID + slot}
-    command = [sys.executable, "-I", "-B", str(SANDBOX)]
+def run_sandbox(plan: dict, blob: bytes, limits: Limits, uid: SandboxUid, on_event, *, level: str | None = None) -> SandboxRun:
+    """Run `plan` (cells, calls) in a sandbox; `on_event(event, blob)` sees each event as it comes.
+    Returns only once every process of the sandbox is gone."""
+    level = level or isolation_level()
+    stdlib, packages, needed = python_paths()
+    cpu_budget = len(plan["cells"]) * limits.cell_seconds + len(plan["calls"]) * limits.call_seconds
+    full = {**plan, "uid": uid.uid, "isolate": level == "namespaces", "python": os.path.realpath(sys.executable),
+            "path": worker_path(), "rlimits": limits.rlimits(cpu_budget * (1 + limits.max_restarts) + 120),
+            "cell_limits": limits.step(limits.cell_seconds), "call_limits": limits.step(limits.call_seconds),
+            "max_restarts": limits.max_restarts, "tmp_bytes": 256 << 20,
+            "new_root": str(SANDBOX.parent), "allow": [*SYSTEM, *needed, *stdlib], "package_dirs": packages,
+            "course": COURSE_PACKAGES}
+    command = [os.path.realpath(sys.executable), "-I", "-S", "-B", str(SANDBOX), "supervisor"]
+    home = None
     if level == "namespaces":
-        command = ["unshare", "--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc", *command]
-    run = SandboxRun()
-    with tempfile.TemporaryDirectory(prefix="aigc-sandbox-") as workdir:
-        os.chmod(workdir, 0o700)  # limits-only mode works here; with namespaces it is hidden anyway
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=workdir, env=_environment(), start_new_session=True)
+        command = ["unshare", "--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", *command]
+    else:
+        home = tempfile.mkdtemp(prefix=f"aigc-sandbox-{uid.uid}-")
+        full["home"] = home
+    group = None
+    if cgroups_available():
+        group = Cgroup(uid.uid)
+        group.create(limits.memory_bytes, limits.processes + 8)
+        command = [*group.prefix(), *command]
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    run = SandboxRun(level)
+    steps = len(plan["cells"]) + len(plan["calls"]) + 1
+    deadline = time.monotonic() + 300 + steps * (limits.wall_seconds + 5) * (1 + limits.max_restarts)
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd="/", start_new_session=True)
+    try:
         try:
-            out, err = proc.communicate(json.dumps(plan).encode(), timeout=limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            run.timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole session; the PID namespace goes with it
-            out, err = proc.communicate()
-        run.returncode = proc.returncode
-    run.stderr_tail = err[-2000:].decode("utf-8", "replace")
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # stray bytes a learner wrote into our pipe
-        if isinstance(event, dict):
-            run.events.append(event)
+            wire.write_frame(proc.stdin.fileno(), full, blob)
+            _read_events(proc, run, on_event, deadline, max(c["max_bytes"] for c in plan["calls"]) if plan["calls"] else 0)
+        except (OSError, EOFError, wire.WireError, ValueError) as err:
+            run.broken = run.broken or f"the sandbox stopped unexpectedly ({type(err).__name__}: {err})"
+    finally:
+        _stop(proc, uid, group, level)
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
+    if not run.broken and proc.returncode not in (0, None):
+        run.broken = f"the sandbox supervisor exited with code {proc.returncode}"
     return run
+
+
+def _read_events(proc: subprocess.Popen, run: SandboxRun, on_event, deadline: float, max_blob: int) -> None:
+    out, err = proc.stdout.fileno(), proc.stderr.fileno()
+    os.set_blocking(err, False)
+    import select
+
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            run.broken = "the sandbox did not finish in time"
+            return
+        ready, _, _ = select.select([out, err], [], [], min(left, 1.0))
+        if err in ready:
+            try:
+                chunk = os.read(err, 1 << 16)
+            except BlockingIOError:
+                chunk = b"."
+            run.stderr_tail = (run.stderr_tail + chunk.decode("utf-8", "replace"))[-4000:]
+        if out in ready:
+            try:
+                event, data = wire.read_frame(out, MAX_EVENT_HEADER, max_blob)
+            except EOFError:
+                run.broken = run.broken or "the sandbox ended without finishing: " + run.stderr_tail[-1500:]
+                return
+            kind = event.get("event")
+            if kind == "done":
+                return
+            if kind == "broken":
+                run.broken = str(event.get("message"))
+                return
+            on_event(event, data)
+
+
+def _stop(proc: subprocess.Popen, uid: SandboxUid, group: Cgroup | None, level: str) -> None:
+    """Kill whatever is left of the sandbox and wait until no process of it exists."""
+    try:
+        proc.stdin.close()  # the supervisor exits on EOF
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # unshare's session; its PID 1 and namespace go with it
+        proc.wait(timeout=30)
+    for stream in (proc.stdout, proc.stderr):
+        stream.close()
+    if group is not None:
+        group.remove()
+    if os.geteuid() == 0:
+        kill_uid(uid.uid)
+
+
+def kill_uid(uid: int, timeout: float = 10.0) -> None:
+    """Kill every process of `uid`: kill(-1) run as that uid reaches all of them, wherever they
+    hid (a new session, a double fork). Run as a fresh process: forking this threaded one is unsafe."""
+    deadline = time.monotonic() + timeout
+    while wire.processes_of(uid):
+        subprocess.run(["/bin/sh", "-c", "kill -9 -1"],
+                       user=uid, group=uid, extra_groups=[], env={}, cwd="/", capture_output=True, timeout=30)
+        if time.monotonic() > deadline:
+            raise SandboxBroken(f"processes of sandbox uid {uid} survive SIGKILL")
+        time.sleep(0.01)

@@ -11,24 +11,37 @@ import html
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 STATUS_WORDS = {"pass": "passed", "fail": "wrong result", "error": "raised an error",
                 "not implemented": "not implemented yet"}
 
 
+def md(text) -> str:
+    """Learner-made text inside Markdown: one line, no HTML, no Markdown syntax, no links."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|~#!])", r"\\\1", text)
+
+
+def cell(text) -> str:
+    """A CSV field that a spreadsheet shows as text, never runs as a formula."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8", errors="replace")
     os.replace(tmp, path)
 
 
 def feedback_markdown(report: dict) -> str:
-    lines = [f"# Feedback: {report['student']} — chapter {report['chapter']}", ""]
-    if report["status"] == "unreadable":
-        lines += [f"**Your notebook could not be graded:** {report['reason']}.", ""]
+    lines = [f"# Feedback: {md(report['student'])} — chapter {report['chapter']}", ""]
+    if report["reason"]:
+        lines += [f"**Your notebook could not be graded:** {md(report['reason'])}.", ""]
     lines += [f"**Score: {report['score']:g} / {report['max_score']:g}**", "",
               "| exercise | points | tests passed |", "|---|---|---|"]
     for e in report["exercises"]:
@@ -43,12 +56,12 @@ def feedback_markdown(report: dict) -> str:
             lines.append("Not implemented yet.")
             continue
         for c in bad:
-            detail = c["message"] if not c["hidden"] else ""
-            lines.append(f"- {c['case']}: {STATUS_WORDS.get(c['status'], c['status'])}" + (f" — {detail}" if detail else ""))
+            detail = md(c["message"]) if not c["hidden"] else ""
+            lines.append(f"- {md(c['case'])}: {STATUS_WORDS.get(c['status'], c['status'])}" + (f" — {detail}" if detail else ""))
         lines += ["", f"Hint: {e['hint']}"]
     if report["cell_errors"]:
         lines += ["", "## Cells that raised errors", ""]
-        lines += [f"- `{cell}`: {error}" for cell, error in report["cell_errors"].items()]
+        lines += [f"- {md(cell_id)}: {md(error)}" for cell_id, error in report["cell_errors"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +103,9 @@ def gradebook_csv(reports: list[dict], assignment: str) -> str:
     for r in sorted(reports, key=lambda r: r["student"]):
         points = {e["function"]: e["points"] for e in r["exercises"]}
         numbers = [r["score"], 0, r["score"], r["max_score"], *(points.get(f, 0) for f in functions)]
-        writer.writerow([assignment, r["student"], r.get("graded_at", ""), r["status"], *(f"{x:g}" for x in numbers),
-                         r["reason"]])
+        shown = [f"{x:g}" for x in numbers] if r["status"] != "error" else ["" for _ in numbers]  # not a zero
+        writer.writerow([cell(assignment), cell(r["student"]), r.get("graded_at", ""), r["status"], *shown,
+                         cell(r["reason"])])
     return buf.getvalue()
 
 
@@ -118,14 +132,16 @@ def summary_markdown(reports: list[dict], assignment: str) -> str:
     lines = [f"# Grading summary — {assignment}", "", f"- submissions: {len(reports)}",
              f"- graded: {len(graded)}", f"- could not be graded: {len(failed)}"]
     if graded:
+        lines += [f"- isolation: {graded[0]['isolation']}", *(f"  - {g}" for g in graded[0].get("guarantees", []))]
+    if graded:
         scores = sorted(r["score"] for r in graded)
         lines.append(f"- median score: {scores[len(scores) // 2]:g} / {graded[0]['max_score']:g}")
     if failed:
-        lines += ["", "## Not graded", ""] + [f"- {r['student']}: {r['reason']}" for r in failed]
+        lines += ["", "## Not graded", ""] + [f"- {md(r['student'])}: {md(r['reason'])}" for r in failed]
     troubled = [r for r in graded if r["notes"] or r["cell_errors"]]
     if troubled:
         lines += ["", "## Errors, crashes and limits (graded; only the affected exercises lost points)", ""]
         for r in troubled:
-            problems = [*r["notes"], *(f"cell `{c}`: {e}" for c, e in r["cell_errors"].items())]
-            lines.append(f"- {r['student']}: {'; '.join(problems)}")
+            problems = [*r["notes"], *(f"cell {c}: {e}" for c, e in r["cell_errors"].items())]
+            lines.append(f"- {md(r['student'])}: {md('; '.join(problems))}")
     return "\n".join(lines) + "\n"

@@ -1,249 +1,570 @@
-"""The learner's side of grading: a throwaway process that runs untrusted code.
+"""The sandbox side of grading: a trusted supervisor and an untrusted worker, in one standalone file.
 
-Started by `aigc_lib.grading.isolate` (as root inside fresh network/mount/PID namespaces where
-the machine allows it). It reads a plan from stdin, hides protected paths, sets resource limits,
-drops to an unprivileged uid, runs the learner's cells, calls the learner's functions on the
-case inputs and reports each step as one JSON line on a private pipe. It decides nothing:
-verdicts are computed by the grader, which never trusts these lines beyond their values.
+    grader ──frames──▶ supervisor (trusted: no learner code) ──one step at a time──▶ worker (learner code)
 
-Deliberately standalone (stdlib + torch): it must not import aigc_lib, which holds the references.
+The grader starts `python -I -S sandbox.py supervisor` (inside fresh PID/mount/network namespaces
+where the host allows, see `isolate.py`) and sends it one plan. The supervisor
+
+- builds the worker's filesystem from an allow-list (namespaces only): a fresh root holding the
+  interpreter, the system libraries and the installed packages minus the course's own, a private
+  `/tmp`, four harmless devices; nothing else of the host exists in it;
+- starts the worker as an unprivileged uid (a fresh exec: it inherits no memory of ours), and
+  sends it the learner's cells, then ONE call at a time: a call's inputs reach the worker only
+  when that call runs, so learner code never holds the plan, other cases, paths or the roster;
+- limits every step by CPU time (load does not shrink it), by idle time (sleeping, blocking or
+  a stopped process) and by a wall-clock backstop, and kills every worker-side process between
+  steps when one misbehaves (`kill(-1)` from the namespace's PID 1, or from the sandbox uid);
+- answers the grader with plain data: errors as strings, values as raw tensor bytes (no pickle).
+
+This file must import only the standard library (and torch, in the worker): the course package
+is not reachable from the sandbox, and the grader imports the wire format from here.
 """
 
 from __future__ import annotations
 
-import base64
 import ctypes
-import errno
-import io
 import json
 import os
+import platform
 import random
 import resource
+import select
 import signal
+import stat
+import struct
 import sys
+import time
 import zlib
 
-RESULT_LIMIT = 64 << 20  # bytes of one serialised return value
-TMP_DIRS = ("/tmp", "/var/tmp")
-WRITABLE = (*TMP_DIRS, "/dev/shm")  # fresh, private, the only writable places
-DEVICES = ("null", "zero", "random", "urandom")
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
-MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": 1024,
-               "nodiratime": 2048, "relatime": 1 << 21}
-PR_SET_NO_NEW_PRIVS = 38
-SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # same numbers on x86_64 and arm64 (new mount API, Linux >= 5.2)
-OPEN_TREE_CLONE, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 0x8000, 4, -100
+# ---------------------------------------------------------------------------------------------
+# Wire format: a frame is (header length, blob length, JSON header, blob bytes). Values are JSON
+# trees whose tensors point into the blob; decoding checks every size before allocating.
+# ---------------------------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_FRAME = struct.Struct(">IQ")
+DTYPES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128",
+          "uint8", "int8", "int16", "int32", "int64", "bool")
+MAX_DEPTH, MAX_ITEMS, MAX_STR = 8, 256, 10_000
 
 
-class _Timeout(Exception):
-    pass
+class WireError(ValueError):
+    """A frame or value that breaks the format or its limits."""
 
 
-def _bytes(x: str | None) -> bytes | None:
-    return x.encode() if x is not None else None
+def write_frame(fd: int, header: dict, blob: bytes = b"") -> None:
+    data = json.dumps(header).encode()
+    view = memoryview(_FRAME.pack(len(data), len(blob)) + data + blob)
+    while view:
+        view = view[os.write(fd, view):]
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    if _libc.mount(_bytes(source), target.encode(), _bytes(fstype), flags, _bytes(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+def read_exact(fd: int, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("the channel closed")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
-def _tmpfs(target: str, mode: str = "0755", flags: int = MS_NOSUID | MS_NODEV) -> None:
-    _mount("tmpfs", target, "tmpfs", flags, f"size=256m,mode={mode}")
+def read_frame(fd: int, max_header: int, max_blob: int) -> tuple[dict, bytes]:
+    """One frame from `fd`, refusing (before reading them) a header or blob over the limits."""
+    header_len, blob_len = _FRAME.unpack(read_exact(fd, _FRAME.size))
+    if header_len > max_header or blob_len > max_blob:
+        raise WireError(f"frame too large ({header_len} + {blob_len} bytes)")
+    header = json.loads(read_exact(fd, header_len))
+    if not isinstance(header, dict):
+        raise WireError("frame header is not an object")
+    return header, read_exact(fd, blob_len)
 
 
-def _detach(path: str) -> int:
-    """A detached copy of the mount tree at `path` (open_tree): it survives `path` being covered."""
-    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | AT_RECURSIVE)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
-    return fd
-
-
-def _attach(fd: int, path: str, is_dir: bool) -> None:
-    """Put a detached tree back at `path` (move_mount), creating the mount point first."""
-    os.makedirs(path if is_dir else os.path.dirname(path), exist_ok=True)
-    if not is_dir:
-        open(path, "a").close()
-    if _libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, path.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"move_mount {path}: {os.strerror(err)}")
-    os.close(fd)
-
-
-def _cover(target: str, keep: list[str], mode: str = "0755") -> None:
-    """Replace `target` by an empty tmpfs, except for the paths in `keep` (below it), which stay."""
-    outer = [p for p in keep if not any(p.startswith(q + "/") for q in keep)]
-    saved = [(_detach(p), p, os.path.isdir(p)) for p in outer]
-    _tmpfs(target, mode)
-    for fd, path, is_dir in saved:
-        _attach(fd, path, is_dir)
-
-
-def _under(path: str, parent: str) -> bool:
-    return path.startswith(parent.rstrip("/") + "/")
-
-
-def _make_reachable(paths: list[str]) -> None:
-    """An unprivileged uid cannot walk through a 0700 directory such as /root. Cover each such
-    directory by a tmpfs holding only what the interpreter needs (hiding the rest)."""
-    while True:
-        blocked = None
-        for path in paths:
-            parts = path.strip("/").split("/")
-            for i in range(len(parts)):
-                parent = "/" + "/".join(parts[:i])
-                if not os.stat(parent).st_mode & 0o001:
-                    blocked = parent if blocked is None or len(parent) < len(blocked) else blocked
-                    break
-        if blocked is None:
-            return
-        _cover(blocked, [p for p in paths if _under(p, blocked)])  # shallowest first
-
-
-def _isolate(hide: list[str], uid: int, needed: list[str]) -> None:
-    """We are root in fresh mount/PID/network namespaces: build the learner's view of the system."""
-    for path in TMP_DIRS:  # fresh and private, but keeping the interpreter if it lives in /tmp
-        if os.path.isdir(path):
-            _cover(path, [p for p in needed if _under(p, path)], "1777")
-    _cover("/dev", [f"/dev/{d}" for d in DEVICES])  # no disks, no terminals: only harmless devices
-    os.mkdir("/dev/shm")
-    _tmpfs("/dev/shm", "1777")
-    _make_reachable(needed)
-    for path in hide:
-        if os.path.exists(path) and path not in WRITABLE and path != "/":
-            _tmpfs(path, "0555", MS_RDONLY | MS_NOSUID | MS_NODEV)
-    with open("/proc/self/mountinfo") as f:
-        mounts = [(line.split()[4], line.split()[5]) for line in f]
-    for target, options in mounts:  # everything read-only, keeping each mount's other flags
-        if target.startswith("/proc") or target in WRITABLE:
-            continue
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for option in options.split(","):
-            flags |= MOUNT_FLAGS.get(option, 0)
-        try:
-            _mount(None, target.replace("\\040", " "), None, flags)
-        except OSError as err:  # a mount now covered by another (the old /dev/pts): unreachable anyway
-            if err.errno not in (errno.ENOENT, errno.EINVAL):
-                raise
-    os.makedirs("/tmp/work", exist_ok=True)
-    os.chown("/tmp/work", uid, uid)
-    os.chdir("/tmp/work")
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)  # a non-zero uid: every capability is gone
-    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-
-
-def _limit(limits: dict) -> None:
-    for name, value in limits.items():
-        resource.setrlimit(getattr(resource, name), (value, value))
-
-
-def _emit(channel, **event) -> None:
-    channel.write(json.dumps(event) + "\n")
-    channel.flush()
-
-
-def _encode(value) -> tuple[dict, str | None]:
+def pack(value, blob: bytearray, max_bytes: int, depth: int = 0):
+    """A JSON tree for `value`; tensor bytes are appended to `blob`. Unsupported types become
+    {"other": type name}. Raises WireError when the value is larger than `max_bytes`."""
     import torch
 
-    plain = type(value) is torch.Tensor
-    if type(value) in (tuple, list) and 0 < len(value) <= 16:
-        plain = all(type(v) is torch.Tensor for v in value)
-        value = type(value)(v.detach().cpu().clone().contiguous() for v in value) if plain else value
-    elif plain:
-        value = value.detach().cpu().clone().contiguous()
-    if plain:
-        buf = io.BytesIO()
-        torch.save(value, buf)
-        if buf.tell() > RESULT_LIMIT:
-            return {"kind": "raised", "type": "ResultTooLarge", "message": f"returned {buf.tell()} bytes"}, None
-        kind = "tensor" if type(value) is torch.Tensor else f"{type(value).__name__} of tensors"
-        return {"kind": kind}, base64.b64encode(buf.getvalue()).decode()
-    if type(value) in (float, int, str) and len(repr(value)) < 10_000:
-        return {"kind": type(value).__name__, "value": value}, None
-    return {"kind": "other", "type": type(value).__name__}, None
+    kind = type(value)
+    if depth > MAX_DEPTH:
+        return {"other": "value nested too deeply"}
+    if value is None or kind is bool:
+        return {"bool": value} if kind is bool else {"none": True}
+    if kind is int:
+        return {"int": value} if abs(value) < 1 << 63 else {"other": "int too large"}
+    if kind is float:
+        return {"float": value}
+    if kind is str:
+        return {"str": value} if len(value) <= MAX_STR else {"other": "str too long"}
+    if kind in (tuple, list) and len(value) <= MAX_ITEMS:
+        return {kind.__name__: [pack(v, blob, max_bytes, depth + 1) for v in value]}
+    if kind is dict and len(value) <= MAX_ITEMS and all(type(k) is str for k in value):
+        return {"dict": [[k, pack(v, blob, max_bytes, depth + 1)] for k, v in value.items()]}
+    if kind is torch.Tensor and value.layout == torch.strided and str(value.dtype)[6:] in DTYPES:
+        t = value.detach().resolve_conj().resolve_neg().cpu().contiguous()
+        nbytes = t.numel() * t.element_size()
+        if len(blob) + nbytes > max_bytes:
+            raise WireError(f"the value has {len(blob) + nbytes} bytes, more than the {max_bytes} allowed")
+        start = len(blob)
+        blob += t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return {"tensor": [start, len(blob)], "dtype": str(t.dtype)[6:], "shape": list(t.shape)}
+    name = "Tensor (sparse, quantized or another layout)" if isinstance(value, torch.Tensor) and kind is torch.Tensor else kind.__name__
+    return {"other": str(name)[:80]}
 
 
-def _on_alarm(signum, frame):
-    raise _Timeout()
+class Other:
+    """A returned value of a type the wire does not carry: only its type's name crosses."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def __repr__(self) -> str:
+        return f"<{self.type_name}>"
 
 
-def _run(code: str, namespace: dict, seconds: float) -> None:
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def unpack(tree, blob: bytes, depth: int = 0):
+    """Rebuild a value from `pack`'s tree; every size is checked against the blob first."""
+    import torch
+
+    if depth > MAX_DEPTH or not isinstance(tree, dict) or len(tree) not in (1, 3):
+        raise WireError("malformed value")
+    if "tensor" in tree:
+        (start, end), dtype, shape = tree["tensor"], tree.get("dtype"), tree.get("shape")
+        if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > 16 \
+                or not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
+            raise WireError("malformed tensor")
+        numel = 1
+        for n in shape:
+            numel *= n
+        dt = getattr(torch, dtype)
+        if not (type(start) is int and type(end) is int and 0 <= start <= end <= len(blob)) \
+                or end - start != numel * dt.itemsize:
+            raise WireError("tensor bytes do not match its shape")
+        if numel == 0:
+            return torch.empty(shape, dtype=dt)
+        return torch.frombuffer(bytearray(blob[start:end]), dtype=torch.uint8).view(dt).reshape(shape)
+    (key, value), = tree.items()
+    if key == "none":
+        return None
+    if key in ("bool", "int", "float", "str") and type(value).__name__ == key:
+        return value
+    if key in ("tuple", "list") and isinstance(value, list) and len(value) <= MAX_ITEMS:
+        items = [unpack(v, blob, depth + 1) for v in value]
+        return tuple(items) if key == "tuple" else items
+    if key == "dict" and isinstance(value, list) and len(value) <= MAX_ITEMS:
+        if not all(isinstance(kv, list) and len(kv) == 2 and type(kv[0]) is str for kv in value):
+            raise WireError("malformed dict")
+        return {k: unpack(v, blob, depth + 1) for k, v in value}
+    if key == "other":
+        return Other(printable(value, 80))
+    raise WireError("malformed value")
+
+
+def printable(text, limit: int) -> str:
+    """Learner-made text made safe to store and show: str, no lone surrogates, no control bytes."""
+    text = text if isinstance(text, str) else repr(text)
+    text = text[: limit * 2].encode("utf-8", "replace").decode("utf-8", "replace")
+    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker: runs learner code, one step per request. Nothing here is trusted by anyone.
+# ---------------------------------------------------------------------------------------------
+
+REQUESTS, RESPONSES = 3, 4  # the worker's pipe ends; stdin/stdout/stderr carry nothing we read
+
+
+def _describe_error(err: BaseException) -> dict:
     try:
-        exec(compile(code, "<learner cell>", "exec"), namespace)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        message = str(err)
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        message = "<the exception could not be printed>"
+    return {"type": printable(type(err).__name__, 80), "message": printable(message, 300)}
 
 
-def _strip_magics(source: str) -> str:
-    """IPython magics and shell escapes mean nothing here: comment them out."""
-    return "\n".join("# " + line if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
-
-
-def main() -> None:
-    plan = json.loads(sys.stdin.buffer.read())
-    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")  # our private copy of stdout
-    os.dup2(2, 1)  # learner prints go to stderr, which the grader keeps apart and never scores
-    _limit(plan["limits"])
-    if plan.get("isolate"):
-        needed = sorted({os.path.realpath(p) for p in [sys.executable, sys.prefix, sys.base_prefix, *sys.path]
-                         if p and os.path.exists(p)})
-        _isolate(plan["hide"], plan["uid"], needed)
-
+def worker_main() -> None:
+    config, _ = read_frame(REQUESTS, 1 << 30, 0)
+    sys.path[:] = config["path"]
     import numpy as np
     import torch
 
     torch.set_num_threads(1)
-    signal.signal(signal.SIGALRM, _on_alarm)
-    sys.modules["aigc_lib"] = None  # type: ignore[assignment]  # "import aigc_lib" raises ImportError
-
+    sys.modules["aigc_lib"] = None  # type: ignore[assignment]  # and it is not on disk either
     namespace: dict = {"__name__": "__main__"}
-    exec(compile(plan["preamble"], "<preamble>", "exec"), namespace)
-    for cell in plan["cells"]:
-        _emit(channel, event="cell_start", id=cell["id"])
-        error = None
-        try:
-            _run(_strip_magics(cell["source"]), namespace, plan["cell_timeout"])
-        except _Timeout:
-            error = f"TimeLimit: the cell ran longer than {plan['cell_timeout']} s"
-        except BaseException as err:  # noqa: BLE001 - SystemExit and friends are learner errors too
-            error = f"{type(err).__name__}: {str(err)[:300]}"
-        _emit(channel, event="cell_done", id=cell["id"], error=error)
-
-    for call in plan["calls"]:
-        _emit(channel, event="call_start", slot=call["slot"])
-        inputs = torch.load(io.BytesIO(base64.b64decode(call["inputs"])), weights_only=True)
-        seed = zlib.crc32(call["slot"].encode())
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        fn = namespace.get(call["function"])
-        tensor = None
-        try:
-            if not callable(fn):
-                raise NameError(f"no function named {call['function']!r} is defined")
-            signal.setitimer(signal.ITIMER_REAL, plan["call_timeout"])
+    exec(compile(config["preamble"], "<preamble>", "exec"), namespace)
+    harness = os.getpid()
+    write_frame(RESPONSES, {"ready": True})
+    while True:
+        _reap()  # learner children that ended: zombies would count against the process limit
+        request, blob = read_frame(REQUESTS, 1 << 30, 1 << 30)
+        if request["op"] == "cell":
+            error = None
             try:
-                value = fn(**inputs)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            meta, tensor = _encode(value)
-        except _Timeout:
-            meta = {"kind": "raised", "type": "TimeLimit", "message": f"took longer than {plan['call_timeout']} s"}
+                exec(compile(request["source"], "<learner cell>", "exec"), namespace)
+            except BaseException as err:  # noqa: BLE001 - SystemExit and friends are learner errors too
+                error = _describe_error(err)
+            if os.getpid() != harness:
+                os._exit(0)  # a process the learner forked came back here: it must not answer
+            write_frame(RESPONSES, {"nonce": request["nonce"], "error": error})
+            continue
+        inputs = unpack(request["inputs"], blob)
+        del blob
+        random.seed(request["seed"])
+        np.random.seed(request["seed"])
+        torch.manual_seed(request["seed"])
+        out = bytearray()
+        try:
+            fn = namespace.get(request["function"])
+            if not callable(fn):
+                raise NameError(f"no function named {request['function']!r} is defined")
+            value = fn(**inputs)
+            response = {"value": pack(value, out, request["max_bytes"])}
+        except WireError as err:
+            out = bytearray()
+            response = {"error": {"type": "ResultTooLarge", "message": str(err)}}
         except BaseException as err:  # noqa: BLE001
-            meta = {"kind": "raised", "type": type(err).__name__, "message": str(err)[:300]}
-        _emit(channel, event="result", slot=call["slot"], meta=meta, tensor=tensor)
-    _emit(channel, event="done")
-    channel.close()
-    os._exit(0)  # skip interpreter teardown: learner objects may have hostile finalisers
+            out = bytearray()
+            response = {"error": _describe_error(err)}
+        if os.getpid() != harness:
+            os._exit(0)
+        write_frame(RESPONSES, {"nonce": request["nonce"], **response}, bytes(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervisor: builds the sandbox, runs the worker step by step, enforces the limits.
+# ---------------------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+MNT_DETACH, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 2, 38, 1
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+DEVICES = ("null", "zero", "random", "urandom")
+ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source, target: str, fstype, flags: int, data=None) -> None:
+    enc = (lambda s: s.encode() if s is not None else None)
+    _check(_libc.mount(enc(source), target.encode(), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _bind_readonly(source: str, target: str, flags: int = MS_NODEV) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+    _mount(source, target, None, MS_BIND | MS_REC)
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | flags)
+
+
+def build_root(new_root: str, allow: list[str], package_dirs: list[str], course: list[str], tmp_bytes: int) -> None:
+    """A fresh root at `new_root` holding only `allow` (read-only) and, for each of
+    `package_dirs`, every entry except the course's (`course`: names to leave out); then pivot
+    into it. We are root in fresh mount and PID namespaces."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount reaches the host
+    _mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    for path in allow:
+        if any(path.startswith(other.rstrip("/") + "/") for other in allow):
+            continue  # already inside an allowed folder
+        if os.path.islink(path) and os.path.dirname(path) == "/":  # merged /usr: /lib -> usr/lib
+            os.symlink(os.readlink(path), new_root + path)
+        elif os.path.exists(path):
+            _bind_readonly(path, new_root + path)
+    for folder in package_dirs:  # a view of the installed packages that leaves the course out
+        _mount("tmpfs", new_root + folder, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755") \
+            if os.path.isdir(new_root + folder) else os.makedirs(new_root + folder, exist_ok=True)
+        for entry in sorted(os.listdir(folder)):
+            if not any(entry == c or entry.startswith(c + "-") or entry.startswith(c + ".") or
+                       (entry.startswith("__editable__") and c in entry) for c in course):
+                source = os.path.join(folder, entry)
+                if os.path.isdir(source) or os.path.isfile(source):
+                    _bind_readonly(source, new_root + source)
+    os.makedirs(new_root + "/dev", exist_ok=True)
+    for device in DEVICES:
+        _bind_readonly("/dev/" + device, new_root + "/dev/" + device, MS_NOEXEC)
+    for path, mode in (("/tmp", "1777"), ("/dev/shm", "1777")):
+        os.makedirs(new_root + path, exist_ok=True)
+        _mount("tmpfs", new_root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_bytes},mode={mode}")
+    os.makedirs(new_root + "/proc", exist_ok=True)
+    os.chdir(new_root)
+    os.makedirs(".old", exist_ok=True)
+    if SYS_PIVOT_ROOT is None:
+        raise OSError(f"pivot_root: unknown system call number on {platform.machine()}")
+    _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b".old"), "pivot_root")
+    os.chdir("/")
+    _check(_libc.umount2(b"/.old", MNT_DETACH), "umount old root")  # the host is gone from view
+    os.rmdir("/.old")
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # only this PID namespace
+    _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def processes_of(uid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    pids.append(int(name))
+            except OSError:
+                pass
+    return pids
+
+
+def _session_of(sid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getsid(int(name)) == sid:
+                    pids.append(int(name))
+            except OSError:
+                pass
+    return pids
+
+
+def kill_uid(uid: int, timeout: float = 10.0) -> bool:
+    """Kill every process of `uid` (kill(-1) as that uid reaches them all, wherever they hid);
+    True once none is left."""
+    deadline = time.monotonic() + timeout
+    while processes_of(uid):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(uid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        _reap()
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _reap() -> None:
+    """As PID 1 (or a parent), collect exited children so none stays a zombie."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _cpu_and_busy(pids: list[int], seen: dict[int, int]) -> bool:
+    """Update `seen` (pid -> CPU ticks, never decreasing) for `pids`; True when any of their
+    threads is running or runnable (or in uninterruptible sleep)."""
+    busy = False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            seen[pid] = max(seen.get(pid, 0), sum(int(x) for x in fields[11:15]))  # utime stime cutime cstime
+            if not busy:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                        if f.read().rsplit(b")", 1)[1].split()[0] in (b"R", b"D"):
+                            busy = True
+                            break
+        except (OSError, IndexError, ValueError):
+            pass
+    return busy
+
+
+class Worker:
+    """One worker process (fresh exec, unprivileged), driven one step at a time."""
+
+    def __init__(self, plan: dict, uid: int, home: str) -> None:
+        self.uid, self.stderr_tail = uid, b""
+        req_r, self.req_w = os.pipe()
+        self.resp_r, resp_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        limits = plan["rlimits"]
+        pid = os.fork()
+        if pid == 0:  # the child: drop everything, then exec a fresh interpreter
+            try:
+                null = os.open("/dev/null", os.O_RDWR)
+                high = [os.dup(fd) for fd in (req_r, resp_w, err_w, null)]  # no dup2 below clobbers another
+                for target, fd in zip((REQUESTS, RESPONSES, 1, 2, 0), (high[0], high[1], high[2], high[2], high[3])):
+                    os.dup2(fd, target)
+                os.closerange(RESPONSES + 1, 1 << 16)
+                os.setsid()
+                os.chdir(home)
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)  # every capability is gone
+                _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+                for name, value in limits.items():
+                    resource.setrlimit(getattr(resource, name), (value, value))
+                env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
+                       "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+                os.execve(plan["python"], [plan["python"], "-I", "-S", "-B", "-c", plan["source"], "worker"], env)
+            except BaseException as err:  # noqa: BLE001 - say why on stderr, which the supervisor keeps
+                os.write(2, f"starting the worker failed: {err!r}\n".encode())
+            finally:
+                os._exit(127)
+        self.pid = pid
+        for fd in (req_r, resp_w, err_w):
+            os.close(fd)
+        os.set_blocking(self.err_r, False)
+        self.err_open = True
+        try:
+            write_frame(self.req_w, {"path": plan["path"], "preamble": plan["preamble"]})
+        except OSError:
+            pass  # it died at once: the first step says so, with what it printed
+
+    def members(self) -> list[int]:
+        """The worker's processes: all of the sandbox uid; without root, those of its session."""
+        return processes_of(self.uid) if os.geteuid() == 0 else _session_of(self.pid)
+
+    def _drain(self) -> None:
+        """Keep only the tail of what the worker prints: output is never scored, and never grows us."""
+        try:
+            chunk = os.read(self.err_r, 1 << 16)
+        except BlockingIOError:
+            return
+        self.err_open = bool(chunk)
+        self.stderr_tail = (self.stderr_tail + chunk)[-4000:]
+
+    def step(self, header: dict, blob: bytes, limits: dict, max_blob: int) -> tuple[str, dict | None, bytes]:
+        """Send one request and wait for its answer under the limits. Returns (status, answer,
+        blob): status is "ok", or why the worker was stopped ("cpu", "idle", "wall", "died",
+        "protocol")."""
+        nonce = random.getrandbits(62)
+        try:
+            if header:
+                write_frame(self.req_w, {**header, "nonce": nonce}, blob)
+        except OSError:
+            return "died", None, b""
+        start, idle, seen = time.monotonic(), 0.0, {}
+        _cpu_and_busy(self.members(), seen)
+        base = sum(seen.values())
+        last = start
+        while True:
+            ready, _, _ = select.select([self.resp_r, 0] + [self.err_r] * self.err_open, [], [], 0.05)
+            if self.err_r in ready:
+                self._drain()
+            if 0 in ready and not os.read(0, 1):  # the grader is gone: stop at once
+                raise SystemExit("the grader closed the channel")
+            if self.resp_r in ready:
+                try:
+                    answer, data = read_frame(self.resp_r, 1 << 20, max_blob)
+                except EOFError:
+                    end = time.monotonic() + 1.0
+                    while self.err_open and time.monotonic() < end and select.select([self.err_r], [], [], 0.1)[0]:
+                        self._drain()  # keep its last words for the report
+                    return "died", None, b""
+                except (WireError, ValueError, struct.error):
+                    return "protocol", None, b""
+                if header and answer.get("nonce") != nonce:
+                    return "protocol", None, b""
+                return "ok", answer, data
+            _reap()
+            now = time.monotonic()
+            busy = _cpu_and_busy(self.members(), seen)
+            idle = 0.0 if busy else idle + (now - last)
+            last = now
+            if (sum(seen.values()) - base) / CLK_TCK > limits["cpu"]:
+                return "cpu", None, b""
+            if idle > limits["idle"]:
+                return "idle", None, b""
+            if now - start > limits["wall"]:
+                return "wall", None, b""
+
+    def stop(self) -> None:
+        for fd in (self.req_w, self.resp_r, self.err_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if os.geteuid() == 0:
+            kill_uid(self.uid)
+        else:  # no uid of its own: its session is the best reach we have
+            for pid in self.members():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        _reap()
+
+
+def supervisor_main() -> None:
+    plan, blob = read_frame(0, 1 << 30, 1 << 31)
+    with open(__file__, encoding="utf-8") as f:
+        plan["source"] = f.read()  # the worker runs this file's code via -c: no path of ours in its view
+    uid, calls = plan["uid"], plan["calls"]
+    if plan["isolate"]:
+        build_root(plan["new_root"], plan["allow"], plan["package_dirs"], plan["course"], plan["tmp_bytes"])
+        home = "/tmp/work"
+        os.makedirs(home, mode=0o700)
+    else:
+        home = plan["home"]
+    if os.geteuid() == 0:
+        os.chown(home, uid, uid)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    skipped: set[str] = set()
+    next_call, restarts = 0, 0
+    while True:
+        worker = Worker(plan, uid, home)
+        status, _, _ = worker.step({}, b"", {"cpu": 120.0, "idle": 60.0, "wall": 300.0}, 0)
+        if status != "ok":
+            write_frame(1, {"event": "broken", "message": f"the sandbox could not start Python and torch ({status}): "
+                            + worker.stderr_tail.decode("utf-8", "replace")[-1500:]})
+            worker.stop()
+            return
+        crashed = None
+        for cell in plan["cells"]:
+            if cell["id"] in skipped:
+                continue
+            status, answer, _ = worker.step({"op": "cell", "source": cell["source"]}, b"", plan["cell_limits"], 0)
+            if status != "ok":
+                skipped.add(cell["id"])
+                crashed = status
+                write_frame(1, {"event": "cell", "id": cell["id"], "stopped": status})
+                break
+            if next_call == 0:  # messages of cells re-run after a call are dropped: they may carry a stashed input
+                write_frame(1, {"event": "cell", "id": cell["id"], "error": answer.get("error")})
+        while crashed is None and next_call < len(calls):
+            call = calls[next_call]
+            next_call += 1
+            start, end = call["blob"]
+            header = {"op": "call", "function": call["function"], "inputs": call["inputs"], "seed": call["seed"],
+                      "max_bytes": call["max_bytes"]}
+            status, answer, data = worker.step(header, blob[start:end], plan["call_limits"], call["max_bytes"])
+            if status != "ok":
+                crashed = status
+                write_frame(1, {"event": "result", "slot": call["slot"], "stopped": status})
+            else:
+                write_frame(1, {"event": "result", "slot": call["slot"], "value": answer.get("value"),
+                                "error": answer.get("error")}, data)
+        worker.stop()
+        if crashed is None or next_call >= len(calls):
+            break
+        restarts += 1
+        if restarts > plan["max_restarts"]:
+            write_frame(1, {"event": "gave_up", "message": f"stopped after {restarts} restarts"})
+            break
+    write_frame(1, {"event": "done"})
 
 
 if __name__ == "__main__":
-    main()
+    {"supervisor": supervisor_main, "worker": worker_main}[sys.argv[1]]()

@@ -9,12 +9,16 @@ therefore change nothing.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from aigc_lib.exercises import Exercise
+from aigc_lib.grading.sandbox import printable
 
 MAX_NOTEBOOK_BYTES = 50 << 20
 
@@ -36,14 +40,41 @@ def _source(cell: dict) -> str:
     return src if isinstance(src, str) else ""
 
 
+def read_bytes(path: Path, limit: int = MAX_NOTEBOOK_BYTES) -> bytes:
+    """A regular file's bytes, at most `limit`: a symbolic link, FIFO or device is refused without
+    being opened for reading, and a large file is refused before it is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK):
+            raise UnreadableSubmission("the notebook is a symbolic link, not a file") from err
+        if err.errno == errno.ENOENT:
+            raise FileNotFoundError(str(path)) from err
+        raise UnreadableSubmission(f"the notebook cannot be opened ({os.strerror(err.errno)})") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableSubmission("the notebook is not a regular file")
+        if info.st_size > limit:
+            raise UnreadableSubmission(f"the notebook is larger than {limit >> 20} MB")
+        data = os.read(fd, limit + 1)
+        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+            data += chunk
+        if len(data) > limit:
+            raise UnreadableSubmission(f"the notebook is larger than {limit >> 20} MB")
+        return data
+    finally:
+        os.close(fd)
+
+
 def read_cells(path: Path) -> list[dict]:
     """The notebook's cells as plain dicts. JSON only: nothing in the file is executed or unpickled."""
-    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
-        raise UnreadableSubmission(f"the notebook is larger than {MAX_NOTEBOOK_BYTES >> 20} MB")
     try:
-        nb = json.loads(path.read_bytes().decode("utf-8"))
+        nb = json.loads(read_bytes(Path(path)).decode("utf-8"))
+    except RecursionError as err:
+        raise UnreadableSubmission("not a valid notebook (nested too deeply)") from err
     except (UnicodeDecodeError, ValueError) as err:
-        raise UnreadableSubmission(f"not a valid notebook (JSON error: {str(err)[:120]})") from err
+        raise UnreadableSubmission(f"not a valid notebook (JSON error: {printable(str(err), 120)})") from err
     cells = nb.get("cells") if isinstance(nb, dict) else None
     if not isinstance(cells, list):
         raise UnreadableSubmission("not a valid notebook: it has no list of cells")
@@ -82,4 +113,10 @@ def learner_cells(cells: list[dict], exercises: list[Exercise], ids: dict[str, s
             pick = by_id[0]
         if pick is not None:
             chosen.setdefault(pick, grade_id(cells[pick]) or f"cell-{pick}")
-    return [LearnerCell(chosen[i], _source(cells[i])) for i in sorted(chosen)]
+    picked, seen = [], set()
+    for i in sorted(chosen):
+        cell_id = printable(chosen[i], 100)
+        cell_id = cell_id if cell_id not in seen else f"{cell_id} (cell {i})"  # ids must stay distinct
+        seen.add(cell_id)
+        picked.append(LearnerCell(cell_id, _source(cells[i])))
+    return picked
