@@ -42,6 +42,11 @@ from aigc_lib.grading.submission import read_bytes
 
 MAX_DEPTH = 6  # folders searched below a learner's folder for the notebook
 MAX_ENTRIES = 2000  # entries looked at per learner folder
+JUNK = {".ipynb_checkpoints", ".DS_Store", "__MACOSX", ".git", "Thumbs.db"}  # never a learner or their notebook
+
+
+def _junk(name: str) -> bool:
+    return name in JUNK or name.startswith("._")  # ._x: macOS resource forks in zips
 
 
 def _display(name: str) -> str:
@@ -63,7 +68,7 @@ def _find_notebook(folder: Path) -> Path | None:
                 seen += 1
                 if seen > MAX_ENTRIES:
                     return None
-                if entry.name.startswith(".") or entry.is_symlink():
+                if _junk(entry.name) or entry.is_symlink():
                     if entry.name.endswith(".ipynb") and entry.is_symlink():
                         found.append(Path(entry.path))  # read_bytes refuses it, with a reason
                     continue
@@ -84,7 +89,7 @@ def find_submissions(paths: list[Path]) -> list[tuple[str, Path]]:
         if path.is_file() or path.is_symlink() and path.suffix == ".ipynb":
             found.append((_display(path.stem), path))
         elif path.is_dir():
-            entries = sorted((e for e in os.scandir(path) if not e.name.startswith(".")), key=lambda e: e.name)
+            entries = sorted((e for e in os.scandir(path) if not _junk(e.name)), key=lambda e: e.name)
             flat = not any(e.is_dir(follow_symlinks=False) for e in entries)
             for entry in entries:
                 name = Path(entry.name)
