@@ -8,9 +8,11 @@ survive, and nothing a learner does may reach the course, the reports or another
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -441,3 +443,75 @@ def test_honest_slow_solution_keeps_full_marks_under_load(tmp_path):
         for hog in hogs:
             hog.kill()
     assert points(report)["apply_temperature"] == 5, report["notes"]
+
+
+# --- 6. limits-only mode (no namespaces, as on Gradescope), for real ------------------------------
+
+LIMITS_ONLY_SCRIPT = """
+import json, os, pathlib, sys, time
+from aigc_lib.grading import Grader, Limits, SandboxBroken, find_submissions, grade_class
+LIMITS = Limits(cell_seconds=4, call_seconds=4, wall_seconds=40)
+subs, out = pathlib.Path({subs!r}), pathlib.Path({out!r})
+grader = Grader("00", limits=LIMITS, level="limits-only")
+try:
+    grade_class(grader, find_submissions([subs]), out, workers=2, progress=False)
+    refused = ""
+except SandboxBroken as err:
+    refused = str(err)
+for folder in subs.iterdir():  # what the refusal asks the instructor to do
+    os.chmod(folder, 0o700)
+reports = grade_class(grader, find_submissions([subs]), out, workers=2, progress=False)
+time.sleep(1.0)  # a surviving grandchild would strike now
+print(json.dumps({{"refused": refused, "scores": {{r["student"]: r["score"] for r in reports}},
+                  "isolation": reports[0]["isolation"], "grades": (out / "grades.csv").read_text()}}))
+"""
+
+
+def test_limits_only_mode_isolates_by_uid_and_leaves_nothing(tmp_path):
+    """Run the grader without namespaces, in a setup the test makes with a mount namespace of its
+    own: the interpreter reachable by other users and the course private to root, as an instructor
+    following the grader's refusal message would have it."""
+    public = Path(tempfile.mkdtemp(prefix="aigc-limits-only-"))  # reachable by other users, as /autograder is
+    os.chmod(public, 0o755)
+    try:
+        _limits_only(tmp_path, public)
+    finally:
+        shutil.rmtree(public)
+
+
+def _limits_only(tmp_path: Path, public: Path) -> None:
+    subs, out = public / "class", public / "reports"
+    submission(subs, "alice", CORRECT)
+    submission(subs, "carol")
+    thief = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom aigc_lib.history import count_bigrams"
+    submission(subs, "thief", {**CORRECT, "count_bigrams": thief})
+    copier = f"classmate = open({str(subs / 'alice' / '00_history.ipynb')!r}).read()\n" + CORRECT["count_bigrams"]
+    submission(subs, "copier", {**CORRECT, "count_bigrams": copier})
+    submission(subs, "forger", with_code("count_bigrams", GRANDCHILD.format(out=str(out))))
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    top = Path("/", Path(sys.base_prefix).resolve().parts[1])
+    setup = ["set -e", "mount --make-rprivate /"]
+    if not os.stat(top).st_mode & 0o001:  # e.g. /root: keep only the interpreter's folder reachable
+        inner = Path(sys.base_prefix).resolve().relative_to(top).parts[0]
+        setup += [f"mkdir {private}/hold", f"mount --bind {top / inner} {private}/hold",
+                  f"mount -t tmpfs -o mode=0755 tmpfs {top}", f"mkdir {top / inner}",
+                  f"mount --move {private}/hold {top / inner}"]
+    for name in ["aigc_lib", "solutions"]:
+        setup += [f"cp -a {ROOT / name} {private}/{name}", f"chmod 700 {private}/{name}",
+                  f"mount --bind {private}/{name} {ROOT / name}"]
+    for name in ["tests", ".git"]:
+        setup += [f"mkdir -m 700 {private}/{name}-copy", f"mount --bind {private}/{name}-copy {ROOT / name}"]
+    script = LIMITS_ONLY_SCRIPT.format(subs=str(subs), out=str(out))
+    setup.append(f'exec {sys.executable} -c "$1"')
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", "\n".join(setup), "sh", script],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "refusing to grade" in result["refused"] and str(subs) in result["refused"]
+    assert result["isolation"] == "limits-only"
+    assert result["isolation"] == "limits-only", result
+    assert result["scores"] == {"alice": 20, "carol": 0, "thief": 15, "copier": 15, "forger": 20}
+    assert "forged" not in result["grades"] and "forged" not in (out / "grades.csv").read_text()
+    assert no_sandbox_left(timeout=2), sandbox_processes()
+    assert not list(Path("/tmp").glob("aigc-sandbox-*"))

@@ -169,11 +169,13 @@ def grade_class(grader: Grader, submissions: list[tuple[str, Path]], out: Path, 
                 progress: bool = True) -> list[dict]:
     """Prove the sandbox, grade every submission (reusing finished, signed results), write all reports."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new reports folder is private
     if writable_by_others(out):
         raise SandboxBroken(f"{out} is writable by others: reports there could be altered")
     key = _key(out)
-    protected = protected_paths(out, grader.hidden_dir, *{p.parent for _, p in submissions})
+    # a learner may read their own notebook; with a class, no one else's
+    others = {p.parent for _, p in submissions} if len(submissions) > 1 else set()
+    protected = protected_paths(out, grader.hidden_dir, *others)
     uids: queue.Queue[SandboxUid] = queue.Queue()
     held = [SandboxUid() for _ in range(max(1, workers))]
     for uid in held:
