@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from aigc_lib.grading import Grader, Limits, SandboxBroken, find_submissions, grade_class
+from aigc_lib.grading.isolate import writable_by_others
 from aigc_lib.grading.reports import gradescope_results, write_atomic
 
 
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grader = Grader(_chapter(submissions, args.chapter), limits=limits, hidden_dir=args.hidden,
                         source=args.source, insecure=args.insecure)
+        if args.gradescope and grader.level != "namespaces":
+            args.gradescope.parent.mkdir(parents=True, exist_ok=True)
+            if writable_by_others(args.gradescope.parent):
+                raise SandboxBroken(f"{args.gradescope.parent} is writable by others: learner code could replace "
+                                    "results.json")
         print(f"grading {len(submissions)} submission(s) of chapter {grader.chapter}; isolation: {grader.level}")
         reports = grade_class(grader, submissions, args.out, workers=args.workers, progress=not args.quiet)
     except SandboxBroken as err:  # an infrastructure failure must never become a learner's score

@@ -28,7 +28,12 @@ from aigc_lib.grading.isolate import (
     isolation_level,
     run_sandbox,
 )
-from aigc_lib.grading.submission import UnreadableSubmission, learner_cells, read_cells, solution_ids
+from aigc_lib.grading.submission import (
+    UnreadableSubmission,
+    learner_cells,
+    read_cells,
+    solution_ids,
+)
 from aigc_lib.notebooks import ROOT, SOLUTIONS
 
 # What a learner's solution cell may rely on: the grader runs only solution cells, not the notebook.

@@ -35,10 +35,27 @@ from aigc_lib.grading import sandbox as wire
 
 SANDBOX = Path(wire.__file__).resolve()
 BASE_UID, UID_RANGE = 50_000, 512  # sandbox uids: no such users exist, they own nothing
+UIDS_ENV = "AIGC_SANDBOX_UIDS"  # "FIRST:COUNT" overrides the range (tests keep theirs apart with it)
+
+
+def uid_range() -> range:
+    first, count = os.environ.get(UIDS_ENV, f"{BASE_UID}:{UID_RANGE}").split(":")
+    return range(int(first), int(first) + int(count))
 LOCKS = Path("/run/aigc_lib-sandbox")  # root-only: which sandbox uid each running grader holds
 COURSE_PACKAGES = ["aigc_lib"]  # left out of the sandbox's view of the installed packages
-SYSTEM = ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/sys/devices/system/cpu",
-          *(f"/etc/{name}" for name in wire.ETC)]
+COURSE_MARKERS = ["aigc_lib", "exercises/hidden"]  # a folder holding one of these is a copy of the course
+SYSTEM = ["/lib", "/lib32", "/lib64", "/libx32", "/usr/lib64", "/usr/lib32", "/usr/lib/locale",
+          "/sys/devices/system/cpu", *(f"/etc/{name}" for name in wire.ETC)]  # the loader and its cache
+PROBE = """
+import importlib, os, sys
+import numpy, torch
+for name in sorted(os.listdir(sys.argv[1])):  # every extension module: their libraries get mapped too
+    try:
+        importlib.import_module(name.split(".")[0])
+    except Exception:
+        pass
+print("\\n".join(sorted({line.split()[-1] for line in open("/proc/self/maps") if ".so" in line.split()[-1]})))
+"""
 MAX_EVENT_HEADER = 1 << 20
 
 
@@ -117,7 +134,7 @@ class SandboxUid:
         if os.geteuid() != 0:
             return
         folder = _lock_dir()
-        for uid in range(BASE_UID, BASE_UID + UID_RANGE):
+        for uid in uid_range():
             fd = os.open(folder / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,7 +144,7 @@ class SandboxUid:
             self.uid, self._lock = uid, fd
             break
         else:
-            raise SandboxBroken(f"all {UID_RANGE} sandbox uids are in use")
+            raise SandboxBroken(f"all sandbox uids ({uid_range()}) are in use")
         kill_uid(self.uid)
         for stale in glob.glob(os.path.join(tempfile.gettempdir(), f"aigc-sandbox-{self.uid}-*")):
             shutil.rmtree(stale, ignore_errors=True)
@@ -234,8 +251,27 @@ def python_paths() -> tuple[list[str], list[str], list[str]]:
     system = [real(p) for pattern in ("/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages")
               for p in glob.glob(pattern)]
     packages = list(dict.fromkeys([*packages, *system]))
-    needed = [real(sys.base_prefix), real(sys.executable)]
-    return stdlib, packages, needed
+    return stdlib, packages, _libraries(stdlib, packages)
+
+
+def _libraries(stdlib: list[str], packages: list[str]) -> list[str]:
+    """What the loader needs: the folders of the system libraries that Python, torch, numpy and
+    the standard extension modules map, and the interpreter and its libpython as single files
+    (the rest of the interpreter's prefix, where anything may have been put, stays out)."""
+    dynload = next((p for p in stdlib if p.endswith("lib-dynload")), stdlib[0])
+    done = subprocess.run([sys.executable, "-I", "-c", PROBE, dynload], capture_output=True, text=True, timeout=120)
+    mapped = [os.path.realpath(p) for p in done.stdout.split() if p.startswith("/")]
+    python_dirs = [os.path.realpath(sys.base_prefix), *stdlib, *packages]
+    files = [os.path.realpath(sys.executable)]
+    folders = set()
+    for path in mapped:
+        if any(path.startswith(d + "/") for d in [*packages, *stdlib]):
+            continue  # the package and standard-library views carry it
+        if any(path.startswith(d + "/") for d in python_dirs):
+            files.append(path)  # libpython
+        else:
+            folders.add(os.path.dirname(path))
+    return [*SYSTEM, *sorted(folders), *dict.fromkeys(files)]
 
 
 def worker_path() -> list[str]:
@@ -282,14 +318,14 @@ def run_sandbox(plan: dict, blob: bytes, limits: Limits, uid: SandboxUid, on_eve
     """Run `plan` (cells, calls) in a sandbox; `on_event(event, blob)` sees each event as it comes.
     Returns only once every process of the sandbox is gone."""
     level = level or isolation_level()
-    stdlib, packages, needed = python_paths()
+    stdlib, packages, allow = python_paths()
     cpu_budget = len(plan["cells"]) * limits.cell_seconds + len(plan["calls"]) * limits.call_seconds
     full = {**plan, "uid": uid.uid, "isolate": level == "namespaces", "python": os.path.realpath(sys.executable),
             "path": worker_path(), "rlimits": limits.rlimits(cpu_budget * (1 + limits.max_restarts) + 120),
             "cell_limits": limits.step(limits.cell_seconds), "call_limits": limits.step(limits.call_seconds),
             "max_restarts": limits.max_restarts, "tmp_bytes": 256 << 20,
-            "new_root": str(SANDBOX.parent), "allow": [*SYSTEM, *needed, *stdlib], "package_dirs": packages,
-            "course": COURSE_PACKAGES}
+            "new_root": str(SANDBOX.parent), "allow": allow, "stdlib": stdlib, "package_dirs": packages,
+            "course": COURSE_PACKAGES, "course_markers": COURSE_MARKERS, "stdlib_names": sorted(sys.stdlib_module_names)}
     command = [os.path.realpath(sys.executable), "-I", "-S", "-B", str(SANDBOX), "supervisor"]
     home = None
     if level == "namespaces":

@@ -30,11 +30,9 @@ import random
 import resource
 import select
 import signal
-import stat
 import struct
 import sys
 import time
-import zlib
 
 # ---------------------------------------------------------------------------------------------
 # Wire format: a frame is (header length, blob length, JSON header, blob bytes). Values are JSON
@@ -250,7 +248,9 @@ def _check(result: int, what: str) -> None:
 
 
 def _mount(source, target: str, fstype, flags: int, data=None) -> None:
-    enc = (lambda s: s.encode() if s is not None else None)
+    def enc(text):
+        return text.encode() if text is not None else None
+
     _check(_libc.mount(enc(source), target.encode(), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
@@ -260,16 +260,45 @@ def _bind_readonly(source: str, target: str, flags: int = MS_NODEV) -> None:
     else:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         open(target, "a").close()
-    _mount(source, target, None, MS_BIND | MS_REC)
+    _mount(source, target, None, MS_BIND)  # not recursive: a submount could be writable
     _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | flags)
 
 
-def build_root(new_root: str, allow: list[str], package_dirs: list[str], course: list[str], tmp_bytes: int) -> None:
-    """A fresh root at `new_root` holding only `allow` (read-only) and, for each of
-    `package_dirs`, every entry except the course's (`course`: names to leave out); then pivot
-    into it. We are root in fresh mount and PID namespaces."""
+def _view(folder: str, target: str, keep, covers: list[str]) -> None:
+    """At `target`, a folder holding only the entries of `folder` that `keep(name, path)`; a tmpfs
+    laid over an already-bound folder is noted in `covers`, to be made read-only at the end."""
+    if os.path.isdir(target):  # inside something already bound: cover it
+        _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    else:
+        os.makedirs(target, exist_ok=True)
+    for entry in sorted(os.listdir(folder)):
+        source = os.path.join(folder, entry)
+        if (os.path.isdir(source) or os.path.isfile(source)) and keep(entry, source):
+            _bind_readonly(source, os.path.join(target, entry))
+    if os.path.ismount(target):
+        covers.append(target)
+
+
+def build_root(new_root: str, plan: dict) -> None:
+    """A fresh root at `new_root` built from the plan's allow-list, then pivot into it. We are root
+    in fresh mount and PID namespaces. It holds, read-only: `allow` (library folders and single
+    files such as the interpreter), the standard library (only the modules Python names as its
+    own, and extension modules), and the installed packages minus anything of the course."""
+    course, markers, names = plan["course"], plan["course_markers"], set(plan["stdlib_names"])
+
+    def not_course(entry: str, source: str) -> bool:
+        if any(entry == c or entry.startswith((c + "-", c + ".")) or (entry.startswith("__editable__") and c in entry)
+               for c in course):
+            return False
+        return not (os.path.isdir(source) and any(os.path.exists(os.path.join(source, m)) for m in markers))
+
+    def stdlib_module(entry: str, source: str) -> bool:
+        stem = entry.split(".", 1)[0]
+        return stem in names or stem.startswith("_sysconfigdata") or entry == "__pycache__"
+
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount reaches the host
     _mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    allow = plan["allow"]
     for path in allow:
         if any(path.startswith(other.rstrip("/") + "/") for other in allow):
             continue  # already inside an allowed folder
@@ -277,21 +306,22 @@ def build_root(new_root: str, allow: list[str], package_dirs: list[str], course:
             os.symlink(os.readlink(path), new_root + path)
         elif os.path.exists(path):
             _bind_readonly(path, new_root + path)
-    for folder in package_dirs:  # a view of the installed packages that leaves the course out
-        _mount("tmpfs", new_root + folder, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755") \
-            if os.path.isdir(new_root + folder) else os.makedirs(new_root + folder, exist_ok=True)
-        for entry in sorted(os.listdir(folder)):
-            if not any(entry == c or entry.startswith(c + "-") or entry.startswith(c + ".") or
-                       (entry.startswith("__editable__") and c in entry) for c in course):
-                source = os.path.join(folder, entry)
-                if os.path.isdir(source) or os.path.isfile(source):
-                    _bind_readonly(source, new_root + source)
+    covers: list[str] = []
+    for folder in plan["stdlib"]:
+        if folder.endswith("lib-dynload"):
+            _view(folder, new_root + folder, lambda entry, source: entry.endswith(".so"), covers)
+        else:
+            _view(folder, new_root + folder, stdlib_module, covers)
+    for folder in plan["package_dirs"]:
+        _view(folder, new_root + folder, not_course, covers)
+    for target in covers:
+        _mount(None, target, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.makedirs(new_root + "/dev", exist_ok=True)
     for device in DEVICES:
         _bind_readonly("/dev/" + device, new_root + "/dev/" + device, MS_NOEXEC)
     for path, mode in (("/tmp", "1777"), ("/dev/shm", "1777")):
         os.makedirs(new_root + path, exist_ok=True)
-        _mount("tmpfs", new_root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_bytes},mode={mode}")
+        _mount("tmpfs", new_root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan['tmp_bytes']},mode={mode}")
     os.makedirs(new_root + "/proc", exist_ok=True)
     os.chdir(new_root)
     os.makedirs(".old", exist_ok=True)
@@ -384,7 +414,10 @@ def _cpu_and_busy(pids: list[int], seen: dict[int, int]) -> bool:
 class Worker:
     """One worker process (fresh exec, unprivileged), driven one step at a time."""
 
+    running: list[Worker] = []
+
     def __init__(self, plan: dict, uid: int, home: str) -> None:
+        Worker.running.append(self)
         self.uid, self.stderr_tail = uid, b""
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
@@ -395,7 +428,7 @@ class Worker:
             try:
                 null = os.open("/dev/null", os.O_RDWR)
                 high = [os.dup(fd) for fd in (req_r, resp_w, err_w, null)]  # no dup2 below clobbers another
-                for target, fd in zip((REQUESTS, RESPONSES, 1, 2, 0), (high[0], high[1], high[2], high[2], high[3])):
+                for target, fd in zip((REQUESTS, RESPONSES, 1, 2, 0), (high[0], high[1], high[2], high[2], high[3]), strict=True):
                     os.dup2(fd, target)
                 os.closerange(RESPONSES + 1, 1 << 16)
                 os.setsid()
@@ -405,6 +438,7 @@ class Worker:
                     os.setgid(uid)
                     os.setuid(uid)  # every capability is gone
                 _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
                 for name, value in limits.items():
                     resource.setrlimit(getattr(resource, name), (value, value))
                 env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
@@ -456,7 +490,7 @@ class Worker:
             if self.err_r in ready:
                 self._drain()
             if 0 in ready and not os.read(0, 1):  # the grader is gone: stop at once
-                raise SystemExit("the grader closed the channel")
+                raise GraderGone()
             if self.resp_r in ready:
                 try:
                     answer, data = read_frame(self.resp_r, 1 << 20, max_blob)
@@ -483,6 +517,8 @@ class Worker:
                 return "wall", None, b""
 
     def stop(self) -> None:
+        if self in Worker.running:
+            Worker.running.remove(self)
         for fd in (self.req_w, self.resp_r, self.err_r):
             try:
                 os.close(fd)
@@ -507,13 +543,27 @@ class Worker:
         _reap()
 
 
+class GraderGone(Exception):
+    """The grader closed our channel (it finished, or was killed): stop everything now."""
+
+
 def supervisor_main() -> None:
+    try:
+        _supervise()
+    except (GraderGone, OSError):
+        pass  # nobody is listening any more; the finally below still cleans up
+    finally:
+        for w in Worker.running:
+            w.stop()
+
+
+def _supervise() -> None:
     plan, blob = read_frame(0, 1 << 30, 1 << 31)
     with open(__file__, encoding="utf-8") as f:
         plan["source"] = f.read()  # the worker runs this file's code via -c: no path of ours in its view
     uid, calls = plan["uid"], plan["calls"]
     if plan["isolate"]:
-        build_root(plan["new_root"], plan["allow"], plan["package_dirs"], plan["course"], plan["tmp_bytes"])
+        build_root(plan["new_root"], plan)
         home = "/tmp/work"
         os.makedirs(home, mode=0o700)
     else:
