@@ -56,7 +56,6 @@ for name in sorted(os.listdir(sys.argv[1])):  # every extension module: their li
         pass
 print("\\n".join(sorted({line.split()[-1] for line in open("/proc/self/maps") if ".so" in line.split()[-1]})))
 """
-MAX_EVENT_HEADER = 1 << 20
 
 
 class SandboxBroken(RuntimeError):
@@ -146,6 +145,8 @@ class SandboxUid:
         else:
             raise SandboxBroken(f"all sandbox uids ({uid_range()}) are in use")
         kill_uid(self.uid)
+        wire.remove_files_of(self.uid)
+        wire.remove_ipc(self.uid)
         for stale in glob.glob(os.path.join(tempfile.gettempdir(), f"aigc-sandbox-{self.uid}-*")):
             shutil.rmtree(stale, ignore_errors=True)
         Cgroup(self.uid).remove()
@@ -378,7 +379,7 @@ def _read_events(proc: subprocess.Popen, run: SandboxRun, on_event, deadline: fl
             run.stderr_tail = (run.stderr_tail + chunk.decode("utf-8", "replace"))[-4000:]
         if out in ready:
             try:
-                event, data = wire.read_frame(out, MAX_EVENT_HEADER, max_blob)
+                event, data = wire.read_frame(out, wire.MAX_EVENT_HEADER, max_blob)
             except EOFError:
                 run.broken = run.broken or "the sandbox ended without finishing: " + run.stderr_tail[-1500:]
                 return
@@ -408,6 +409,8 @@ def _stop(proc: subprocess.Popen, uid: SandboxUid, group: Cgroup | None, level: 
         group.remove()
     if os.geteuid() == 0:
         kill_uid(uid.uid)
+        wire.remove_files_of(uid.uid)
+        wire.remove_ipc(uid.uid)
 
 
 def kill_uid(uid: int, timeout: float = 10.0) -> None:

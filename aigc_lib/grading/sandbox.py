@@ -29,7 +29,9 @@ import platform
 import random
 import resource
 import select
+import shutil
 import signal
+import stat
 import struct
 import sys
 import time
@@ -191,7 +193,7 @@ def worker_main() -> None:
     namespace: dict = {"__name__": "__main__"}
     exec(compile(config["preamble"], "<preamble>", "exec"), namespace)
     harness = os.getpid()
-    write_frame(RESPONSES, {"ready": True})
+    write_frame(RESPONSES, {"ready": True, "nonce": config["nonce"]})
     while True:
         _reap()  # learner children that ended: zombies would count against the process limit
         request, blob = read_frame(REQUESTS, 1 << 30, 1 << 30)
@@ -319,9 +321,8 @@ def build_root(new_root: str, plan: dict) -> None:
     os.makedirs(new_root + "/dev", exist_ok=True)
     for device in DEVICES:
         _bind_readonly("/dev/" + device, new_root + "/dev/" + device, MS_NOEXEC)
-    for path, mode in (("/tmp", "1777"), ("/dev/shm", "1777")):
+    for path in ("/tmp", "/dev/shm"):  # mounted fresh for every worker (`_fresh_scratch`)
         os.makedirs(new_root + path, exist_ok=True)
-        _mount("tmpfs", new_root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan['tmp_bytes']},mode={mode}")
     os.makedirs(new_root + "/proc", exist_ok=True)
     os.chdir(new_root)
     os.makedirs(".old", exist_ok=True)
@@ -452,11 +453,31 @@ class Worker:
         for fd in (req_r, resp_w, err_w):
             os.close(fd)
         os.set_blocking(self.err_r, False)
+        os.set_blocking(self.req_w, False)
         self.err_open = True
+        self.config = {"path": plan["path"], "preamble": plan["preamble"]}
+
+    @staticmethod
+    def _parse(inbox: bytearray, max_blob: int):
+        """(header, blob) once `inbox` holds one whole frame, None before, "protocol" if it breaks
+        the format or its limits, or carries more than one frame."""
+        if len(inbox) < _FRAME.size:
+            return None
+        header_len, blob_len = _FRAME.unpack(inbox[:_FRAME.size])
+        if header_len > MAX_EVENT_HEADER or blob_len > max_blob:
+            return "protocol"
+        end = _FRAME.size + header_len + blob_len
+        if len(inbox) < end:
+            return None
+        if len(inbox) > end:
+            return "protocol"
         try:
-            write_frame(self.req_w, {"path": plan["path"], "preamble": plan["preamble"]})
-        except OSError:
-            pass  # it died at once: the first step says so, with what it printed
+            header = json.loads(bytes(inbox[_FRAME.size:_FRAME.size + header_len]))
+        except Exception:  # noqa: BLE001 - RecursionError, bad UTF-8, ...: the learner wrote it
+            return "protocol"
+        if not isinstance(header, dict):
+            return "protocol"
+        return header, bytes(inbox[_FRAME.size + header_len:end])
 
     def members(self) -> list[int]:
         """The worker's processes: all of the sandbox uid; without root, those of its session."""
@@ -476,34 +497,40 @@ class Worker:
         blob): status is "ok", or why the worker was stopped ("cpu", "idle", "wall", "died",
         "protocol")."""
         nonce = random.getrandbits(62)
-        try:
-            if header:
-                write_frame(self.req_w, {**header, "nonce": nonce}, blob)
-        except OSError:
-            return "died", None, b""
+        data = json.dumps({**header, "nonce": nonce}).encode()
+        pending = memoryview(_FRAME.pack(len(data), len(blob)) + data + blob) if header else memoryview(b"")
+        inbox = bytearray()  # the answer, read as it comes: a half-written frame never blocks us
         start, idle, seen = time.monotonic(), 0.0, {}
         _cpu_and_busy(self.members(), seen)
         base = sum(seen.values())
         last = start
         while True:
-            ready, _, _ = select.select([self.resp_r, 0] + [self.err_r] * self.err_open, [], [], 0.05)
+            readers = [self.resp_r, 0] + [self.err_r] * self.err_open
+            ready, writable, _ = select.select(readers, [self.req_w] if pending else [], [], 0.05)
             if self.err_r in ready:
                 self._drain()
             if 0 in ready and not os.read(0, 1):  # the grader is gone: stop at once
                 raise GraderGone()
-            if self.resp_r in ready:
+            if writable:
                 try:
-                    answer, data = read_frame(self.resp_r, 1 << 20, max_blob)
-                except EOFError:
+                    pending = pending[os.write(self.req_w, pending):]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return "died", None, b""
+            if self.resp_r in ready:
+                chunk = os.read(self.resp_r, 1 << 20)
+                if not chunk:
                     end = time.monotonic() + 1.0
                     while self.err_open and time.monotonic() < end and select.select([self.err_r], [], [], 0.1)[0]:
                         self._drain()  # keep its last words for the report
                     return "died", None, b""
-                except (WireError, ValueError, struct.error):
+                inbox += chunk
+                answer = self._parse(inbox, max_blob)
+                if answer == "protocol" or (answer is not None and header and answer[0].get("nonce") != nonce):
                     return "protocol", None, b""
-                if header and answer.get("nonce") != nonce:
-                    return "protocol", None, b""
-                return "ok", answer, data
+                if answer is not None:
+                    return "ok", answer[0], answer[1]
             _reap()
             now = time.monotonic()
             busy = _cpu_and_busy(self.members(), seen)
@@ -543,6 +570,82 @@ class Worker:
         _reap()
 
 
+MAX_EVENT_HEADER = 1 << 20  # what the grader reads from us; the worker's frames are held to the same
+
+
+def _forward(event: dict, blob: bytes = b"") -> None:
+    """Pass a worker's answer on to the grader, keeping it within what the grader reads."""
+    if len(json.dumps(event)) > MAX_EVENT_HEADER:
+        event = {k: v for k, v in event.items() if k in ("event", "slot", "id")}
+        event["error"], blob = {"type": "ResultTooLarge", "message": "the answer was too large to pass on"}, b""
+    write_frame(1, event, blob)
+
+
+def remove_ipc(uid: int | None) -> None:
+    """Remove System V shared memory, semaphores and queues (of `uid`, or all in our namespace):
+    they outlive processes and would hold memory against the next worker."""
+    for kind, call, rmid in (("shm", "shmctl", 0), ("sem", "semctl", 0), ("msg", "msgctl", 0)):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except OSError:
+            continue
+        for row in rows:
+            ident, owner = int(row[1]), int(row[7 if kind == "shm" else 4 if kind == "sem" else 7])
+            if uid is None or owner == uid:
+                getattr(_libc, call)(ident, *([0] if kind == "sem" else []), rmid, None)
+
+
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")  # world-writable: where a uid can leave things
+
+
+def remove_files_of(uid: int, folders=SHARED_TMP) -> None:
+    """Delete whatever `uid` owns in the shared temp folders (links are removed, never followed):
+    nothing one run leaves there reaches a later run."""
+    for folder in folders:
+        for top, dirs, files in os.walk(folder):
+            for name in files + dirs:
+                path = os.path.join(top, name)
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    continue
+                if info.st_uid != uid:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(path, ignore_errors=True)
+                    if name in dirs:
+                        dirs.remove(name)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+
+
+def _fresh_scratch(plan: dict) -> str:
+    """A clean, private working folder for the next worker. In our namespaces: fresh /tmp and
+    /dev/shm and no IPC objects; without them: the sandbox uid's files in the shared temp
+    folders and its IPC objects removed, and an empty private folder."""
+    uid = plan["uid"]
+    if plan["isolate"]:
+        for path in ("/tmp", "/dev/shm"):
+            if os.path.ismount(path):
+                _check(_libc.umount2(path.encode(), MNT_DETACH), f"umount {path}")
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan['tmp_bytes']},mode=1777")
+        os.mkdir("/tmp/work", 0o700)
+        remove_ipc(None)
+        home = "/tmp/work"
+    else:
+        home = plan["home"]
+        remove_files_of(uid)
+        remove_files_of(uid, (home,))
+        remove_ipc(uid)
+    if os.geteuid() == 0:
+        os.chown(home, uid, uid)
+    return home
+
+
 class GraderGone(Exception):
     """The grader closed our channel (it finished, or was killed): stop everything now."""
 
@@ -564,23 +667,22 @@ def _supervise() -> None:
     uid, calls = plan["uid"], plan["calls"]
     if plan["isolate"]:
         build_root(plan["new_root"], plan)
-        home = "/tmp/work"
-        os.makedirs(home, mode=0o700)
-    else:
-        home = plan["home"]
-    if os.geteuid() == 0:
-        os.chown(home, uid, uid)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     skipped: set[str] = set()
     next_call, restarts = 0, 0
     while True:
+        home = _fresh_scratch(plan)  # nothing a previous worker left (files, shared memory) carries over
         worker = Worker(plan, uid, home)
-        status, _, _ = worker.step({}, b"", {"cpu": 120.0, "idle": 60.0, "wall": 300.0}, 0)
+        status, _, _ = worker.step(worker.config, b"", {"cpu": 120.0, "idle": 60.0, "wall": 300.0}, 0)
         if status != "ok":
-            write_frame(1, {"event": "broken", "message": f"the sandbox could not start Python and torch ({status}): "
-                            + worker.stderr_tail.decode("utf-8", "replace")[-1500:]})
+            why = f"({status}): " + worker.stderr_tail.decode("utf-8", "replace")[-1500:]
             worker.stop()
-            return
+            if restarts == 0:  # before any learner code ran: the environment is at fault
+                write_frame(1, {"event": "broken", "message": "the sandbox could not start Python and torch " + why})
+                return
+            write_frame(1, {"event": "gave_up", "message": "the sandbox could not restart after the learner's code "
+                            "ran " + printable(why, 300)})
+            break
         crashed = None
         for cell in plan["cells"]:
             if cell["id"] in skipped:
@@ -592,7 +694,7 @@ def _supervise() -> None:
                 write_frame(1, {"event": "cell", "id": cell["id"], "stopped": status})
                 break
             if next_call == 0:  # messages of cells re-run after a call are dropped: they may carry a stashed input
-                write_frame(1, {"event": "cell", "id": cell["id"], "error": answer.get("error")})
+                _forward({"event": "cell", "id": cell["id"], "error": answer.get("error")})
         while crashed is None and next_call < len(calls):
             call = calls[next_call]
             next_call += 1
@@ -604,8 +706,8 @@ def _supervise() -> None:
                 crashed = status
                 write_frame(1, {"event": "result", "slot": call["slot"], "stopped": status})
             else:
-                write_frame(1, {"event": "result", "slot": call["slot"], "value": answer.get("value"),
-                                "error": answer.get("error")}, data)
+                _forward({"event": "result", "slot": call["slot"], "value": answer.get("value"),
+                          "error": answer.get("error")}, data)
         worker.stop()
         if crashed is None or next_call >= len(calls):
             break
