@@ -130,6 +130,63 @@ def test_forgers_change_no_grade_and_leave_no_process(grader, tmp_path):
     assert json.loads((out / "learners" / "alice" / "result.json").read_text())["score"] == 20
 
 
+DEEP_FRAME = """
+import json, os, struct
+header = b"[" * 200_000 + b"]" * 200_000  # a frame the trusted side must not choke on
+for fd in (4, 5, 6):
+    try:
+        os.write(fd, struct.pack(">IQ", len(header), 0) + header)
+    except OSError:
+        pass
+"""
+
+SHARED_MEMORY = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+for _ in range(64):  # System V segments outlive the process and fill the sandbox's memory
+    ident = libc.shmget(0, 64 << 20, 0o1600)
+    if ident < 0:
+        break
+    address = libc.shmat(ident, None, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        break
+    ctypes.memset(address, 1, 64 << 20)
+    libc.shmdt(ctypes.c_void_p(address))
+os._exit(1)
+"""
+
+STOPPER = """
+import __main__, os, signal
+def _never_read(*args, **kwargs):  # the harness's next read of a request: stop instead
+    os.kill(os.getpid(), signal.SIGSTOP)
+__main__.read_frame = _never_read
+"""
+
+
+def test_the_harness_survives_what_learner_code_does_to_it(tmp_path):
+    """A malformed frame on the channel, shared memory that fills the sandbox before a crash, a
+    harness that stops instead of reading while the next cell is larger than a pipe: each costs the
+    exercise it touches, and the class is graded."""
+    grader = Grader("00", limits=Limits(cell_seconds=4, call_seconds=4, idle_seconds=2, wall_seconds=20))
+    subs = tmp_path / "class"
+    submission(subs, "alice", CORRECT)
+    submission(subs, "frame", with_code("count_bigrams", DEEP_FRAME))
+    submission(subs, "shm", {**CORRECT, "count_bigrams": code(SHARED_MEMORY)})
+    big = CORRECT["next_char_probs"] + "\n" + ("# padding " * 10 + "\n") * 1000  # more than a pipe holds
+    submission(subs, "stopper", {**CORRECT, "count_bigrams": CORRECT["count_bigrams"] + "\n" + code(STOPPER),
+                                 "next_char_probs": big})
+    start = time.monotonic()
+    reports = {r["student"]: r for r in grade_class(grader, find_submissions([subs]), tmp_path / "out", workers=2,
+                                                      progress=False)}
+    assert time.monotonic() - start < 180
+    assert {k: (r["status"], r["score"]) for k, r in reports.items() if k != "stopper"} == {
+        "alice": ("graded", 20), "frame": ("graded", 15), "shm": ("graded", 15)}
+    # the stopper broke its own harness: every later step stops, and it keeps what it earned before
+    assert reports["stopper"]["status"] == "graded" and reports["stopper"]["score"] < 20
+    assert no_sandbox_left()
+
+
 def test_a_planted_result_is_not_trusted_on_resume(grader, tmp_path):
     subs, out = tmp_path / "class", tmp_path / "out"
     submission(subs, "mallory")  # untouched: 0 points
@@ -502,6 +559,11 @@ def _limits_only(tmp_path: Path, public: Path) -> None:
     copier = f"classmate = open({str(subs / 'alice' / '00_history.ipynb')!r}).read()\n" + CORRECT["count_bigrams"]
     submission(subs, "copier", {**CORRECT, "count_bigrams": copier})
     submission(subs, "forger", with_code("count_bigrams", GRANDCHILD.format(out=str(out))))
+    stash = ("def apply_temperature(logits, temperature):\n    open('/tmp/.stash', 'a').write('SECRET%r' % logits.tolist())\n"
+             "    return torch.softmax(logits / temperature, -1)")
+    submission(subs, "a_stasher", {**CORRECT, "apply_temperature": stash})
+    shows = "import os\ndef fit_pixel_model(images, alpha=1.0):\n    raise ValueError('SHOW' + open('/tmp/.stash').read())"
+    submission(subs, "z_shower", {**CORRECT, "fit_pixel_model": shows})
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     top = Path("/", Path(sys.base_prefix).resolve().parts[1])
@@ -525,7 +587,9 @@ def _limits_only(tmp_path: Path, public: Path) -> None:
     assert "refusing to grade" in result["refused"] and str(subs) in result["refused"]
     assert result["isolation"] == "limits-only"
     assert result["isolation"] == "limits-only", result
-    assert result["scores"] == {"alice": 20, "carol": 0, "thief": 15, "copier": 15, "forger": 20}
+    assert result["scores"] == {"alice": 20, "carol": 0, "thief": 15, "copier": 15, "forger": 20, "a_stasher": 20,
+                                "z_shower": 15}
+    assert "SECRET" not in (out / "learners" / "z_shower" / "feedback.md").read_text()  # nothing crosses runs
     assert "forged" not in result["grades"] and "forged" not in (out / "grades.csv").read_text()
     assert no_sandbox_left(timeout=2), sandbox_processes()
-    assert not list(Path("/tmp").glob("aigc-sandbox-*"))
+    assert not [p for p in Path("/tmp").glob("aigc-sandbox-*") if int(p.name.split("-")[2]) in uid_range()]
