@@ -455,6 +455,11 @@ def test_a_killed_grader_leaves_no_sandbox_behind(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert no_sandbox_left(timeout=15), sandbox_processes()
+    from aigc_lib.grading.isolate import CGROUP, SandboxUid
+
+    SandboxUid.sweep()  # the next grader removes the empty cgroups the killed one left
+    assert not [p for d in (CGROUP, CGROUP / "memory", CGROUP / "pids") for p in d.glob("aigc-sandbox-[0-9]*")
+                if int(p.name.split("-")[2]) in uid_range()]
 
 
 # --- 5. infrastructure failures are never scores ------------------------------------------------

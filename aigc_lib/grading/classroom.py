@@ -176,6 +176,7 @@ def grade_class(grader: Grader, submissions: list[tuple[str, Path]], out: Path, 
     # a learner may read their own notebook; with a class, no one else's
     others = {p.parent for _, p in submissions} if len(submissions) > 1 else set()
     protected = protected_paths(out, grader.hidden_dir, *others)
+    SandboxUid.sweep()  # what a killed grader left behind
     uids: queue.Queue[SandboxUid] = queue.Queue()
     held = [SandboxUid() for _ in range(max(1, workers))]
     for uid in held:

@@ -151,6 +151,29 @@ class SandboxUid:
             shutil.rmtree(stale, ignore_errors=True)
         Cgroup(self.uid).remove()
 
+    @staticmethod
+    def sweep() -> None:
+        """Clean up after graders that were killed: for every sandbox cgroup or temp folder whose
+        uid no running grader holds, kill its processes and remove it."""
+        if os.geteuid() != 0:
+            return
+        names = [p.name for d in (CGROUP, CGROUP / "memory", CGROUP / "pids") if d.is_dir()
+                 for p in d.glob("aigc-sandbox-[0-9]*")]
+        names += [p.name for p in Path(tempfile.gettempdir()).glob("aigc-sandbox-[0-9]*")]
+        for uid in sorted({int(n.split("-")[2]) for n in names if n.split("-")[2].isdigit()}):
+            fd = os.open(_lock_dir() / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use by a running grader
+            else:
+                kill_uid(uid)
+                Cgroup(uid).remove()
+                for stale in glob.glob(os.path.join(tempfile.gettempdir(), f"aigc-sandbox-{uid}-*")):
+                    shutil.rmtree(stale, ignore_errors=True)
+            finally:
+                os.close(fd)
+
     def release(self) -> None:
         if self._lock is not None:
             os.close(self._lock)
