@@ -8,6 +8,7 @@ tests always come from the course, never from the submission, which is only read
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -50,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser.error(f"--workers: expected >= 1, got {args.workers}")
 
+    here = Path.cwd().resolve()
+    inside = [p for p in args.submissions if here == p.resolve() or p.resolve() in here.parents]
+    if inside and sys.path and os.path.realpath(sys.path[0] or ".") == str(here):
+        # `python -m` put this folder first on sys.path: a learner's tqdm.py or torch.py would
+        # already have run as you
+        parser.error(f"run the grader from outside the submissions ({inside[0]}), or use `aigc-grade` "
+                     "or `python -P -m aigc_lib.grade`: files there must never be importable by the grader")
     submissions = find_submissions(args.submissions)
     if not submissions:
         parser.error("no submissions found")

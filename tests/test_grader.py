@@ -200,7 +200,7 @@ def test_hidden_feedback_never_shows_hidden_inputs(grader, tmp_path):
     from aigc_lib.grading.reports import feedback_html, feedback_markdown
 
     visible = feedback_markdown(report)
-    assert "LEAK\\[0, 1, 0, 1\\]" in visible  # a visible case's input is the learner's own business (escaped)
+    assert "LEAK[0, 1, 0, 1]" in visible  # a visible case's input is the learner's own business
     hidden_ids = "LEAK[2]"  # the first hidden case's input
     assert hidden_ids not in visible and hidden_ids not in feedback_html(report)
     assert hidden_ids not in gradescope_results(report)
@@ -294,7 +294,7 @@ def test_class_run_survives_everything_and_resumes(grader, tmp_path):
     assert [r["student_id"] for r in rows] == sorted(scores) and rows[0]["max_score"] == "20"
     assert {"assignment", "timestamp", "raw_score", "score", "count_bigrams"} <= set(rows[0])
     summary = (out / "summary.md").read_text()
-    assert "dave: not a valid notebook" in summary and "erin: no notebook was submitted" in summary
+    assert "`dave`: `not a valid notebook" in summary and "`erin`: `no notebook was submitted" in summary
     assert "TimeLimit" in summary and "MemoryError" in summary  # the infinite loop and the memory bomb
     assert (out / "learners" / "bob" / "feedback.html").exists()
     assert "Hint:" in (out / "learners" / "bob" / "feedback.md").read_text()

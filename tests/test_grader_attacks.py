@@ -287,7 +287,7 @@ def test_private_hidden_inputs_never_reach_visible_feedback(tmp_path):
 # --- 3. one submission never stops the class ------------------------------------------------------
 
 EXOTIC = {
-    "surrogate": "def count_bigrams(ids, vocab_size):\n    raise ValueError('\\ud800 <b>bold</b> | `x` \\x00\\x1b[31m')",
+    "surrogate": "def count_bigrams(ids, vocab_size):\n    raise ValueError('\\ud800 <b>bold</b> | `x` \\x00\\x1b[31m https://evil.example')",
     "sparse": "def count_bigrams(ids, vocab_size):\n    return torch.eye(vocab_size, dtype=torch.int64).to_sparse()",
     "expanded": "def count_bigrams(ids, vocab_size):\n    return torch.zeros(1, dtype=torch.int64).expand(vocab_size, vocab_size)",
     "nested": "def count_bigrams(ids, vocab_size):\n    return torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])",
@@ -334,10 +334,14 @@ def test_exotic_values_and_paths_never_stop_the_class(grader, tmp_path):
     assert safe_id("eve smith") != safe_id("eve_smith") and safe_id("..") != safe_id(".")
     rows = list(csv.DictReader((tmp_path / "out" / "grades.csv").open(encoding="utf-8")))
     assert not any(r["student_id"].startswith(("=", "+", "-", "@")) for r in rows)
-    summary = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
-    assert "<b>" not in summary and "\x1b" not in summary
-    feedback = (tmp_path / "out" / "learners" / "surrogate" / "feedback.md").read_text(encoding="utf-8")
-    assert "&lt;b&gt;" in feedback and "\x00" not in feedback
+    import mistune  # what a Markdown viewer makes of learner text: no HTML, no links (GitHub autolinks URLs)
+
+    render = mistune.create_markdown(plugins=["url", "table"])
+    for name in ["summary.md", "learners/surrogate/feedback.md"]:
+        text = (tmp_path / "out" / name).read_text(encoding="utf-8")
+        shown = render(text)
+        assert "<b>" not in shown and "href" not in shown and "\x1b" not in text and "\x00" not in text, name
+    assert "&lt;b&gt;bold" in shown
 
 
 def test_links_fifos_and_huge_files_are_refused_unread(grader, tmp_path):
@@ -534,7 +538,7 @@ try:
     refused = ""
 except SandboxBroken as err:
     refused = str(err)
-for folder in subs.iterdir():  # what the refusal asks the instructor to do
+for folder in [*subs.iterdir(), subs.parent / "backup"]:  # what the refusal asks the instructor to do
     os.chmod(folder, 0o700)
 reports = grade_class(grader, find_submissions([subs]), out, workers=2, progress=False)
 time.sleep(1.0)  # a surviving grandchild would strike now
@@ -557,6 +561,7 @@ def test_limits_only_mode_isolates_by_uid_and_leaves_nothing(tmp_path):
 
 def _limits_only(tmp_path: Path, public: Path) -> None:
     subs, out = public / "class", public / "reports"
+    shutil.copytree(ROOT / "solutions", public / "backup" / "solutions")  # an instructor's world-readable backup
     submission(subs, "alice", CORRECT)
     submission(subs, "carol")
     thief = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom aigc_lib.history import count_bigrams"
@@ -590,6 +595,7 @@ def _limits_only(tmp_path: Path, public: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "refusing to grade" in result["refused"] and str(subs) in result["refused"]
+    assert str(public / "backup" / "solutions") in result["refused"]
     assert result["isolation"] == "limits-only"
     assert result["isolation"] == "limits-only", result
     assert result["scores"] == {"alice": 20, "carol": 0, "thief": 15, "copier": 15, "forger": 20, "a_stasher": 20,
@@ -598,3 +604,26 @@ def _limits_only(tmp_path: Path, public: Path) -> None:
     assert "forged" not in result["grades"] and "forged" not in (out / "grades.csv").read_text()
     assert no_sandbox_left(timeout=2), sandbox_processes()
     assert not [p for p in Path("/tmp").glob("aigc-sandbox-*") if int(p.name.split("-")[2]) in uid_range()]
+
+
+def test_a_class_of_100_with_hostile_learners_is_graded_completely(grader, tmp_path):
+    """97 ordinary learners (solved, untouched, with typical mistakes) and three hostile ones
+    (forger, hang, memory bomb): every ordinary learner gets exactly their score."""
+    from test_grader import WRONG
+
+    subs, out = tmp_path / "class", tmp_path / "out"
+    kinds = [(CORRECT, 20), ({}, 0), ({**CORRECT, **WRONG}, 8)]
+    expected = {}
+    for i in range(97):
+        answers, score = kinds[i % 3]
+        submission(subs, f"learner{i:03d}", answers)
+        expected[f"learner{i:03d}"] = score
+    submission(subs, "x_forger", with_code("count_bigrams", GRANDCHILD.format(out=str(out))))
+    submission(subs, "x_hang", with_code("apply_temperature", "while True:\n    pass"))
+    submission(subs, "x_bomb", with_code("next_char_probs", "x = bytearray(8 << 30)", keep_correct=False))
+    expected.update(x_forger=20, x_hang=15, x_bomb=15)
+    reports = grade_class(grader, find_submissions([subs]), out, workers=2, progress=False)
+    assert {r["student"]: r["score"] for r in reports} == expected
+    rows = list(csv.DictReader((out / "grades.csv").open()))
+    assert len(rows) == 100 and all(r["status"] == "graded" for r in rows)
+    assert no_sandbox_left()

@@ -25,6 +25,7 @@ from aigc_lib.grading.isolate import (
     SandboxUid,
     exposed_paths,
     guarantees,
+    host_survey,
     isolation_level,
     run_sandbox,
 )
@@ -147,7 +148,6 @@ class Grader:
                 if event.get("stopped"):
                     name, text = stopped(event["stopped"], self.limits.step(self.limits.cell_seconds))
                     cell_errors[cell] = f"{name}: {text}; the cell was skipped on restart"
-                    notes.append(f"cell {cell}: {text}; restarted without this cell")
                 elif isinstance(event.get("error"), dict) and cell not in cell_errors:
                     error = event["error"]
                     cell_errors[cell] = f"{wire.printable(error.get('type'), 80)}: {wire.printable(error.get('message', ''), 300)}"
@@ -219,7 +219,9 @@ class Grader:
         """Prove the sandbox before a class is graded: the course's own solution must get full marks,
         and learner code must reach none of `protected`. Raises SandboxBroken, loudly, otherwise."""
         if self.level == "limits-only":
-            exposed = exposed_paths(protected, uid.uid)
+            copies = [Path(c) for c in host_survey()[1]
+                      if not any(p == Path(c).resolve() or p in Path(c).resolve().parents for p in protected)]
+            exposed = exposed_paths(protected, uid.uid) + copies
             if exposed:
                 listing = " ".join(f"'{p}'" for p in exposed)
                 raise SandboxBroken(

@@ -19,9 +19,14 @@ STATUS_WORDS = {"pass": "passed", "fail": "wrong result", "error": "raised an er
 
 
 def md(text) -> str:
-    """Learner-made text inside Markdown: one line, no HTML, no Markdown syntax, no links."""
-    text = html.escape(" ".join(str(text).split()), quote=False)
-    return re.sub(r"([\\`*_\[\]|~#!])", r"\\\1", text)
+    """Learner-made text inside Markdown, as an inline code span: shown literally, never as
+    Markdown, HTML or a link (GitHub autolinks bare URLs in ordinary text)."""
+    text = " ".join(str(text).split())
+    if not text:
+        return ""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def cell(text) -> str:

@@ -21,6 +21,7 @@ from aigc_lib.exercises import Exercise
 from aigc_lib.grading.sandbox import printable
 
 MAX_NOTEBOOK_BYTES = 50 << 20
+MAX_JSON_TOKENS = 500_000  # brackets, commas and colons: a course notebook has a few thousand
 
 
 class UnreadableSubmission(ValueError):
@@ -69,8 +70,12 @@ def read_bytes(path: Path, limit: int = MAX_NOTEBOOK_BYTES) -> bytes:
 
 def read_cells(path: Path) -> list[dict]:
     """The notebook's cells as plain dicts. JSON only: nothing in the file is executed or unpickled."""
+    data = read_bytes(Path(path))
+    tokens = sum(data.count(c) for c in (b"{", b"[", b",", b":"))
+    if tokens > MAX_JSON_TOKENS:  # parsing builds objects many times the file's size: bound them first
+        raise UnreadableSubmission(f"not a notebook we can read: more than {MAX_JSON_TOKENS:,} JSON items")
     try:
-        nb = json.loads(read_bytes(Path(path)).decode("utf-8"))
+        nb = json.loads(data.decode("utf-8"))
     except RecursionError as err:
         raise UnreadableSubmission("not a valid notebook (nested too deeply)") from err
     except (UnicodeDecodeError, ValueError) as err:
