@@ -38,9 +38,9 @@ from aigc_lib.grading.reports import (
     write_atomic,
 )
 from aigc_lib.grading.sandbox import printable
-from aigc_lib.grading.submission import read_bytes
+from aigc_lib.grading.submission import MAX_DEPTH, read_bytes
 
-MAX_DEPTH = 6  # folders searched below a learner's folder for the notebook
+NOT_FOUND = "MISSING.ipynb"  # a path that does not exist: graded as missing
 MAX_ENTRIES = 2000  # entries looked at per learner folder
 JUNK = {".ipynb_checkpoints", ".DS_Store", "__MACOSX", ".git", "Thumbs.db"}  # never a learner or their notebook
 
@@ -95,7 +95,7 @@ def find_submissions(paths: list[Path]) -> list[tuple[str, Path]]:
                 name = Path(entry.name)
                 if entry.is_dir(follow_symlinks=False) and not flat:
                     notebook = _find_notebook(Path(entry.path))
-                    found.append((_display(entry.name), notebook or Path(entry.path) / "MISSING.ipynb"))
+                    found.append((_display(entry.name), notebook or Path(entry.path) / NOT_FOUND))
                 elif name.suffix == ".ipynb" or entry.is_symlink() and not flat:
                     found.append((_display(name.stem), Path(entry.path)))
         else:

@@ -30,6 +30,7 @@ from aigc_lib.grading.isolate import (
     run_sandbox,
 )
 from aigc_lib.grading.submission import (
+    MAX_DEPTH,
     UnreadableSubmission,
     learner_cells,
     read_cells,
@@ -194,7 +195,7 @@ class Grader:
             cells = learner_cells(read_cells(path), self.exercises, self.ids)
             verdicts, report["cell_errors"], report["notes"] = self.run(cells, uid)
         except FileNotFoundError:
-            report.update(status="missing", reason="no notebook was submitted")
+            report.update(status="missing", reason=f"no notebook was submitted (none found within {MAX_DEPTH} folders)")
             verdicts = self._all(Raised("Missing", "no notebook"))
         except UnreadableSubmission as err:
             report.update(status="unreadable", reason=wire.printable(str(err), 300))

@@ -21,6 +21,7 @@ from aigc_lib.exercises import Exercise
 from aigc_lib.grading.sandbox import printable
 
 MAX_NOTEBOOK_BYTES = 50 << 20
+MAX_DEPTH = 6  # folders searched below a learner's folder for the notebook
 MAX_JSON_TOKENS = 500_000  # brackets, commas and colons: a course notebook has a few thousand
 
 
@@ -76,6 +77,8 @@ def read_cells(path: Path) -> list[dict]:
         raise UnreadableSubmission(f"not a notebook we can read: more than {MAX_JSON_TOKENS:,} JSON items")
     try:
         nb = json.loads(data.decode("utf-8"))
+    except UnreadableSubmission:
+        raise
     except RecursionError as err:
         raise UnreadableSubmission("not a valid notebook (nested too deeply)") from err
     except (UnicodeDecodeError, ValueError) as err:
