@@ -66,7 +66,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from aigc_lib.runtime import autocast
+from aigc_lib.runtime import autocast, checkpoint_path
 
 CKPT_VERSION = 1
 HINTS = (
@@ -214,7 +214,7 @@ def fit(
     _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, on_log)
     _check_numbers(steps=steps, ckpt_every=ckpt_every, log_every=log_every, grad_clip=grad_clip)
     device = next(model.parameters()).device
-    path = Path(checkpoint) if checkpoint is not None else None
+    path = checkpoint_path(checkpoint) if checkpoint is not None else None
     extra = dict(extra_state or {})
 
     step, history = 0, History()

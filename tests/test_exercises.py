@@ -1,12 +1,20 @@
 """The exercise checker: strict comparison, friendly feedback, never stops a learner's notebook."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from aigc_lib import exercises
-from aigc_lib.exercises import ExerciseCheckFailed, check, compare, exercises_for, get_exercise
+from aigc_lib.exercises import (
+    ExerciseCheckFailed,
+    check,
+    compare,
+    core,
+    exercises_for,
+    get_exercise,
+)
 
 
 class AlwaysEqual:
@@ -54,7 +62,7 @@ def test_every_exercise_reference_passes_its_own_cases():
 
 
 def test_check_feedback_for_stub_wrong_and_crash(capsys, monkeypatch):
-    monkeypatch.delenv("AIGC_STRICT", raising=False)
+    monkeypatch.setattr(core, "_MODE", "learner")
 
     def stub(logits, temperature):
         raise NotImplementedError
@@ -77,14 +85,14 @@ def test_check_feedback_for_stub_wrong_and_crash(capsys, monkeypatch):
 
 
 def test_hidden_feedback_reveals_no_values(capsys, monkeypatch):
-    monkeypatch.delenv("AIGC_STRICT", raising=False)
+    monkeypatch.setattr(core, "_MODE", "learner")
     check("00.apply_temperature", lambda logits, temperature: logits * 0, hidden=True)
     out = capsys.readouterr().out
     assert "FAIL" in out and "expected 0" not in out and "got" not in out and "hidden tests do not show" in out
 
 
 def test_strict_mode_raises(monkeypatch):
-    monkeypatch.setenv("AIGC_STRICT", "1")
+    monkeypatch.setattr(core, "_MODE", "strict")
     with pytest.raises(ExerciseCheckFailed, match="00.apply_temperature"):
         check("00.apply_temperature", lambda logits, temperature: logits)
     check("00.apply_temperature", get_exercise("00.apply_temperature").reference)  # passing: no raise
@@ -114,3 +122,33 @@ def test_compare_tuples_item_by_item():
     assert "expected a tuple of 2 items, got list" in compare([torch.ones(2), torch.zeros(2)], e).message
     assert "expected 2 items, got 1" in compare((torch.ones(2),), e).message
     assert compare((torch.ones(2), torch.ones(2)), e).message.startswith("item 1: 2 of 2 values are off")
+
+
+def test_nbgrader_autograde_returns_partial_credit_and_validate_raises(monkeypatch, capsys):
+    """nbgrader reads a test cell's last value as partial credit: the hidden check returns the
+    exercise's earned points (visible and hidden); Validate must fail an unfinished exercise."""
+    ex = get_exercise("00.count_bigrams")
+    monkeypatch.setattr(core, "_MODE", "autograde")
+    assert check("00.count_bigrams", ex.reference) is None  # the visible check shows feedback only
+    assert check("00.count_bigrams", ex.reference, hidden=True) == ex.points
+    half = lambda ids, vocab_size: ex.reference(ids, vocab_size) if len(ids) < 100 else None  # noqa: E731
+    earned = check("00.count_bigrams", half, hidden=True)
+    assert 0 < earned < ex.points
+    assert check("00.count_bigrams", lambda ids, vocab_size: ids, hidden=True) == 0
+    assert "The grade is out of 5" in capsys.readouterr().out
+    monkeypatch.setattr(core, "_MODE", "validate")
+    with pytest.raises(ExerciseCheckFailed):
+        check("00.count_bigrams", lambda ids, vocab_size: ids)
+
+
+def test_the_grading_mode_is_fixed_before_learner_code_runs():
+    """A learner who clears nbgrader's or CI's variables in a solution cell changes nothing."""
+    import subprocess
+    import sys
+
+    script = ("import os\nfrom aigc_lib.exercises import check\n"
+              "os.environ.pop('NBGRADER_EXECUTION', None); os.environ.pop('AIGC_STRICT', None)\n"
+              "print(check('00.count_bigrams', lambda ids, vocab_size: ids, hidden=True))\n")
+    env = {**os.environ, "NBGRADER_EXECUTION": "autograde"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "0.0", done.stderr[-500:]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -51,3 +53,16 @@ def test_setup_prints_device_budget_seed_versions(monkeypatch, capsys):
     assert (rt.device.type, rt.budget, rt.seed) == ("cpu", "smoke", 3)
     for word in ["device: cpu", "budget: smoke", "seed: 3", "torch", "python"]:
         assert word in out
+
+
+def test_checkpoints_under_nbgrader_go_to_a_temporary_folder(monkeypatch, tmp_path):
+    from aigc_lib.runtime import checkpoint_path, current_budget
+
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    assert checkpoint_path("checkpoints/x.pt") == Path("checkpoints/x.pt")
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    moved = checkpoint_path("checkpoints/x.pt")
+    assert moved.is_absolute() and "aigc-nbgrader-checkpoints" in str(moved) and moved.name == "x.pt"
+    assert checkpoint_path(tmp_path / "y.pt") == tmp_path / "y.pt"  # an absolute path is the caller's choice
+    monkeypatch.delenv("AIGC_BUDGET", raising=False)
+    assert current_budget() == "smoke"  # nbgrader needs the code paths, not the quality

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -16,8 +17,10 @@ from aigc_lib.exercises.core import (
     ExerciseCheckFailed,
     compare,
     format_results,
+    grading_mode,
+    hidden_summary,
+    quiet_stderr,
     run_cases,
-    strict_mode,
 )
 
 __all__ = ["Case", "CaseResult", "Exercise", "ExerciseCheckFailed", "check", "compare", "exercises_for", "get_exercise"]
@@ -61,20 +64,34 @@ def get_exercise(key: str) -> Exercise:
     return exercises[key]
 
 
-def check(key: str, fn: Callable[..., Any], *, hidden: bool = False) -> None:
+def check(key: str, fn: Callable[..., Any], *, hidden: bool = False) -> float | None:
     """Run an exercise's visible (or hidden) cases on `fn` and print friendly feedback.
 
-    Never stops a learner's notebook; in strict mode ($AIGC_STRICT=1, used by CI on solutions/)
-    any failure raises ExerciseCheckFailed.
+    For a learner it never stops the notebook and returns None. Other modes are fixed when
+    `aigc_lib` is first imported (a learner's later change to the environment has no effect):
+    - strict ($AIGC_STRICT=1, CI on solutions/): any failure raises ExerciseCheckFailed;
+    - nbgrader autograde: the hidden check returns the exercise's earned points (visible and
+      hidden cases), which nbgrader reads as the test cell's partial credit;
+    - nbgrader validate: any failure raises, so the Validate button reports it.
     """
     exercise = get_exercise(key)
+    mode = grading_mode()
     if not callable(fn):
         print(f"{exercise.function}: expected a function, got {type(fn).__name__}; define it in the cell above")
-        results = []
-        failed = True
-    else:
+        if mode != "learner":
+            raise ExerciseCheckFailed(f"{key}: {exercise.function} is not defined")
+        return None
+    if hidden and mode == "autograde":  # the grade: every case, visible and hidden
+        with quiet_stderr():  # nbgrader gives 0 to a test cell that writes to stderr
+            results = run_cases(exercise, fn) + run_cases(exercise, fn, hidden=True)
+        print(format_results(exercise, [r for r in results if r.hidden], reveal=False))
+        return round(sum(r.points for r in results), 6)
+    with quiet_stderr() if mode == "autograde" else contextlib.nullcontext():
         results = run_cases(exercise, fn, hidden=hidden)
-        print(format_results(exercise, results, reveal=not hidden))
-        failed = not all(r.passed for r in results)
-    if failed and strict_mode():
-        raise ExerciseCheckFailed(f"{key}: {sum(not r.passed for r in results)} case(s) failed (strict mode)")
+    print(format_results(exercise, results, reveal=not hidden))
+    if not hidden and exercise.hidden:
+        print(hidden_summary(exercise))
+    failed = not all(r.passed for r in results)
+    if failed and mode in ("strict", "validate"):
+        raise ExerciseCheckFailed(f"{key}: {sum(not r.passed for r in results)} case(s) failed")
+    return None

@@ -7,8 +7,11 @@ made from a seed, points, tolerance, hint). Hidden cases live in `aigc_lib.exerc
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,5 +222,37 @@ def format_results(exercise: Exercise, results: list[CaseResult], *, reveal: boo
     return "\n".join(lines)
 
 
+def _mode_from_environment() -> str:
+    nbgrader = os.environ.get("NBGRADER_EXECUTION", "")
+    if nbgrader in ("autograde", "validate"):
+        return nbgrader
+    return "strict" if os.environ.get(STRICT_ENV, "") == "1" else "learner"
+
+
+_MODE = _mode_from_environment()  # read once, when aigc_lib is imported: before any learner code runs
+
+
+def grading_mode() -> str:
+    """'learner', 'strict' (CI), 'autograde' or 'validate' (nbgrader), as at import time."""
+    return _MODE
+
+
 def strict_mode() -> bool:
-    return os.environ.get(STRICT_ENV, "") == "1"
+    return _MODE == "strict"
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """No warnings or stderr while cases run (nbgrader scores a test cell that writes to stderr 0)."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def hidden_summary(exercise: Exercise) -> str:
+    """What the learner may know of the hidden cases: their points and what each checks."""
+    visible = sum(c.points for c in exercise.cases)
+    hidden = sum(c.points for c in exercise.hidden)
+    kinds = "; ".join(c.name.removeprefix("hidden: ") for c in exercise.hidden)
+    return (f"  The grade is out of {visible + hidden:g}: {visible:g} points for these visible tests and "
+            f"{hidden:g} for hidden tests that check: {kinds}.")
