@@ -1,9 +1,10 @@
-"""`python -m aigc_lib doctor | build-chapters [--check]`."""
+"""`python -m aigc_lib doctor | build-chapters [--check] | gradescope-autograder NN ZIP`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,7 +13,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("doctor", help="check the installation: [OK]/[FAIL] per requirement")
     build = sub.add_parser("build-chapters", help="generate chapters/ (student edition) from solutions/")
     build.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
+    zipped = sub.add_parser("gradescope-autograder", help="build the autograder zip to upload to Gradescope")
+    zipped.add_argument("chapter", help="chapter number, e.g. 00")
+    zipped.add_argument("zip", type=Path, help="where to write the zip")
     args = parser.parse_args(argv)
+
+    if args.command == "gradescope-autograder":
+        from aigc_lib.grading.reports import gradescope_autograder_zip
+
+        gradescope_autograder_zip(args.chapter, args.zip)
+        print(f"wrote {args.zip}: upload it as the assignment's autograder (Gradescope: Configure Autograder)")
+        return 0
 
     if args.command == "doctor":
         from aigc_lib.doctor import doctor

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from aigc_lib.grading import Grader, Limits, SandboxBroken, find_submissions, grade_class
 from aigc_lib.grading.isolate import writable_by_others
-from aigc_lib.grading.reports import gradescope_results, write_atomic
+from aigc_lib.grading.reports import gradescope_results, gradescope_upload_problem, write_atomic
+from aigc_lib.notebooks import SOLUTIONS
 
 
 def _chapter(submissions: list[tuple[str, Path]], given: str | None) -> str:
@@ -26,6 +27,29 @@ def _chapter(submissions: list[tuple[str, Path]], given: str | None) -> str:
         if match:
             return match.group(1)
     raise SystemExit("cannot tell the chapter from the file names: pass --chapter NN")
+
+
+def _gradescope_upload(args) -> list[tuple[str, Path]] | None:
+    """Gradescope uploads one learner's files: take the chapter's notebook from them, or write a
+    results.json telling the learner what to upload (and return None)."""
+    if not args.chapter:
+        raise SystemExit("--gradescope needs --chapter NN")
+    notebooks = sorted(p for folder in args.submissions for p in Path(folder).rglob("*.ipynb")
+                       if ".ipynb_checkpoints" not in p.parts)
+    named = [p for p in notebooks if p.name.startswith(f"{args.chapter}_")]
+    chosen = named if len(named) == 1 else notebooks if len(notebooks) == 1 else []
+    if len(chosen) == 1:
+        return [("submission", chosen[0])]
+    from aigc_lib.exercises import exercises_for
+
+    expected = next(iter(sorted(SOLUTIONS.glob(f"{args.chapter}_*.ipynb"))), Path(f"{args.chapter}_*.ipynb")).name
+    found = ", ".join(p.name for p in notebooks) or "no notebook"
+    message = (f"We could not tell which notebook to grade: your upload has {found}. Upload the chapter's "
+               f"notebook, {expected}, on its own (other files are fine, other notebooks are not), then resubmit.")
+    max_score = sum(ex.points for ex in exercises_for(args.chapter).values())
+    write_atomic(args.gradescope, gradescope_upload_problem(message, max_score))
+    print(message)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         # already have run as you
         parser.error(f"run the grader from outside the submissions ({inside[0]}), or use `aigc-grade` "
                      "or `python -P -m aigc_lib.grade`: files there must never be importable by the grader")
-    submissions = find_submissions(args.submissions)
+    if args.gradescope:
+        submissions = _gradescope_upload(args)
+        if submissions is None:
+            return 0
+    else:
+        submissions = find_submissions(args.submissions)
     if not submissions:
         parser.error("no submissions found")
     limits = Limits(cell_seconds=args.cell_timeout, call_seconds=args.call_timeout, idle_seconds=args.call_idle,

@@ -5,6 +5,8 @@ import csv
 import hashlib
 import json
 import shutil
+import tempfile
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -315,14 +317,66 @@ def test_grading_is_deterministic(grader, tmp_path):
     assert first["exercises"] == second["exercises"]
 
 
-def test_cli_and_gradescope(tmp_path, capsys):
-    path = submission(tmp_path, "gs", CORRECT)
-    results = tmp_path / "results" / "results.json"
-    assert main([str(path), "--out", str(tmp_path / "reports"), "--gradescope", str(results), "--quiet"]) == 0
-    assert "20 / 20" in capsys.readouterr().out
+VISIBILITY = {"enum": ["hidden", "after_due_date", "after_published", "visible"]}
+FORMAT = {"enum": ["text", "html", "simple_format", "md", "ansi"]}
+GRADESCOPE_SCHEMA = {  # Gradescope's autograder specification for results.json, field by field
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "score": {"type": "number"}, "execution_time": {"type": "number"}, "output": {"type": "string"},
+        "output_format": FORMAT, "test_output_format": FORMAT, "test_name_format": FORMAT,
+        "visibility": VISIBILITY, "stdout_visibility": VISIBILITY, "extra_data": {"type": "object"},
+        "leaderboard": {"type": "array"},
+        "tests": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["name"],
+            "properties": {"score": {"type": "number"}, "max_score": {"type": "number"},
+                           "status": {"enum": ["passed", "failed"]}, "name": {"type": "string"},
+                           "name_format": FORMAT, "number": {"type": "string"}, "output": {"type": "string"},
+                           "output_format": FORMAT, "tags": {"type": "array", "items": {"type": "string"}},
+                           "visibility": VISIBILITY, "extra_data": {"type": "object"}}}},
+    },
+}
+
+
+def gradescope(tmp_path, name, files: dict) -> dict:
+    """Run the README's run_autograder line on an upload of `files` (name -> notebook or text)."""
+    import jsonschema
+
+    upload = tmp_path / name / "submission"
+    upload.mkdir(parents=True)
+    for filename, content in files.items():
+        if isinstance(content, str):
+            (upload / filename).write_text(content)
+        else:
+            nbformat.write(content, upload / filename)
+    results = tmp_path / name / "results" / "results.json"
+    assert main([str(upload), "--chapter", "00", "--out", str(tmp_path / name / "reports"),
+                 "--gradescope", str(results), "--quiet"]) == 0
     data = json.loads(results.read_text())
-    assert data["score"] == 20 and {t["name"] for t in data["tests"]} == set(CORRECT)
-    assert all(t["score"] == t["max_score"] == 5 for t in data["tests"])
+    jsonschema.validate(data, GRADESCOPE_SCHEMA)
+    return data
+
+
+def notebook(answers):
+    return nbformat.read(submission(Path(tempfile.mkdtemp()), "x", answers), as_version=4)
+
+
+def test_gradescope_results_follow_the_specification(tmp_path):
+    data = gradescope(tmp_path, "correct", {"00_history.ipynb": notebook(CORRECT), "notes.txt": "my notes"})
+    assert data["score"] == 20 and sum(t["score"] for t in data["tests"]) == 20
+    hidden = [t for t in data["tests"] if t["name"].endswith("(hidden tests)")]
+    assert hidden and all(t["visibility"] == "after_published" for t in hidden)  # not before grades are out
+    assert all(t["visibility"] == "visible" for t in data["tests"] if t not in hidden)
+
+    broken = gradescope(tmp_path, "syntax", {"00_history.ipynb": notebook(
+        {**CORRECT, "count_bigrams": "def count_bigrams(ids, vocab_size)\n    return ids"})})
+    assert broken["score"] == 15 and "SyntaxError" in broken["output"]  # the real error, not "no function named"
+
+    extra = gradescope(tmp_path, "extra", {"00_history.ipynb": notebook(CORRECT), "scratch.ipynb": notebook({})})
+    assert extra["score"] == 20  # the chapter's notebook is graded; another notebook beside it is ignored
+    for name, files in {"two": {"mine.ipynb": notebook(CORRECT), "copy.ipynb": notebook(CORRECT)},
+                        "none": {"answers.py": "print(1)"}}.items():
+        upload = gradescope(tmp_path, name, files)
+        assert upload["score"] == 0 and "00_history.ipynb" in upload["output"] and "resubmit" in upload["output"]
 
 
 def test_find_submissions_layouts(tmp_path):
@@ -334,3 +388,17 @@ def test_find_submissions_layouts(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         find_submissions([tmp_path / "nope"])
     assert find_submissions([flat / "a.ipynb"]) == [("a", flat / "a.ipynb")]
+
+
+def test_the_gradescope_autograder_zip(tmp_path):
+    import zipfile
+
+    from aigc_lib.__main__ import main as cli
+
+    assert cli(["gradescope-autograder", "00", str(tmp_path / "autograder.zip")]) == 0
+    with zipfile.ZipFile(tmp_path / "autograder.zip") as z:
+        names = set(z.namelist())
+        run = z.read("run_autograder").decode()
+        assert z.getinfo("run_autograder").external_attr >> 16 & 0o111
+    assert {"setup.sh", "run_autograder", "requirements.txt", "aigc_lib/grade.py", "solutions/00_history.ipynb"} <= names
+    assert "CHAPTER=00" in run and "--gradescope /autograder/results/results.json" in run

@@ -115,20 +115,43 @@ def gradebook_csv(reports: list[dict], assignment: str) -> str:
 
 
 def gradescope_results(report: dict) -> str:
-    """Gradescope's autograder results.json: one test per exercise; hidden verdicts only after publishing."""
+    """Gradescope's autograder results.json: per exercise, a visible test (its visible cases, with
+    feedback) and a test for its hidden cases that learners see only once grades are published;
+    errors in the learner's cells (a SyntaxError, say) are in the top-level output."""
     tests = []
     for e in report["exercises"]:
         visible = [c for c in e["cases"] if not c["hidden"]]
         hidden = [c for c in e["cases"] if c["hidden"]]
-        output = "\n".join(f"{'PASS' if c['status'] == 'pass' else 'FAIL'} {c['case']}"
-                           + (f": {c['message']}" if c["message"] and c["status"] != "pass" else "") for c in visible)
+        lines = [f"{'PASS' if c['status'] == 'pass' else 'FAIL'} {c['case']}"
+                 + (f": {c['message']}" if c["message"] and c["status"] != "pass" else "") for c in visible]
+        earned = sum(c["points"] for c in visible)
+        if earned < sum(c["max_points"] for c in visible):
+            lines.append(f"Hint: {e['hint']}")
+        tests.append(_gradescope_test(f"{e['function']} (visible tests)", visible, "\n".join(lines), "visible"))
         if hidden:
-            output += f"\nhidden tests passed: {sum(c['status'] == 'pass' for c in hidden)} / {len(hidden)}"
-        tests.append({"name": e["function"], "score": e["points"], "max_score": e["max_points"],
-                      "output": output.strip() + (f"\nHint: {e['hint']}" if e["points"] < e["max_points"] else ""),
-                      "visibility": "visible"})
-    return json.dumps({"score": report["score"], "tests": tests,
-                       "output": report["reason"] or f"graded with isolation: {report['isolation']}"}, indent=1)
+            kinds = "; ".join(c["case"].removeprefix("hidden: ") for c in hidden)
+            passed = sum(c["status"] == "pass" for c in hidden)
+            text = f"hidden tests passed: {passed} / {len(hidden)} (they check: {kinds})"
+            tests.append(_gradescope_test(f"{e['function']} (hidden tests)", hidden, text, "after_published"))
+    output = [report["reason"]] if report["reason"] else []
+    if report["cell_errors"]:
+        output.append("Errors in your cells (fix these first: a function defined after an error does not exist):")
+        output += [f"- {cell}: {error}" for cell, error in report["cell_errors"].items()]
+    output.append(f"Graded with isolation: {report['isolation']}.")
+    return json.dumps({"score": report["score"], "tests": tests, "output": "\n".join(output),
+                       "visibility": "visible", "stdout_visibility": "hidden"}, indent=1)
+
+
+def _gradescope_test(name: str, cases: list[dict], output: str, visibility: str) -> dict:
+    score, max_score = sum(c["points"] for c in cases), sum(c["max_points"] for c in cases)
+    return {"name": name, "score": score, "max_score": max_score, "status": "passed" if score == max_score else "failed",
+            "output": output, "visibility": visibility}
+
+
+def gradescope_upload_problem(message: str, max_score: float) -> str:
+    """results.json for an upload the grader cannot take (no notebook, several): what to do instead."""
+    return json.dumps({"score": 0, "output": message, "tests": [{"name": "upload", "score": 0, "max_score": max_score,
+                       "status": "failed", "output": message, "visibility": "visible"}]}, indent=1)
 
 
 def summary_markdown(reports: list[dict], assignment: str) -> str:
@@ -150,3 +173,24 @@ def summary_markdown(reports: list[dict], assignment: str) -> str:
             problems = [*r["notes"], *(f"cell {c}: {e}" for c, e in r["cell_errors"].items())]
             lines.append(f"- {md(r['student'])}: {md('; '.join(problems))}")
     return "\n".join(lines) + "\n"
+
+
+def gradescope_autograder_zip(chapter: str, target: Path) -> None:
+    """The zip Gradescope takes as an autograder: setup.sh and run_autograder at its root (from
+    gradescope/ in the repository, the chapter filled in) and the course they install."""
+    import zipfile
+
+    from aigc_lib.exercises import exercises_for
+    from aigc_lib.notebooks import ROOT
+
+    exercises_for(chapter)  # an unknown chapter fails here, not on Gradescope
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in ("setup.sh", "run_autograder"):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o755 << 16
+            z.writestr(info, (ROOT / "gradescope" / name).read_text().replace("__CHAPTER__", chapter))
+        files = [ROOT / "requirements.txt", ROOT / "pyproject.toml", ROOT / "README.md",
+                 *sorted((ROOT / "aigc_lib").rglob("*")), *sorted((ROOT / "solutions").glob("*.ipynb"))]
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts:
+                z.write(path, path.relative_to(ROOT).as_posix())
