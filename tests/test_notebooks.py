@@ -53,3 +53,58 @@ def test_student_edition_is_deterministic():
     nb = nbformat.read(SOURCES[0], as_version=4)
     assert render(student_edition(nb)) == render(student_edition(nb))
     assert nbformat.writes(nb) == nbformat.writes(nbformat.read(SOURCES[0], as_version=4))  # source untouched
+
+
+def _copy_course(tmp_path):
+    import shutil
+
+    solutions, chapters = tmp_path / "solutions", tmp_path / "chapters"
+    shutil.copytree(SOLUTIONS, solutions)
+    shutil.copytree(CHAPTERS, chapters)
+    return solutions, chapters
+
+
+def test_what_a_frontend_rewrites_on_save_is_not_drift(tmp_path):
+    solutions, chapters = _copy_course(tmp_path)
+    path = chapters / SOURCES[0].name
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python", "version": "3.11.7"}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.execution_count = 3
+    nbformat.write(nb, path)
+    assert build_chapters(solutions, chapters, check=True) == []
+
+
+def test_the_builder_never_overwrites_a_learners_work(tmp_path):
+    from aigc_lib.notebooks import EditedNotebook
+
+    solutions, chapters = _copy_course(tmp_path)
+    path = chapters / SOURCES[0].name
+    nb = nbformat.read(path, as_version=4)
+    solved = next(c for c in nb.cells if "raise NotImplementedError" in c.source)
+    solved.source = "def my_answer():\n    return 42"
+    nbformat.write(nb, path)
+    source = nbformat.read(solutions / SOURCES[0].name, as_version=4)
+    source.cells[0].source += "\n\nA new sentence."  # the course changed too
+    nbformat.write(source, solutions / SOURCES[0].name)
+    assert build_chapters(solutions, chapters, check=True) == [path]
+    with pytest.raises(EditedNotebook, match="workspace"):
+        build_chapters(solutions, chapters)
+    assert "my_answer" in path.read_text()  # untouched
+    build_chapters(solutions, chapters, force=True)
+    assert "my_answer" in path.with_name(path.name + ".bak").read_text() and "my_answer" not in path.read_text()
+    assert build_chapters(solutions, chapters) == []  # a chapter the builder wrote is its own to replace
+
+
+def test_the_workspace_is_the_learners_own(tmp_path):
+    from aigc_lib.notebooks import make_workspace
+
+    copied, kept = make_workspace(tmp_path / "ws")
+    assert [p.name for p in copied] == [p.name for p in SOURCES] and kept == []
+    (tmp_path / "ws" / SOURCES[0].name).write_text("my work")
+    copied, kept = make_workspace(tmp_path / "ws")
+    assert copied == [] and len(kept) == len(SOURCES)
+    assert (tmp_path / "ws" / SOURCES[0].name).read_text() == "my work"
