@@ -187,6 +187,38 @@ def test_the_harness_survives_what_learner_code_does_to_it(tmp_path):
     assert no_sandbox_left()
 
 
+MESSAGE_QUEUE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long), ("cur", ctypes.c_long),
+                ("pad", ctypes.c_long * 4)]
+queue = libc.mq_open(b"/aigc-stash", os.O_CREAT | os.O_WRONLY | os.O_NONBLOCK, 0o666, ctypes.byref(Attr(0, 4, 64, 0)))
+if queue >= 0:
+    raise RuntimeError("a POSIX message queue outlives the sandbox: it could carry hidden inputs to a later run")
+"""
+
+
+def test_no_channel_outlives_a_worker(grader, tmp_path):
+    report = grader.grade(submission(tmp_path, "mq", with_code("count_bigrams", MESSAGE_QUEUE)))
+    assert report["score"] == 20, report["cell_errors"]
+
+
+def test_colliding_ids_and_huge_solutions_never_stop_the_class(grader, tmp_path):
+    subs = tmp_path / "class"
+    submission(subs, "alice", CORRECT)
+    nbformat.write(nbformat.read(subs / "alice" / "00_history.ipynb", as_version=4), subs / "alice.ipynb")
+    for raw in (b"eve\x01", b"eve\x02"):
+        os.mkdir(os.fsencode(subs) + b"/" + raw)
+        nbformat.write(nbformat.read(STUDENT, as_version=4), os.fsdecode(os.fsencode(subs) + b"/" + raw + b"/nb.ipynb"))
+    submission(subs, "huge", {**CORRECT, "count_bigrams": CORRECT["count_bigrams"] + "\n" + "#" * 3_000_000})
+    found = find_submissions([subs])
+    assert len(found) == 5 and len({s for s, _ in found}) == 5
+    reports = grade_class(grader, found, tmp_path / "out", workers=2, progress=False)
+    assert sorted(r["score"] for r in reports) == [0, 0, 0, 20, 20]
+    assert next(r for r in reports if r["student"] == "huge")["status"] == "unreadable"
+
+
 def test_a_planted_result_is_not_trusted_on_resume(grader, tmp_path):
     subs, out = tmp_path / "class", tmp_path / "out"
     submission(subs, "mallory")  # untouched: 0 points
@@ -375,6 +407,8 @@ HANGS = {
     "sleeps": "import time\ntime.sleep(1000)",
     "stops itself": "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)",
     "reads its channel": "import os\nos.read(3, 1)",
+    "vfork": "import ctypes\nlibc = ctypes.CDLL(None)\nif libc.syscall(58) == 0:  # vfork: the parent waits in D state\n"
+             "    libc.pause()",
 }
 
 

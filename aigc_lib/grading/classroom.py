@@ -100,11 +100,25 @@ def find_submissions(paths: list[Path]) -> list[tuple[str, Path]]:
                     found.append((_display(name.stem), Path(entry.path)))
         else:
             raise FileNotFoundError(f"submissions: no such file or folder {path}")
+    return _distinct(found)
+
+
+def _distinct(found: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """Ids that collide (alice/ beside alice.ipynb; names differing only in unprintable bytes)
+    are told apart by their full entry name, then by a number: nobody is dropped, nothing stops."""
     ids = [i for i, _ in found]
-    duplicates = {i for i in ids if ids.count(i) > 1}
-    if duplicates:
-        raise ValueError(f"submissions: learner ids appear twice: {sorted(duplicates)}")
-    return found
+    taken: set[str] = set()
+    out = []
+    for student, path in found:
+        if ids.count(student) > 1:
+            entry = path if path.suffix == ".ipynb" and path.parent.name != student else path.parent
+            student = f"{student} ({_display(entry.name)})"
+        base, n = student, 2
+        while student in taken:
+            student, n = f"{base} #{n}", n + 1
+        taken.add(student)
+        out.append((student, path))
+    return out
 
 
 def safe_id(student: str) -> str:

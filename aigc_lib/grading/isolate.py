@@ -79,7 +79,8 @@ class Limits:
 
     def rlimits(self, cpu_budget: float) -> dict[str, int]:
         return {"RLIMIT_AS": self.memory_bytes, "RLIMIT_CPU": int(cpu_budget) + 1, "RLIMIT_NPROC": self.processes,
-                "RLIMIT_FSIZE": self.file_bytes, "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0}
+                "RLIMIT_FSIZE": self.file_bytes, "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0,
+                "RLIMIT_MSGQUEUE": 0}  # no POSIX message queues: they outlive processes, unseen
 
 
 @lru_cache(maxsize=1)
@@ -423,7 +424,7 @@ def run_sandbox(plan: dict, blob: bytes, limits: Limits, uid: SandboxUid, on_eve
         try:
             wire.write_frame(proc.stdin.fileno(), full, blob)
             _read_events(proc, run, on_event, deadline, max(c["max_bytes"] for c in plan["calls"]) if plan["calls"] else 0)
-        except (OSError, EOFError, wire.WireError, ValueError) as err:
+        except (OSError, EOFError, wire.WireError, ValueError, RecursionError) as err:
             run.broken = run.broken or f"the sandbox stopped unexpectedly ({type(err).__name__}: {err})"
     finally:
         _stop(proc, uid, group, level)

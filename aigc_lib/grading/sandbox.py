@@ -394,7 +394,7 @@ def _reap() -> None:
 
 def _cpu_and_busy(pids: list[int], seen: dict[int, int]) -> bool:
     """Update `seen` (pid -> CPU ticks, never decreasing) for `pids`; True when any of their
-    threads is running or runnable (or in uninterruptible sleep)."""
+    threads is running or runnable. (Uninterruptible sleep is not: a vfork parent waits in it.)"""
     busy = False
     for pid in pids:
         try:
@@ -404,7 +404,7 @@ def _cpu_and_busy(pids: list[int], seen: dict[int, int]) -> bool:
             if not busy:
                 for tid in os.listdir(f"/proc/{pid}/task"):
                     with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                        if f.read().rsplit(b")", 1)[1].split()[0] in (b"R", b"D"):
+                        if f.read().rsplit(b")", 1)[1].split()[0] == b"R":
                             busy = True
                             break
         except (OSError, IndexError, ValueError):
@@ -502,7 +502,7 @@ class Worker:
         inbox = bytearray()  # the answer, read as it comes: a half-written frame never blocks us
         start, idle, seen = time.monotonic(), 0.0, {}
         _cpu_and_busy(self.members(), seen)
-        base = _cgroup_cpu() if _CPU_COUNTER else sum(seen.values()) / CLK_TCK
+        base = previous = _cgroup_cpu() if _CPU_COUNTER else sum(seen.values()) / CLK_TCK
         last = start
         while True:
             readers = [self.resp_r, 0] + [self.err_r] * self.err_open
@@ -534,9 +534,10 @@ class Worker:
             _reap()
             now = time.monotonic()
             busy = _cpu_and_busy(self.members(), seen)
-            idle = 0.0 if busy else idle + (now - last)
-            last = now
             used = _cgroup_cpu() if _CPU_COUNTER else sum(seen.values()) / CLK_TCK
+            busy = busy or used - previous > 0.2 * (now - last)  # CPU went up: it is working
+            idle = 0.0 if busy else idle + (now - last)
+            last, previous = now, used
             if used - base > limits["cpu"]:
                 return "cpu", None, b""
             if idle > limits["idle"]:
@@ -574,9 +575,22 @@ class Worker:
 MAX_EVENT_HEADER = 1 << 20  # what the grader reads from us; the worker's frames are held to the same
 
 
+def _depth(tree) -> int:
+    """How deeply a parsed JSON value nests (iteratively: a deep one must not overflow our stack)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
+    return deepest
+
+
 def _forward(event: dict, blob: bytes = b"") -> None:
     """Pass a worker's answer on to the grader, keeping it within what the grader reads."""
-    if len(json.dumps(event)) > MAX_EVENT_HEADER:
+    if _depth(event) > 4 * MAX_DEPTH + 8 or len(json.dumps(event)) > MAX_EVENT_HEADER:
         event = {k: v for k, v in event.items() if k in ("event", "slot", "id")}
         event["error"], blob = {"type": "ResultTooLarge", "message": "the answer was too large to pass on"}, b""
     write_frame(1, event, blob)
@@ -592,8 +606,9 @@ def remove_ipc(uid: int | None) -> None:
         except OSError:
             continue
         for row in rows:
-            ident, owner = int(row[1]), int(row[7 if kind == "shm" else 4 if kind == "sem" else 7])
-            if uid is None or owner == uid:
+            owner, creator = {"shm": (7, 9), "sem": (4, 6), "msg": (7, 9)}[kind]
+            ident = int(row[1])
+            if uid is None or uid in (int(row[owner]), int(row[creator])):  # given away: still the creator's
                 getattr(_libc, call)(ident, *([0] if kind == "sem" else []), rmid, None)
 
 

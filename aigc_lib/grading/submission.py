@@ -22,6 +22,7 @@ from aigc_lib.grading.sandbox import printable
 
 MAX_NOTEBOOK_BYTES = 50 << 20
 MAX_DEPTH = 6  # folders searched below a learner's folder for the notebook
+MAX_CODE_CHARS = 200_000  # in all of a learner's solution cells together
 MAX_JSON_TOKENS = 500_000  # brackets, commas and colons: a course notebook has a few thousand
 
 
@@ -121,6 +122,9 @@ def learner_cells(cells: list[dict], exercises: list[Exercise], ids: dict[str, s
             pick = by_id[0]
         if pick is not None:
             chosen.setdefault(pick, grade_id(cells[pick]) or f"cell-{pick}")
+    code = sum(len(_source(cells[i])) for i in chosen)
+    if code > MAX_CODE_CHARS:  # exercise solutions are a few hundred lines at most
+        raise UnreadableSubmission(f"the solution cells hold {code:,} characters, more than {MAX_CODE_CHARS:,}")
     picked, seen = [], set()
     for i in sorted(chosen):
         cell_id = printable(chosen[i], 100)
