@@ -321,7 +321,7 @@ def build_root(new_root: str, plan: dict) -> None:
     os.makedirs(new_root + "/dev", exist_ok=True)
     for device in DEVICES:
         _bind_readonly("/dev/" + device, new_root + "/dev/" + device, MS_NOEXEC)
-    for path in ("/tmp", "/dev/shm"):  # mounted fresh for every worker (`_fresh_scratch`)
+    for path in _scratch_mounts(plan):  # mounted fresh for every worker (`_fresh_scratch`)
         os.makedirs(new_root + path, exist_ok=True)
     os.makedirs(new_root + "/proc", exist_ok=True)
     os.chdir(new_root)
@@ -639,19 +639,28 @@ def remove_files_of(uid: int, folders=SHARED_TMP) -> None:
                         pass
 
 
+def _scratch_mounts(plan: dict) -> list[str]:
+    """The writable places of the sandbox. /tmp only when nothing it needs lives there (an
+    interpreter or virtualenv under /tmp is bound at its own path, read-only); the worker's
+    TMPDIR and HOME are in /scratch either way."""
+    needed = [*plan["allow"], *plan["stdlib"], *plan["package_dirs"]]
+    private_tmp = not any(p == "/tmp" or p.startswith("/tmp/") for p in needed)
+    return ["/scratch", "/dev/shm", *(["/tmp"] if private_tmp else [])]
+
+
 def _fresh_scratch(plan: dict) -> str:
     """A clean, private working folder for the next worker. In our namespaces: fresh /tmp and
     /dev/shm and no IPC objects; without them: the sandbox uid's files in the shared temp
     folders and its IPC objects removed, and an empty private folder."""
     uid = plan["uid"]
     if plan["isolate"]:
-        for path in ("/tmp", "/dev/shm"):
+        for path in _scratch_mounts(plan):
             if os.path.ismount(path):
                 _check(_libc.umount2(path.encode(), MNT_DETACH), f"umount {path}")
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan['tmp_bytes']},mode=1777")
-        os.mkdir("/tmp/work", 0o700)
+        os.mkdir("/scratch/work", 0o700)
         remove_ipc(None)
-        home = "/tmp/work"
+        home = "/scratch/work"
     else:
         home = plan["home"]
         remove_files_of(uid, plan["shared_tmp"])
