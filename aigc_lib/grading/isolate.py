@@ -20,6 +20,7 @@ import fcntl
 import glob
 import os
 import re
+import select
 import shutil
 import signal
 import stat
@@ -438,8 +439,6 @@ def run_sandbox(plan: dict, blob: bytes, limits: Limits, uid: SandboxUid, on_eve
 def _read_events(proc: subprocess.Popen, run: SandboxRun, on_event, deadline: float, max_blob: int) -> None:
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
     os.set_blocking(err, False)
-    import select
-
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
