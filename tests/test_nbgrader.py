@@ -3,6 +3,7 @@ typical mistakes and one who hands in the untouched notebook get the scores the 
 gives them, and nbgrader's Validate fails an unfinished notebook."""
 
 import csv
+import math
 import os
 import shutil
 import subprocess
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from test_grader import CORRECT, WRONG
 
+from aigc_lib.exercises import exercises_for
+from aigc_lib.exercises.core import run_cases
 from aigc_lib.grading import Grader, isolation_level
 from aigc_lib.notebooks import SOLUTIONS
 
@@ -31,38 +35,75 @@ def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def hand_in(course: Path, student: str, answers: dict) -> Path:
-    nb = nbformat.read(course / "release" / "ch00" / "00_history.ipynb", as_version=4)
+def hand_in(course: Path, chapter: str, student: str, answers: dict) -> Path:
+    [released] = (course / "release" / f"ch{chapter}").glob("*.ipynb")
+    nb = nbformat.read(released, as_version=4)
     for cell in nb.cells:
         gid = cell.metadata.get("nbgrader", {}).get("grade_id")
         if gid in answers:
             cell.source = answers[gid]
-    path = course / "submitted" / student / "ch00" / "00_history.ipynb"
+    path = course / "submitted" / student / f"ch{chapter}" / released.name
     path.parent.mkdir(parents=True)
     nbformat.write(nb, path)
     return path
 
 
+def solution_cells(chapter: str) -> dict[str, str]:
+    """The authored answers, as a learner who solved everything would hand them in."""
+    [path] = SOLUTIONS.glob(f"{chapter}_*.ipynb")
+    cells = nbformat.read(path, as_version=4).cells
+    return {c.metadata["nbgrader"]["grade_id"]: "\n".join(line for line in c.source.splitlines() if "### " not in line)
+            for c in cells if c.metadata.get("nbgrader", {}).get("solution")}
+
+
+def library_score(chapter: str, answers: dict[str, str]) -> float:
+    """What the course's own case runner gives the same answers (no nbgrader, no sandbox)."""
+    total = 0.0
+    for ex in exercises_for(chapter).values():
+        namespace = {"torch": torch, "F": torch.nn.functional, "math": math}
+        if ex.function in answers:
+            exec(answers[ex.function], namespace)
+        fn = namespace.get(ex.function)
+        if callable(fn):
+            total += sum(r.points for r in run_cases(ex, fn) + run_cases(ex, fn, hidden=True))
+    return total
+
+
+CH03_MISTAKES = {  # the typical wrong answers: the variance for the std, KL averaged over dimensions
+    "reparameterize": "def reparameterize(mu, logvar, eps):\n    return mu + torch.exp(logvar) * eps",
+    "gaussian_kl": "def gaussian_kl(mu, logvar):\n    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(dim=1)",
+}
+
+
 @pytest.mark.slow
-def test_nbgrader_scores_like_the_course_grader(tmp_path):
+@pytest.mark.parametrize(("chapter", "mistakes"), [("00", WRONG), ("03", CH03_MISTAKES)],
+                         ids=["ch00 (exercises only)", "ch03 (trains models)"])
+def test_nbgrader_scores_like_the_course_grader(tmp_path, chapter, mistakes):
     course = tmp_path / "course"
-    (course / "source" / "ch00").mkdir(parents=True)
+    (course / "source" / f"ch{chapter}").mkdir(parents=True)
     (course / "nbgrader_config.py").write_text(CONFIG.format(root=str(course)))
-    shutil.copy(SOLUTIONS / "00_history.ipynb", course / "source" / "ch00")
-    nbgrader(course, "generate_assignment", "ch00", "--create")
-    learners = {"correct": CORRECT, "mistakes": {**CORRECT, **WRONG}, "blank": {}}
-    paths = {name: hand_in(course, name, answers) for name, answers in learners.items()}
+    [source] = SOLUTIONS.glob(f"{chapter}_*.ipynb")
+    shutil.copy(source, course / "source" / f"ch{chapter}")
+    nbgrader(course, "generate_assignment", f"ch{chapter}", "--create")
+    correct = CORRECT if chapter == "00" else solution_cells(chapter)
+    learners = {"correct": correct, "mistakes": {**correct, **mistakes}, "blank": {}}
+    paths = {name: hand_in(course, chapter, name, answers) for name, answers in learners.items()}
 
     validated = nbgrader(course, "validate", str(paths["blank"]))
     assert "Success" not in validated.stdout and "failed" in validated.stdout.lower()
 
-    nbgrader(course, "autograde", "ch00", "--create")
+    nbgrader(course, "autograde", f"ch{chapter}", "--create")
     nbgrader(course, "export", "--to", str(tmp_path / "grades.csv"))
     scores = {row["student_id"]: float(row["score"]) for row in csv.DictReader((tmp_path / "grades.csv").open())}
-    assert scores == {"correct": 20, "mistakes": 8, "blank": 0}
-    feedback = course / "autograded" / "correct" / "ch00"
+    expected = {name: library_score(chapter, answers) for name, answers in learners.items()}
+    assert scores == expected
+    assert expected["correct"] == sum(ex.points for ex in exercises_for(chapter).values())
+    assert 0 < expected["mistakes"] < expected["correct"] and expected["blank"] == 0
+    feedback = course / "autograded" / "correct" / f"ch{chapter}"
     assert not list(feedback.rglob("*.pt")), "checkpoints landed in the learner's feedback folder"
+    size = sum(f.stat().st_size for f in feedback.rglob("*") if f.is_file())
+    assert size < 5e6, f"the feedback folder holds {size / 1e6:.0f} MB"
 
-    if isolation_level() == "namespaces":  # the course's own grader agrees, learner by learner
-        grader = Grader("00")
+    if isolation_level() == "namespaces":  # the course's own sandboxed grader agrees, learner by learner
+        grader = Grader(chapter)
         assert {name: grader.grade(path)["score"] for name, path in paths.items()} == scores
