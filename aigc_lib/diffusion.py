@@ -191,6 +191,16 @@ class NoiseSchedule:
     def posterior_variance(self) -> Tensor:
         return (1 - self.alpha_bars_prev) / (1 - self.alpha_bars) * self.betas  # β̃_t, eq. 7
 
+    # μ̃_t's weights on x_0 and x_t (eq. 7), computed in float64 before any cast: at small t,
+    # 1 − ᾱ_t ≈ 1e-4 and float32 would keep only about three digits of it
+    @cached_property
+    def posterior_mean_x0_coef(self) -> Tensor:
+        return self.alpha_bars_prev.sqrt() * self.betas / (1 - self.alpha_bars)
+
+    @cached_property
+    def posterior_mean_xt_coef(self) -> Tensor:
+        return self.alphas.sqrt() * (1 - self.alpha_bars_prev) / (1 - self.alpha_bars)
+
     def table(self, name: str, device: torch.device | str) -> Tensor:
         """A derived quantity (any property above, or sqrt_alpha_bars / sqrt_one_minus_alpha_bars) on
         `device`, float64 (float32 on MPS, which has no float64), cached: indexing it with a device
@@ -279,9 +289,7 @@ def posterior_mean_variance(x0: Tensor, xt: Tensor, t: Tensor, schedule: NoiseSc
     _check_images("x0", x0), _check_like("xt", xt, "x0", x0)
     schedule = _check_schedule(schedule)
     _check_t(t, x0.shape[0], schedule.T)
-    ab, ab_prev = _gather(schedule, "alpha_bars", t, x0), _gather(schedule, "alpha_bars_prev", t, x0)
-    beta, alpha = _gather(schedule, "betas", t, x0), _gather(schedule, "alphas", t, x0)
-    mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * xt
+    mean = _gather(schedule, "posterior_mean_x0_coef", t, x0) * x0 + _gather(schedule, "posterior_mean_xt_coef", t, x0) * xt
     return mean, _gather(schedule, "posterior_variance", t, x0)
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from aigc_lib.runtime import autocast
 from aigc_lib.training import History, epoch_indices, fit, fused_optimizer_ok
@@ -319,18 +320,20 @@ def evaluate_nelbo(model: VAE, images: Tensor, batch_size: int = 500, seed: int 
 
 
 @torch.no_grad()
-def iwae_bound(model: VAE, images: Tensor, k: int = 100, batch_size: int = 100, seed: int = 0) -> float:
+def iwae_bound(model: VAE, images: Tensor, k: int = 100, batch_size: int = 100, seed: int = 0,
+               progress: bool = True) -> float:
     """−L_k averaged over `images` (nats per image), an upper bound on −log p(x) that tightens as k grows:
 
     L_k = log (1/k) Σ_i exp(log p(x | z_i) + log N(z_i; 0, I) − log N(z_i; μ, σ²)),  z_i ~ q(z | x).
-    k = 1 is the (one-sample) ELBO."""
+    k = 1 is the (one-sample) ELBO. `progress`: a bar over the batches (k decoder passes each)."""
     _check_images(images, model), _check_int("k", k), _check_int("batch_size", batch_size)
     was_training, param = model.training, next(model.parameters())
     model.eval()
     gen = torch.Generator(device=param.device).manual_seed(seed)
     total = 0.0
     try:
-        for x in _batches(images, batch_size):
+        for x in tqdm(_batches(images, batch_size), total=math.ceil(len(images) / batch_size),
+                      desc=f"IWAE bound (k={k})", disable=not progress, leave=False):
             x = x.to(param.device, param.dtype)
             mu, logvar = model.encode(x)  # (B, D)
             eps = torch.randn((k, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)  # (k, B, D)

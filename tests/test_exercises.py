@@ -1,6 +1,7 @@
 """The exercise checker: strict comparison, friendly feedback, never stops a learner's notebook."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ from aigc_lib.exercises import (
     exercises_for,
     get_exercise,
 )
+from aigc_lib.exercises.core import cast_like, judge, run_cases, to_float64
+
+CHAPTERS = sorted(p.stem[2:] for p in Path(exercises.__file__).parent.glob("ch[0-9][0-9].py"))
+ALL = [ex for ch in CHAPTERS for ex in exercises_for(ch).values()]
+
+
+@pytest.fixture(autouse=True)
+def fresh_attempts(monkeypatch):
+    """Graduated hints count failing checks per process: every test starts from none."""
+    monkeypatch.setattr(core, "_FAILED_CHECKS", {})
 
 
 class AlwaysEqual:
@@ -77,7 +88,7 @@ def test_check_feedback_for_stub_wrong_and_crash(capsys, monkeypatch):
     assert "not implemented yet" in capsys.readouterr().out
     check("00.apply_temperature", wrong)
     out = capsys.readouterr().out
-    assert "0/3 points" in out and "expected 0.665241, got" in out and "rel error" in out and "hint:" in out
+    assert "0/3 points" in out and "expected 0.665241, got" in out and "rel error" in out and "hint 1 of 2" in out
     check("00.apply_temperature", crash)
     assert "raised TypeError" in capsys.readouterr().out
     check("00.apply_temperature", "not a function")
@@ -152,3 +163,123 @@ def test_the_grading_mode_is_fixed_before_learner_code_runs():
     env = {**os.environ, "NBGRADER_EXECUTION": "autograde"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "0.0", done.stderr[-500:]
+
+
+def test_tolerances_accept_the_float64_answer_on_every_case():
+    """The correctly rounded answer (the reference run in float64, cast back to the case's dtypes)
+    must pass every case of every chapter: a tolerance tighter than the reference's own rounding
+    rejects careful learners. The typical wrong answers still fail (test_exercise_mutations.py)."""
+    assert len(CHAPTERS) >= 6
+    for ex in ALL:
+        for case in ex.all_cases():
+            expected = ex.reference(**case.inputs())
+            trusted = cast_like(ex.reference(**to_float64(case.inputs())), expected)
+            result = judge(case, trusted, expected)
+            assert result.passed, f"{ex.key} / {case.name}: {result.message}"
+
+
+def test_computed_in_float64_rounds_once():
+    def f32(x):
+        return 1 - (1 - x)  # in float32, loses the digits of a small x
+
+    x = torch.tensor([1e-9, 3e-8], dtype=torch.float32)
+    assert not torch.equal(f32(x), x)
+    assert torch.equal(core.computed_in_float64(f32)(x=x), x) and core.computed_in_float64(f32)(x=x).dtype == x.dtype
+
+
+def test_every_exercise_has_a_nudge_that_is_not_the_recipe():
+    for ex in ALL:
+        assert ex.nudge and ex.hint and ex.nudge != ex.hint and ex.hint not in ex.nudge, ex.key
+        for case in ex.all_cases():
+            assert ex.hint not in case.hint and len(case.hint) < len(ex.hint), (ex.key, case.name)
+
+
+def test_graduated_hints_for_a_learner(capsys, monkeypatch):
+    monkeypatch.setattr(core, "_MODE", "learner")
+    ex = get_exercise("00.apply_temperature")
+
+    def stub(logits, temperature):
+        raise NotImplementedError
+
+    def wrong(logits, temperature):
+        return torch.softmax(logits * temperature, -1)
+
+    for _ in range(3):  # running the untouched stub is no try
+        check(ex.key, stub)
+    assert "hint" not in capsys.readouterr().out
+    outs = []
+    for _ in range(3):
+        assert check(ex.key, wrong) is None
+        outs.append(capsys.readouterr().out)
+    assert ex.nudge in outs[0] and "hint 1 of 2" in outs[0] and "2 more times" in outs[0] and ex.hint not in outs[0]
+    assert ex.nudge in outs[1] and "1 more time," in outs[1] and ex.hint not in outs[1]
+    assert "hint 2 of 2 (the full recipe): " + ex.hint in outs[2]
+    assert "The grade is out of 5" in outs[2]  # the visible 3/3 is not the whole grade
+
+
+def test_a_hidden_check_of_the_same_function_is_the_same_try(capsys, monkeypatch):
+    monkeypatch.setattr(core, "_MODE", "learner")
+
+    def wrong(logits, temperature):
+        return torch.softmax(logits * temperature, -1)
+
+    for _ in range(2):  # a check cell of the instructor's edition: visible, then hidden
+        check("00.apply_temperature", wrong)
+        check("00.apply_temperature", wrong, hidden=True)
+    assert core._FAILED_CHECKS["00.apply_temperature"][0] == 2
+    assert "hint 1 of 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["strict", "validate", "autograde"])
+def test_grading_runs_print_the_full_hint_as_before(capsys, monkeypatch, mode):
+    monkeypatch.setattr(core, "_MODE", mode)
+    ex = get_exercise("00.apply_temperature")
+
+    def wrong(logits, temperature):
+        return logits
+
+    if mode == "autograde":
+        assert check(ex.key, wrong, hidden=True) == 0
+        assert check(ex.key, wrong) is None
+    else:
+        with pytest.raises(ExerciseCheckFailed):
+            check(ex.key, wrong)
+    out = capsys.readouterr().out
+    assert f"  hint: {ex.hint}" in out and "hint 1 of 2" not in out and not core._FAILED_CHECKS
+
+
+def test_every_check_cell_tells_what_the_grade_is_out_of(capsys, monkeypatch):
+    monkeypatch.setattr(core, "_MODE", "learner")
+    for ex in ALL:
+        check(ex.key, ex.reference)
+        out = capsys.readouterr().out
+        visible = sum(c.points for c in ex.cases)
+        assert f"{visible:g}/{visible:g} points" in out and f"The grade is out of {ex.points:g}:" in out
+        for case in ex.hidden:  # what a hidden case checks, never its inputs
+            assert case.name.startswith("hidden: ") and case.name.removeprefix("hidden: ") in out
+            assert not re.search(r"=\s*-?\d|\b[A-Z]\s*=|\d+x\d+", case.name), case.name
+
+
+def test_changing_an_input_in_place_fails_the_case():
+    ex = get_exercise("05.guided_eps")
+
+    def in_place(eps_cond, eps_uncond, scale):  # the right value, but the caller's eps_cond is gone
+        return eps_cond.sub_(eps_uncond).mul_(scale).add_(eps_uncond)
+
+    results = run_cases(ex, in_place)
+    assert not any(r.passed for r in results) and "changed its input `eps_cond` in place" in results[0].message
+
+    def params_in_place(z, params):
+        params["b3"] += 0
+        params["w3"].mul_(1.5)
+        return get_exercise("02.dcgan_generator").reference(z, params)
+
+    assert "params['w3']" in run_cases(get_exercise("02.dcgan_generator"), params_in_place)[0].message
+
+
+def test_results_that_track_gradients_or_cannot_be_compared_fail_without_a_crash():
+    e = torch.ones(3)
+    assert "requires_grad=True" in compare(torch.ones(3, requires_grad=True) * 1, e).message
+    assert "dense" in compare(e.to_sparse(), e).message
+    assert "meta" in compare(torch.empty(3, device="meta"), e).message
+    assert compare(torch.ones(3, requires_grad=True).detach(), e).ok

@@ -16,6 +16,7 @@ from aigc_lib.exercises.core import (
     Exercise,
     ExerciseCheckFailed,
     compare,
+    count_failed_check,
     format_results,
     grading_mode,
     hidden_summary,
@@ -88,10 +89,13 @@ def check(key: str, fn: Callable[..., Any], *, hidden: bool = False) -> float | 
         return round(sum(r.points for r in results), 6)
     with quiet_stderr() if mode == "autograde" else contextlib.nullcontext():
         results = run_cases(exercise, fn, hidden=hidden)
-    print(format_results(exercise, results, reveal=not hidden))
+    failed = not all(r.passed for r in results)
+    tried = failed and not all(r.status == "not implemented" for r in results)  # running the stub is no try
+    # a learner gets graduated hints (a nudge first, the full recipe after a few tries); grading and CI the full hint
+    attempt = count_failed_check(key, fn, hidden=hidden) if tried and mode == "learner" else None
+    print(format_results(exercise, results, reveal=not hidden, attempt=attempt))
     if not hidden and exercise.hidden:
         print(hidden_summary(exercise))
-    failed = not all(r.passed for r in results)
     if failed and mode in ("strict", "validate"):
         raise ExerciseCheckFailed(f"{key}: {sum(not r.passed for r in results)} case(s) failed")
     return None

@@ -20,6 +20,8 @@ EXERCISES = (
     Exercise(
         key="00.count_bigrams",
         function="count_bigrams",
+        nudge="Look at the consecutive pairs (ids[t], ids[t+1]): which index of counts is the first character and "
+              "which the second? How many pairs does a text of n characters have? Counts are integers.",
         reference=history.count_bigrams,
         hint="counts[a, b] counts the positions t where ids[t] == a and ids[t+1] == b; return int64 of shape (V, V).",
         cases=(
@@ -32,6 +34,8 @@ EXERCISES = (
     Exercise(
         key="00.next_char_probs",
         function="next_char_probs",
+        nudge="After smoothing each row must sum to 1: does your denominator include the alpha you added to every "
+              "entry? Normalise over the last dimension only; the result is float32.",
         reference=history.next_char_probs,
         hint="Add alpha to every count, then divide by the sum of the *smoothed* counts (sum n + alpha * V) over the last dimension; return float32.",
         cases=(
@@ -44,6 +48,8 @@ EXERCISES = (
     Exercise(
         key="00.apply_temperature",
         function="apply_temperature",
+        nudge="The temperature rescales the logits, before any probability exists. Check the dimension your softmax "
+              "normalises over, and think about what exp does to a logit of 1000.",
         reference=history.apply_temperature,
         hint="Divide the logits (not the probabilities!) by the temperature, then take a softmax over the last dimension.",
         cases=(
@@ -57,6 +63,8 @@ EXERCISES = (
     Exercise(
         key="00.fit_pixel_model",
         function="fit_pixel_model",
+        nudge="One estimate per pixel, counted over the N images, with alpha pseudo-counts for each of the two "
+              "outcomes (on and off). Keep the grey levels as they are, and the images' dtype.",
         reference=history.fit_pixel_model,
         hint="Sum over the first (sample) dimension, add alpha, divide by N + 2 alpha; keep grey levels as they are (do not binarise).",
         cases=(

@@ -42,6 +42,8 @@ EXERCISES = (
     Exercise(
         key="01.rnn_cell",
         function="rnn_cell",
+        nudge="Rows are batch items: make the weights (H, D) and (H, H) meet x (B, D) and h_prev (B, H) the right "
+              "way round. Are all three terms there, and the nonlinearity?",
         reference=rnn.rnn_cell,
         hint="h_t = tanh(x W_xh^T + h_prev W_hh^T + b_h): rows are batch items, so multiply by the transposed weights.",
         cases=(
@@ -54,6 +56,9 @@ EXERCISES = (
     Exercise(
         key="01.lstm_cell",
         function="lstm_cell",
+        nudge="Which gate multiplies what? One keeps the old cell, one admits the candidate, one decides what h "
+              "shows. Which squashing function does each use, is h made from the new c or the old one, and is the "
+              "order (h, c)?",
         reference=rnn.lstm_cell,
         hint="Gates i, f, o use the sigmoid, the candidate uses tanh; c = f*c_prev + i*candidate, h = o*tanh(c). Return the tuple (h, c).",
         cases=(
@@ -67,6 +72,8 @@ EXERCISES = (
     Exercise(
         key="01.rnn_cell_backward",
         function="rnn_cell_backward",
+        nudge="Start from the gradient at the pre-activation: what is the derivative of tanh, written with h? Each "
+              "gradient has the shape of what it is the gradient of; the batch is summed, not averaged.",
         reference=backward_reference,
         hint="First da = dh * (1 - h**2) (the tanh derivative), then dx = da W_xh, dh_prev = da W_hh, "
              "dW_xh = da^T x, dW_hh = da^T h_prev, db_h = da summed over the batch.",
@@ -79,6 +86,8 @@ EXERCISES = (
     Exercise(
         key="01.sample_probs",
         function="sample_probs",
+        nudge="Filter first: the logits you drop must end with probability exactly 0, the others stay in the race. "
+              "The temperature divides logits, not probabilities.",
         reference=rnn.sample_probs,
         hint="Keep the top_k largest logits (set the others to -inf), divide the logits by the temperature, "
              "then softmax over the last dimension.",

@@ -21,11 +21,14 @@ def logits_case(B: int, seed: int, scale: float = 2.0, dtype=torch.float32) -> d
 def generator_case(B: int, z_dim: int, ngf: int, seed: int, channels: int = 1, dtype=torch.float32) -> dict:
     torch.manual_seed(seed)  # the module's init draws from torch's global RNG
     G = gan.DCGANGenerator(gan.DCGANConfig(z_dim=z_dim, ngf=ngf, channels=channels)).to(dtype)
-    with torch.no_grad():  # random BatchNorm affine parameters, so a missing gamma or beta shows
+    # random BatchNorm affine parameters and final bias (the DCGAN init makes them 1, 0 and 0),
+    # so a missing gamma, beta or b3 shows
+    with torch.no_grad():
         for m in G.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5, generator=_gen(seed + 1))
                 m.bias.uniform_(-0.5, 0.5, generator=_gen(seed + 2))
+        G.net[-2].bias.uniform_(-0.5, 0.5, generator=_gen(seed + 4))
     params = {k: v.detach().clone() for k, v in gan.generator_params(G).items()}
     return {"z": torch.randn(B, z_dim, generator=_gen(seed + 3), dtype=dtype), "params": params}
 
@@ -49,6 +52,8 @@ EXERCISES = (
     Exercise(
         key="02.discriminator_loss",
         function="discriminator_loss",
+        nudge="D wants real logits high and fake logits low. Write each term from the logits (never the log of a "
+              "sigmoid), and average each over its own batch: the two sizes can differ.",
         reference=gan.d_loss_minimax,
         hint="-log σ(l) = softplus(-l) and -log(1 - σ(l)) = softplus(l): average each over the batch, then add them. "
              "Never take the log of torch.sigmoid(l): it rounds to 0 or 1 for large |l|.",
@@ -63,6 +68,8 @@ EXERCISES = (
     Exercise(
         key="02.generator_loss",
         function="generator_loss",
+        nudge="G wants D to call its fakes real: which sign of the logit does that reward? Average over the batch, "
+              "and make sure a logit of -100 does not give inf.",
         reference=gan.g_loss_nonsaturating,
         hint="The non-saturating loss is -mean(log σ(D(G(z)))) = mean(softplus(-fake_logits)).",
         cases=(
@@ -75,6 +82,8 @@ EXERCISES = (
     Exercise(
         key="02.dcgan_generator",
         function="dcgan_generator",
+        nudge="Work out each transposed convolution's output size from its input size. Every tensor in params has a "
+              "use (is one unused?); batch norm uses this batch's statistics; the output lies in [-1, 1].",
         reference=gan.dcgan_generator_forward,
         hint="A transposed convolution gives out = (in - 1)·stride - 2·padding + kernel: 1 -> 7 needs kernel 7, "
              "stride 1, padding 0; 7 -> 14 and 14 -> 28 need kernel 4, stride 2, padding 1. Use "
@@ -88,6 +97,8 @@ EXERCISES = (
     Exercise(
         key="02.gan_sgd_step",
         function="gan_sgd_step",
+        nudge="Two steps in order: D first (its loss must not reach G's parameters), then G against the UPDATED D. "
+              "SGD goes downhill. Return plain values, not parts of a computation graph.",
         reference=step_reference,
         hint="D step: d_loss from D(real) and D(fake.detach()), gradients for (d_weight, d_bias) only, update them. "
              "G step: recompute the fake logits with the NEW D, g_loss = mean(softplus(-logits)), gradients for "

@@ -37,6 +37,8 @@ EXERCISES = (
     Exercise(
         key="03.reparameterize",
         function="reparameterize",
+        nudge="logvar is the log of the variance: what must eps be multiplied by? Return a new tensor; leave mu and "
+              "the other inputs unchanged.",
         reference=vae.reparameterize,
         hint="sigma = exp(0.5 * logvar) (logvar is log sigma^2, not log sigma); z = mu + sigma * eps.",
         cases=(
@@ -48,6 +50,8 @@ EXERCISES = (
     Exercise(
         key="03.gaussian_kl",
         function="gaussian_kl",
+        nudge="One KL per row of the batch: which dimension do you reduce, and do you sum or average? exp(logvar) "
+              "is the variance, not the standard deviation.",
         reference=vae.gaussian_kl,
         hint="KL = 0.5 * sum over the latent dimension of (mu^2 + exp(logvar) - 1 - logvar): one number per row, shape (B,).",
         cases=(
@@ -59,6 +63,8 @@ EXERCISES = (
     Exercise(
         key="03.vae_loss",
         function="vae_loss",
+        nudge="Per image: the reconstruction term over ALL its pixels plus the KL over all latent dimensions; then "
+              "one number for the batch. Compute the cross-entropy from the logits so that huge logits stay finite.",
         reference=vae.vae_loss,
         hint="Per image: reconstruction = binary cross-entropy with logits SUMMED over pixels (not averaged), plus the KL "
              "summed over latent dimensions; then the mean over the batch. Use F.binary_cross_entropy_with_logits(..., "
@@ -73,6 +79,8 @@ EXERCISES = (
     Exercise(
         key="03.interpolate",
         function="interpolate",
+        nudge="The path must start exactly at z0, end exactly at z1 and have `steps` points; the result is "
+              "(steps, D) in z0's dtype.",
         reference=vae.interpolate,
         hint="t = torch.linspace(0, 1, steps) as a column (steps, 1); return (1 - t) * z0 + t * z1, shape (steps, D).",
         cases=(

@@ -23,6 +23,14 @@ def qkv_case(shape: tuple[int, ...], T: int, S: int, d_k: int, d_v: int, seed: i
     return case
 
 
+def far_scores(case: dict, shift: float) -> dict:
+    """`case` with one vector added to every key, chosen so that each query's scores all move by
+    `shift`: the attention is unchanged (softmax ignores a common shift), but exp(score) overflows."""
+    q = case["q"]
+    w = torch.linalg.pinv(q) @ torch.full(q.shape[:-1], shift * q.shape[-1] ** 0.5, dtype=q.dtype)[..., None]
+    return {**case, "k": case["k"] + w.transpose(-2, -1)}
+
+
 def heads_case(B: int, T: int, C: int, n_heads: int, seed: int, dtype=torch.float32) -> dict:
     return {"x": torch.randn(B, T, C, generator=_gen(seed), dtype=dtype), "n_heads": n_heads}
 
@@ -35,6 +43,8 @@ EXERCISES = (
     Exercise(
         key="04.attention",
         function="attention",
+        nudge="Which size scales the scores? Over which axis must the weights sum to 1? A masked key must get "
+              "weight exactly 0, and a large score must not overflow exp.",
         reference=transformer.attention,
         hint="scores = q @ k.transpose(-2, -1) / sqrt(d_k) with d_k = q.shape[-1] (the per-head size, not the model "
              "width); where mask is False set the score to -inf (scores.masked_fill(~mask, float('-inf'))); then "
@@ -50,6 +60,7 @@ EXERCISES = (
     Exercise(
         key="04.causal_mask",
         function="causal_mask",
+        nudge="Row t is query t: which keys (columns) may it read, itself included? The result is boolean.",
         reference=transformer.causal_mask,
         hint="A boolean (T, T) tensor, True on and below the diagonal: torch.ones(T, T, dtype=torch.bool).tril(). "
              "Row t is query t; it may read keys 0..t.",
@@ -62,6 +73,8 @@ EXERCISES = (
     Exercise(
         key="04.split_heads",
         function="split_heads",
+        nudge="Each head owns a contiguous block of C / n_heads channels. Reshaping alone gives the right shape but "
+              "mixes up the values: which axis must move?",
         reference=transformer.split_heads,
         hint="(B, T, C) -> x.view(B, T, n_heads, C // n_heads).transpose(1, 2): head h gets channels "
              "h*d .. (h+1)*d - 1, and the head axis comes before time. Result shape (B, n_heads, T, C // n_heads).",
@@ -74,6 +87,8 @@ EXERCISES = (
     Exercise(
         key="04.merge_heads",
         function="merge_heads",
+        nudge="This undoes split_heads: bring the head axis back next to the channels before flattening. Mind which "
+              "of view and reshape works on a transposed tensor.",
         reference=transformer.merge_heads,
         hint="The inverse of split_heads: (B, h, T, d) -> x.transpose(1, 2).reshape(B, T, h * d) "
              "(reshape, not view: the transpose made the tensor non-contiguous).",
@@ -86,6 +101,8 @@ EXERCISES = (
     Exercise(
         key="04.sinusoidal_positions",
         function="sinusoidal_positions",
+        nudge="Which columns take sin and which cos? How does the frequency of column pair i depend on i and d? "
+              "Positions start at 0; the result is float32.",
         reference=transformer.sinusoidal_positions,
         hint="pos = torch.arange(T)[:, None]; freq = 10000 ** (-torch.arange(0, d, 2) / d); even columns "
              "sin(pos * freq), odd columns cos(pos * freq); a float32 tensor of shape (T, d).",

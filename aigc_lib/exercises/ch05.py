@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from aigc_lib import diffusion
-from aigc_lib.exercises.core import Case, Exercise
+from aigc_lib.exercises.core import Case, Exercise, computed_in_float64
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -55,13 +55,16 @@ def guidance_case(scale: float, seed: int, B: int = 2, shape=(1, 4, 4), dtype=to
     return {"eps_cond": images(B, seed, shape, dtype), "eps_uncond": images(B, seed + 1, shape, dtype), "scale": scale}
 
 
-_DTYPE_HINT = ("alpha_bars = torch.cumprod(1 - betas, 0) is float64 (T,): index it with t, then .to(x0.dtype) and "
-               ".view(-1, 1, 1, 1) so it broadcasts over (B, C, H, W) and the result keeps the images' dtype.")
+_DTYPE_HINT = ("alpha_bars = torch.cumprod(1 - betas, 0) is float64 (T,): index it with t and compute the coefficients "
+               "in float64 (in float32, 1 - alpha_bar loses most of its digits when alpha_bar is close to 1), then "
+               ".to(x0.dtype).view(-1, 1, 1, 1) so they broadcast over (B, C, H, W) and the result keeps the images' dtype.")
 
 EXERCISES = (
     Exercise(
         key="05.q_sample",
         function="q_sample",
+        nudge="You need alpha_bar (the running product), at each image's own t; the coefficients are square roots; "
+              "the result keeps the images' dtype, not the schedule's float64.",
         reference=q_sample,
         hint="x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps with alpha_bar_t = alpha_bars[t] "
              "(one value per image). " + _DTYPE_HINT,
@@ -74,7 +77,11 @@ EXERCISES = (
     Exercise(
         key="05.posterior_mean",
         function="posterior_mean",
-        reference=posterior_mean,
+        nudge="At t = 0 there is no alpha_bar_{t-1}: it is 1 (careful: index -1 is the LAST entry). Check each "
+              "square root. 1 - alpha_bar is tiny at small t: keep the schedule in float64 until the end.",
+        # the library computes the coefficients in the images' dtype: 1 - alpha_bar then carries float32
+        # rounding magnified up to 1e4 times at small t, so the expected value is the float64 computation
+        reference=computed_in_float64(posterior_mean),
         hint="mu = sqrt(ab_prev) * beta_t / (1 - ab_t) * x0 + sqrt(alpha_t) * (1 - ab_prev) / (1 - ab_t) * xt with "
              "alpha_t = 1 - betas[t], ab_t = alpha_bars[t] and ab_prev = alpha_bars[t - 1] (1 at t = 0: e.g. "
              "torch.cat([torch.ones(1, dtype=betas.dtype), alpha_bars[:-1]])[t]). " + _DTYPE_HINT,
@@ -87,6 +94,8 @@ EXERCISES = (
     Exercise(
         key="05.ddim_step",
         function="ddim_step",
+        nudge="t_prev < 0 means the end of the chain (alpha_bar = 1), not alpha_bars[-1]. First recover the clean "
+              "image from xt and the predicted noise, then move it to t_prev's noise level.",
         reference=ddim_step,
         hint="Deterministic DDIM (eta = 0): alpha_bars = torch.cumprod(1 - betas, 0); ab = alpha_bars[t], "
              "ab_prev = alpha_bars[t_prev] (1.0 when t_prev < 0); "
@@ -102,6 +111,8 @@ EXERCISES = (
     Exercise(
         key="05.guided_eps",
         function="guided_eps",
+        nudge="Test your formula on its two fixed points: scale 0 must give eps_uncond exactly, scale 1 eps_cond; "
+              "other scales lie on the straight line through them.",
         reference=diffusion.guided_eps,
         hint="eps_uncond + scale * (eps_cond - eps_uncond): scale 0 is the unconditional prediction, 1 the "
              "conditional one, larger values push further towards the condition.",

@@ -8,6 +8,7 @@ made from a seed, points, tolerance, hint). Hidden cases live in `aigc_lib.exerc
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -43,8 +44,9 @@ class Exercise:
     function: str  # the name the learner's notebook defines
     reference: Callable[..., Any]  # the library's implementation, tested on its own
     cases: tuple[Case, ...]
-    hint: str = ""
+    hint: str = ""  # the full recipe: shown from the FULL_HINT_AFTER-th failing check only
     hidden: tuple[Case, ...] = field(default=())
+    nudge: str = ""  # where to look, without the answer: shown from the first failing check
 
     @property
     def chapter(self) -> str:
@@ -89,10 +91,15 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) 
     if type(expected) is torch.Tensor:
         if type(got) is not torch.Tensor:
             return Verdict(False, f"expected a torch.Tensor, got {_describe(got)}")
+        if got.layout != torch.strided or got.is_meta:
+            kind = "meta (value-less)" if got.is_meta else str(got.layout).removeprefix("torch.")
+            return Verdict(False, f"expected an ordinary dense tensor, got a {kind} tensor")
         if got.shape != expected.shape:
             return Verdict(False, f"expected shape {tuple(expected.shape)}, got {tuple(got.shape)}")
         if got.dtype != expected.dtype:
             return Verdict(False, f"expected dtype {expected.dtype}, got {got.dtype}")
+        if got.requires_grad and not expected.requires_grad:  # a graph kept alive by every call
+            return Verdict(False, "the result still tracks gradients (requires_grad=True): return it .detach()ed")
         got, expected = got.detach().cpu(), expected.detach().cpu()
         if not expected.is_floating_point():
             wrong = (got != expected).nonzero()
@@ -167,14 +174,22 @@ class Raised:
     message: str
 
 
-def judge(case: Case, outcome: Any, expected: Any, *, hidden: bool = False) -> CaseResult:
-    """Score one case from the learner's `outcome`: a returned value, or `Raised`."""
+def judge(case: Case, outcome: Any, expected: Any, *, hidden: bool = False, changed: str = "") -> CaseResult:
+    """Score one case from the learner's `outcome`: a returned value, or `Raised`; `changed` names
+    an input the learner's function modified in place (the caller's data would be corrupted)."""
     if isinstance(outcome, Raised):
         if outcome.type_name == "NotImplementedError":
             return CaseResult(case.name, 0.0, case.points, "not implemented", hidden=hidden)
         msg = f"raised {outcome.type_name}: {outcome.message}"
         return CaseResult(case.name, 0.0, case.points, "error", msg, case.hint, hidden)
-    verdict = compare(outcome, expected, rtol=case.rtol, atol=case.atol)
+    if changed:
+        msg = (f"changed its input `{changed}` in place (e.g. +=, add_, or writing into a slice of it); "
+               "compute new tensors and leave the inputs as they were")
+        return CaseResult(case.name, 0.0, case.points, "fail", msg, case.hint, hidden)
+    try:
+        verdict = compare(outcome, expected, rtol=case.rtol, atol=case.atol)
+    except Exception as err:  # noqa: BLE001 - an exotic value fails its case, it never stops the notebook
+        verdict = Verdict(False, f"the result could not be compared ({type(err).__name__})")
     if verdict.ok:
         return CaseResult(case.name, case.points, case.points, "pass", hidden=hidden)
     return CaseResult(case.name, 0.0, case.points, "fail", verdict.message, case.hint, hidden)
@@ -188,13 +203,113 @@ def call_safely(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
         return Raised(type(err).__name__, str(err)[:500])
 
 
+def map_tensors(fn: Callable[[torch.Tensor], Any], x: Any) -> Any:
+    """`x` with `fn` applied to every tensor, also inside dicts, tuples and lists."""
+    if type(x) is torch.Tensor:
+        return fn(x)
+    if type(x) is dict:
+        return {k: map_tensors(fn, v) for k, v in x.items()}
+    if type(x) in (tuple, list):
+        return type(x)(map_tensors(fn, v) for v in x)
+    return x
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(b) is torch.Tensor:  # equal values, NaN included
+        return (type(a) is torch.Tensor and a.shape == b.shape and a.dtype == b.dtype
+                and (torch.equal(a, b) or (b.is_floating_point()
+                                           and bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all()))))
+    if type(b) is dict:
+        return type(a) is dict and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in b)
+    if type(b) in (tuple, list):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return True  # numbers and strings cannot change in place
+
+
+def changed_input(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """The first input that differs from its copy `before` ("" if none), e.g. "x" or "params['w1']"."""
+    for name, b in before.items():
+        a = after.get(name)
+        if type(b) is dict and type(a) is dict and a.keys() == b.keys():
+            inner = next((f"{name}[{k!r}]" for k in b if not _same(a[k], b[k])), "")
+            if inner:
+                return inner
+        elif not _same(a, b):
+            return name
+    return ""
+
+
 def run_cases(exercise: Exercise, fn: Callable[..., Any], *, hidden: bool = False) -> list[CaseResult]:
-    cases = exercise.hidden if hidden else exercise.cases
-    return [judge(c, call_safely(fn, c.inputs()), exercise.reference(**c.inputs()), hidden=hidden) for c in cases]
+    results = []
+    for c in exercise.hidden if hidden else exercise.cases:
+        expected = exercise.reference(**c.inputs())  # first: nothing the learner's code does can change it
+        inputs = c.inputs()
+        before = map_tensors(lambda t: t.detach().clone(), inputs)
+        outcome = call_safely(fn, inputs)
+        results.append(judge(c, outcome, expected, hidden=hidden, changed=changed_input(before, inputs)))
+    return results
 
 
-def format_results(exercise: Exercise, results: list[CaseResult], *, reveal: bool = True) -> str:
-    """Readable feedback. With `reveal=False` (hidden cases) no values or messages are shown."""
+def to_float64(x: Any) -> Any:
+    """`x` with every floating-point tensor (also inside dicts, tuples and lists) cast to float64."""
+    return map_tensors(lambda t: t.double() if t.is_floating_point() else t, x)
+
+
+def cast_like(x: Any, like: Any) -> Any:
+    """`x` with each tensor cast to the dtype of the tensor at the same place in `like`."""
+    if type(like) is torch.Tensor:
+        return x.to(like.dtype)
+    if type(like) in (tuple, list):
+        return type(like)(cast_like(a, b) for a, b in zip(x, like, strict=True))
+    return x
+
+
+def computed_in_float64(reference: Callable[..., Any]) -> Callable[..., Any]:
+    """`reference` run on float64 copies of its inputs, its result cast back to the dtypes it returns.
+
+    For a reference whose own low-precision arithmetic is less accurate than a careful answer:
+    the expected value is then the correctly rounded one, and tolerances need not cover the
+    reference's rounding."""
+    @functools.wraps(reference)
+    def expected(*args: Any, **kwargs: Any) -> Any:
+        return cast_like(reference(*to_float64(args), **to_float64(kwargs)), reference(*args, **kwargs))
+    return expected
+
+
+FULL_HINT_AFTER = 3  # the full recipe from the 3rd failing check of an exercise (a learner's kernel)
+_FAILED_CHECKS: dict[str, tuple[int, Any]] = {}  # key -> (failing checks so far, the function last counted)
+
+
+def count_failed_check(key: str, fn: Any, *, hidden: bool = False) -> int:
+    """Count one failing check of exercise `key` in this process and return the count so far.
+
+    A hidden check of the very function whose visible check just failed (the same check cell)
+    is the same try, not another one."""
+    n, last = _FAILED_CHECKS.get(key, (0, None))
+    if not (hidden and fn is last):
+        n += 1
+    _FAILED_CHECKS[key] = (n, fn)
+    return n
+
+
+def _hint_lines(exercise: Exercise, attempt: int | None) -> list[str]:
+    """None (grading, CI): the full hint at once, as always; else the nudge first, the recipe later."""
+    if attempt is None or not exercise.nudge:
+        return [f"  hint: {exercise.hint}"] if exercise.hint else []
+    if attempt >= FULL_HINT_AFTER:
+        return [f"  hint 2 of 2 (the full recipe): {exercise.hint}"]
+    left = FULL_HINT_AFTER - attempt
+    return [f"  hint 1 of 2: {exercise.nudge}",
+            f"  (Have another go. If this check fails {left} more time{'s' if left > 1 else ''}, "
+            "it shows the full recipe: hint 2 of 2.)"]
+
+
+def format_results(exercise: Exercise, results: list[CaseResult], *, reveal: bool = True,
+                   attempt: int | None = None) -> str:
+    """Readable feedback. With `reveal=False` (hidden cases) no values or messages are shown.
+
+    `attempt`: the learner's failing checks of this exercise so far, for graduated hints; None
+    prints the full hint at once (grading and CI)."""
     earned = sum(r.points for r in results)
     total = sum(r.max_points for r in results)
     kind = "hidden" if results and results[0].hidden else "visible"
@@ -217,8 +332,7 @@ def format_results(exercise: Exercise, results: list[CaseResult], *, reveal: boo
     if any(not r.passed for r in results):
         if not reveal:
             lines.append("  (hidden tests do not show their inputs or expected values)")
-        if exercise.hint:
-            lines.append(f"  hint: {exercise.hint}")
+        lines += _hint_lines(exercise, attempt)
     return "\n".join(lines)
 
 

@@ -5,31 +5,31 @@ from __future__ import annotations
 import torch
 
 from aigc_lib import transformer
-from aigc_lib.exercises.ch04 import heads_case, merge_case, qkv_case
+from aigc_lib.exercises.ch04 import far_scores, heads_case, merge_case, qkv_case
 from aigc_lib.exercises.core import Case
 
 HIDDEN = {
     "04.attention": (
-        Case("hidden: float64, 2 batch x 3 heads, T=3 queries, S=6 keys, d_k=16",
-             lambda: qkv_case((2, 3), 3, 6, 16, 5, 100, dtype=torch.float64)),
-        Case("hidden: queries after a cache (T=2, S=5, offset causal mask)",
+        Case("hidden: float64, batch and head dimensions, scores far from 0 (exp must not overflow)",
+             lambda: far_scores(qkv_case((2, 3), 3, 6, 16, 5, 100, dtype=torch.float64), 800.0)),
+        Case("hidden: fewer queries than keys (after a cache: an offset causal mask)",
              lambda: {**qkv_case((1,), 2, 5, 4, 2, 101), "mask": transformer.causal_mask(2, 5)}),
     ),
     "04.causal_mask": (
-        Case("hidden: T=2", lambda: {"T": 2}),
-        Case("hidden: T=17", lambda: {"T": 17}),
+        Case("hidden: a short sequence", lambda: {"T": 2}),
+        Case("hidden: a longer sequence", lambda: {"T": 17}),
     ),
     "04.split_heads": (
-        Case("hidden: float64, B=2, T=7, C=32, 8 heads", lambda: heads_case(2, 7, 32, 8, 102, torch.float64)),
-        Case("hidden: as many heads as channels", lambda: heads_case(1, 3, 4, 4, 103)),
+        Case("hidden: float64, many heads", lambda: heads_case(2, 7, 32, 8, 102, torch.float64)),
+        Case("hidden: one channel per head", lambda: heads_case(1, 3, 4, 4, 103)),
     ),
     "04.merge_heads": (
-        Case("hidden: float64, B=2, 8 heads, T=7, d=4", lambda: merge_case(2, 8, 7, 4, 104, torch.float64)),
-        Case("hidden: a split tensor comes back whole",
+        Case("hidden: float64, many heads", lambda: merge_case(2, 8, 7, 4, 104, torch.float64)),
+        Case("hidden: merging undoes split_heads",
              lambda: {"x": transformer.split_heads(heads_case(2, 5, 12, 3, 105)["x"], 3)}),
     ),
     "04.sinusoidal_positions": (
-        Case("hidden: T=128, d=64", lambda: {"T": 128, "d": 64}, atol=1e-4),
-        Case("hidden: T=3, d=128", lambda: {"T": 3, "d": 128}, atol=1e-5),
+        Case("hidden: a long sequence, a wide model", lambda: {"T": 128, "d": 64}, atol=1e-4),
+        Case("hidden: a short sequence, a very wide model", lambda: {"T": 3, "d": 128}, atol=1e-5),
     ),
 }

@@ -1,0 +1,1184 @@
+"""Hostile-student tests: the wrong answers a learner typically writes must lose points, and
+correct answers written another way (other operation order, float64 inside) must keep them all.
+
+Every mutant is scored on visible + hidden cases, as the grader does. When a mutant scores full,
+the cases (aigc_lib/exercises/chNN.py, hidden/chNN.py) are too weak: strengthen them, not this file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aigc_lib import exercises
+from aigc_lib.exercises import exercises_for, get_exercise
+from aigc_lib.exercises.core import run_cases
+
+MUTANTS: dict[str, dict[str, Callable]] = {}
+CORRECT: dict[str, dict[str, Callable]] = {}
+
+
+def mutant(key: str):
+    def register(fn):
+        MUTANTS.setdefault(key, {})[fn.__name__] = fn
+        return fn
+    return register
+
+
+def correct(key: str):
+    def register(fn):
+        CORRECT.setdefault(key, {})[fn.__name__] = fn
+        return fn
+    return register
+
+
+def score(key: str, fn: Callable) -> tuple[float, float]:
+    ex = get_exercise(key)
+    results = run_cases(ex, fn) + run_cases(ex, fn, hidden=True)
+    return sum(r.points for r in results), ex.points
+
+
+def col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Schedule values at t as a (B, 1, 1, 1) column in the images' dtype."""
+    return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+# ------------------------------------------------------------------------------------------ 00
+
+
+@mutant("00.count_bigrams")
+def bigrams_transposed(ids, vocab_size):
+    pair = ids[1:] * vocab_size + ids[:-1]
+    return torch.bincount(pair, minlength=vocab_size**2).reshape(vocab_size, vocab_size)
+
+
+@mutant("00.count_bigrams")
+def bigrams_wrap_around(ids, vocab_size):
+    pair = ids * vocab_size + ids.roll(-1)
+    return torch.bincount(pair, minlength=vocab_size**2).reshape(vocab_size, vocab_size)
+
+
+@mutant("00.count_bigrams")
+def bigrams_as_floats(ids, vocab_size):
+    pair = ids[:-1] * vocab_size + ids[1:]
+    return torch.bincount(pair, minlength=vocab_size**2).reshape(vocab_size, vocab_size).float()
+
+
+@mutant("00.count_bigrams")
+def bigrams_drop_last_pair(ids, vocab_size):
+    pair = ids[:-2] * vocab_size + ids[1:-1]
+    return torch.bincount(pair, minlength=vocab_size**2).reshape(vocab_size, vocab_size)
+
+
+@mutant("00.count_bigrams")
+def bigrams_in_place(ids, vocab_size):
+    head = ids[:-1]
+    head *= vocab_size  # writes into ids
+    return torch.bincount(head + ids[1:], minlength=vocab_size**2).reshape(vocab_size, vocab_size)
+
+
+@correct("00.count_bigrams")
+def bigrams_loop(ids, vocab_size):
+    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.int64)
+    for a, b in zip(ids[:-1].tolist(), ids[1:].tolist(), strict=True):
+        counts[a, b] += 1
+    return counts
+
+
+@correct("00.count_bigrams")
+def bigrams_one_hot(ids, vocab_size):
+    oh = F.one_hot(ids, vocab_size)
+    return oh[:-1].T @ oh[1:]
+
+
+@mutant("00.next_char_probs")
+def probs_no_alpha_v_in_denominator(counts, alpha):
+    return (counts.float() + alpha) / counts.float().sum(-1, keepdim=True)
+
+
+@mutant("00.next_char_probs")
+def probs_alpha_once_in_denominator(counts, alpha):
+    return (counts.float() + alpha) / (counts.float().sum(-1, keepdim=True) + alpha)
+
+
+@mutant("00.next_char_probs")
+def probs_wrong_axis(counts, alpha):
+    c = counts.float() + alpha
+    return c / c.sum(0, keepdim=True)
+
+
+@mutant("00.next_char_probs")
+def probs_float64(counts, alpha):
+    c = counts.double() + alpha
+    return c / c.sum(-1, keepdim=True)
+
+
+@mutant("00.next_char_probs")
+def probs_normalise_everything(counts, alpha):
+    c = counts.float() + alpha
+    return c / c.sum()
+
+
+@correct("00.next_char_probs")
+def probs_formula(counts, alpha):
+    V = counts.shape[-1]
+    return ((counts + alpha) / (counts.sum(-1, keepdim=True) + alpha * V)).float()
+
+
+@correct("00.next_char_probs")
+def probs_float64_inside(counts, alpha):
+    c = counts.double() + alpha
+    return (c / c.sum(-1, keepdim=True)).float()
+
+
+@mutant("00.apply_temperature")
+def temperature_on_probs(logits, temperature):  # the source articles' bug E3
+    return torch.softmax(torch.softmax(logits, -1) / temperature, -1)
+
+
+@mutant("00.apply_temperature")
+def temperature_multiplied(logits, temperature):
+    return torch.softmax(logits * temperature, -1)
+
+
+@mutant("00.apply_temperature")
+def temperature_unstable_softmax(logits, temperature):
+    e = torch.exp(logits / temperature)
+    return e / e.sum(-1, keepdim=True)
+
+
+@mutant("00.apply_temperature")
+def temperature_softmax_first_axis(logits, temperature):
+    return torch.softmax(logits / temperature, 0)
+
+
+@correct("00.apply_temperature")
+def temperature_stable_by_hand(logits, temperature):
+    z = logits / temperature
+    e = (z - z.max(-1, keepdim=True).values).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+@correct("00.apply_temperature")
+def temperature_via_log_softmax(logits, temperature):
+    return torch.log_softmax(logits / temperature, -1).exp()
+
+
+@mutant("00.fit_pixel_model")
+def pixels_binarised(images, alpha):
+    x = (images > 0.5).to(images.dtype)
+    return (x.sum(0) + alpha) / (len(x) + 2 * alpha)
+
+
+@mutant("00.fit_pixel_model")
+def pixels_alpha_once_in_denominator(images, alpha):
+    return (images.sum(0) + alpha) / (len(images) + alpha)
+
+
+@mutant("00.fit_pixel_model")
+def pixels_mean_plus_alpha(images, alpha):
+    return (images.mean(0) + alpha) / (1 + 2 * alpha)
+
+
+@mutant("00.fit_pixel_model")
+def pixels_float32_always(images, alpha):
+    return ((images.sum(0) + alpha) / (len(images) + 2 * alpha)).float()
+
+
+@correct("00.fit_pixel_model")
+def pixels_via_mean(images, alpha):
+    n = len(images)
+    return (images.mean(0) * n + alpha) / (n + 2 * alpha)
+
+
+@correct("00.fit_pixel_model")
+def pixels_float64_inside(images, alpha):
+    return ((images.double().sum(0) + alpha) / (len(images) + 2 * alpha)).to(images.dtype)
+
+
+# ------------------------------------------------------------------------------------------ 01
+
+
+@mutant("01.rnn_cell")
+def rnn_missing_bias(x, h_prev, W_xh, W_hh, b_h):
+    return torch.tanh(x @ W_xh.T + h_prev @ W_hh.T)
+
+
+@mutant("01.rnn_cell")
+def rnn_W_hh_untransposed(x, h_prev, W_xh, W_hh, b_h):
+    return torch.tanh(x @ W_xh.T + h_prev @ W_hh + b_h)
+
+
+@mutant("01.rnn_cell")
+def rnn_sigmoid(x, h_prev, W_xh, W_hh, b_h):
+    return torch.sigmoid(x @ W_xh.T + h_prev @ W_hh.T + b_h)
+
+
+@mutant("01.rnn_cell")
+def rnn_no_tanh(x, h_prev, W_xh, W_hh, b_h):
+    return x @ W_xh.T + h_prev @ W_hh.T + b_h
+
+
+@correct("01.rnn_cell")
+def rnn_linear(x, h_prev, W_xh, W_hh, b_h):
+    return torch.tanh(F.linear(h_prev, W_hh) + F.linear(x, W_xh, b_h))
+
+
+@correct("01.rnn_cell")
+def rnn_stacked(x, h_prev, W_xh, W_hh, b_h):
+    return torch.tanh(torch.cat([x, h_prev], 1) @ torch.cat([W_xh, W_hh], 1).T + b_h)
+
+
+def _gates(x, h, p):
+    return {g: x @ p[f"W_x{g}"].T + h @ p[f"W_h{g}"].T + p[f"b_{g}"] for g in "ifoc"}
+
+
+@mutant("01.lstm_cell")
+def lstm_swapped_input_forget(x, h_prev, c_prev, params):
+    a = _gates(x, h_prev, params)
+    c = torch.sigmoid(a["i"]) * c_prev + torch.sigmoid(a["f"]) * torch.tanh(a["c"])
+    return torch.sigmoid(a["o"]) * torch.tanh(c), c
+
+
+@mutant("01.lstm_cell")
+def lstm_h_from_c_prev(x, h_prev, c_prev, params):
+    a = _gates(x, h_prev, params)
+    c = torch.sigmoid(a["f"]) * c_prev + torch.sigmoid(a["i"]) * torch.tanh(a["c"])
+    return torch.sigmoid(a["o"]) * torch.tanh(c_prev), c
+
+
+@mutant("01.lstm_cell")
+def lstm_sigmoid_candidate(x, h_prev, c_prev, params):
+    a = _gates(x, h_prev, params)
+    c = torch.sigmoid(a["f"]) * c_prev + torch.sigmoid(a["i"]) * torch.sigmoid(a["c"])
+    return torch.sigmoid(a["o"]) * torch.tanh(c), c
+
+
+@mutant("01.lstm_cell")
+def lstm_returns_c_h(x, h_prev, c_prev, params):
+    a = _gates(x, h_prev, params)
+    c = torch.sigmoid(a["f"]) * c_prev + torch.sigmoid(a["i"]) * torch.tanh(a["c"])
+    return c, torch.sigmoid(a["o"]) * torch.tanh(c)
+
+
+@mutant("01.lstm_cell")
+def lstm_h_without_tanh(x, h_prev, c_prev, params):
+    a = _gates(x, h_prev, params)
+    c = torch.sigmoid(a["f"]) * c_prev + torch.sigmoid(a["i"]) * torch.tanh(a["c"])
+    return torch.sigmoid(a["o"]) * c, c
+
+
+@correct("01.lstm_cell")
+def lstm_one_matmul(x, h_prev, c_prev, params):
+    W = torch.cat([torch.cat([params[f"W_x{g}"], params[f"W_h{g}"]], 1) for g in "ifoc"], 0)
+    b = torch.cat([params[f"b_{g}"] for g in "ifoc"])
+    i, f, o, g = (torch.cat([x, h_prev], 1) @ W.T + b).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@mutant("01.rnn_cell_backward")
+def backward_1_minus_h(dh, x, h_prev, h, W_xh, W_hh):
+    da = dh * (1 - h)
+    return da @ W_xh, da @ W_hh, da.T @ x, da.T @ h_prev, da.sum(0)
+
+
+@mutant("01.rnn_cell_backward")
+def backward_no_tanh_derivative(dh, x, h_prev, h, W_xh, W_hh):
+    return dh @ W_xh, dh @ W_hh, dh.T @ x, dh.T @ h_prev, dh.sum(0)
+
+
+@mutant("01.rnn_cell_backward")
+def backward_db_mean(dh, x, h_prev, h, W_xh, W_hh):
+    da = dh * (1 - h**2)
+    return da @ W_xh, da @ W_hh, da.T @ x, da.T @ h_prev, da.mean(0)
+
+
+@mutant("01.rnn_cell_backward")
+def backward_W_hh_transposed(dh, x, h_prev, h, W_xh, W_hh):
+    da = dh * (1 - h**2)
+    return da @ W_xh, da @ W_hh.T, da.T @ x, da.T @ h_prev, da.sum(0)
+
+
+@mutant("01.rnn_cell_backward")
+def backward_returns_list(dh, x, h_prev, h, W_xh, W_hh):
+    da = dh * (1 - h**2)
+    return [da @ W_xh, da @ W_hh, da.T @ x, da.T @ h_prev, da.sum(0)]
+
+
+@mutant("01.rnn_cell_backward")
+def backward_dW_hh_from_h(dh, x, h_prev, h, W_xh, W_hh):
+    da = dh * (1 - h**2)
+    return da @ W_xh, da @ W_hh, da.T @ x, da.T @ h, da.sum(0)
+
+
+@correct("01.rnn_cell_backward")
+def backward_autograd(dh, x, h_prev, h, W_xh, W_hh):
+    x, h_prev, W_xh, W_hh = (t.detach().clone().requires_grad_() for t in (x, h_prev, W_xh, W_hh))
+    b = torch.zeros(W_xh.shape[0], dtype=x.dtype, requires_grad=True)
+    a = x @ W_xh.T + h_prev @ W_hh.T + b
+    # a * (1 - h^2) with h held fixed has the gradient of tanh(a) at the given h
+    grads = torch.autograd.grad(((a * (1 - h**2)) * dh).sum(), (x, h_prev, W_xh, W_hh, b))
+    return tuple(g.detach() for g in grads)
+
+
+@correct("01.rnn_cell_backward")
+def backward_einsum(dh, x, h_prev, h, W_xh, W_hh):
+    da = dh - dh * h * h
+    return (torch.einsum("bh,hd->bd", da, W_xh), torch.einsum("bh,hk->bk", da, W_hh),
+            torch.einsum("bh,bd->hd", da, x), torch.einsum("bh,bk->hk", da, h_prev), da.sum(0))
+
+
+@mutant("01.sample_probs")
+def topk_drops_the_kth(logits, temperature, top_k):
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return torch.softmax(logits.masked_fill(logits <= kth, -math.inf) / temperature, -1)
+
+
+@mutant("01.sample_probs")
+def topk_zero_not_minus_inf(logits, temperature, top_k):
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return torch.softmax(logits.masked_fill(logits < kth, 0.0) / temperature, -1)
+
+
+@mutant("01.sample_probs")
+def topk_temperature_on_probs(logits, temperature, top_k):
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    p = torch.softmax(logits.masked_fill(logits < kth, -math.inf), -1) ** (1 / temperature)
+    return p  # not renormalised
+
+
+@mutant("01.sample_probs")
+def topk_no_temperature(logits, temperature, top_k):
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return torch.softmax(logits.masked_fill(logits < kth, -math.inf), -1)
+
+
+@mutant("01.sample_probs")
+def topk_unstable_softmax(logits, temperature, top_k):
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    e = torch.exp(logits.masked_fill(logits < kth, -math.inf) / temperature)
+    return e / e.sum(-1, keepdim=True)
+
+
+@correct("01.sample_probs")
+def topk_renormalise_probs(logits, temperature, top_k):
+    p = torch.softmax(logits / temperature, -1)
+    kth = torch.topk(p, top_k, dim=-1).values[..., -1:]
+    p = p.masked_fill(p < kth, 0.0)
+    return p / p.sum(-1, keepdim=True)
+
+
+@correct("01.sample_probs")
+def topk_scatter(logits, temperature, top_k):
+    vals, idx = torch.topk(logits / temperature, top_k, dim=-1)
+    out = torch.full_like(logits, -math.inf).scatter(-1, idx, vals)
+    return torch.softmax(out, -1)
+
+
+# ------------------------------------------------------------------------------------------ 02
+
+
+@mutant("02.discriminator_loss")
+def d_loss_log_sigmoid(real_logits, fake_logits):
+    return -torch.log(torch.sigmoid(real_logits)).mean() - torch.log(1 - torch.sigmoid(fake_logits)).mean()
+
+
+@mutant("02.discriminator_loss")
+def d_loss_sum_not_mean(real_logits, fake_logits):
+    return F.softplus(-real_logits).sum() + F.softplus(fake_logits).sum()
+
+
+@mutant("02.discriminator_loss")
+def d_loss_pooled_mean(real_logits, fake_logits):
+    return torch.cat([F.softplus(-real_logits), F.softplus(fake_logits)]).mean()
+
+
+@mutant("02.discriminator_loss")
+def d_loss_signs_swapped(real_logits, fake_logits):
+    return F.softplus(real_logits).mean() + F.softplus(-fake_logits).mean()
+
+
+@mutant("02.discriminator_loss")
+def d_loss_real_term_only(real_logits, fake_logits):
+    return F.softplus(-real_logits).mean()
+
+
+@mutant("02.discriminator_loss")
+def d_loss_bce_on_probabilities(real_logits, fake_logits):  # F.binary_cross_entropy clamps log(0) to -100
+    return (F.binary_cross_entropy(torch.sigmoid(real_logits), torch.ones_like(real_logits))
+            + F.binary_cross_entropy(torch.sigmoid(fake_logits), torch.zeros_like(fake_logits)))
+
+
+@mutant("02.discriminator_loss")
+def d_loss_log_sigmoid_plus_epsilon(real_logits, fake_logits):
+    return (-torch.log(torch.sigmoid(real_logits) + 1e-8).mean()
+            - torch.log(1 - torch.sigmoid(fake_logits) + 1e-8).mean())
+
+
+@correct("02.discriminator_loss")
+def d_loss_bce(real_logits, fake_logits):
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+@correct("02.discriminator_loss")
+def d_loss_logsigmoid(real_logits, fake_logits):
+    return -F.logsigmoid(real_logits).mean() - F.logsigmoid(-fake_logits).mean()
+
+
+@mutant("02.generator_loss")
+def g_loss_saturating(fake_logits):
+    return -F.softplus(fake_logits).mean()
+
+
+@mutant("02.generator_loss")
+def g_loss_log_sigmoid(fake_logits):
+    return -torch.log(torch.sigmoid(fake_logits)).mean()
+
+
+@mutant("02.generator_loss")
+def g_loss_wrong_sign(fake_logits):
+    return F.softplus(fake_logits).mean()
+
+
+@mutant("02.generator_loss")
+def g_loss_sum(fake_logits):
+    return F.softplus(-fake_logits).sum()
+
+
+@mutant("02.generator_loss")
+def g_loss_log_sigmoid_plus_epsilon(fake_logits):
+    return -torch.log(torch.sigmoid(fake_logits) + 1e-12).mean()
+
+
+@correct("02.generator_loss")
+def g_loss_bce(fake_logits):
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+@correct("02.generator_loss")
+def g_loss_logsigmoid(fake_logits):
+    return -F.logsigmoid(fake_logits).mean()
+
+
+def _generator(z, p, *, bias=True, eps=1e-5, out=torch.tanh, bn=None, act=F.relu, relu_first=False):
+    bn = bn or (lambda h, g, b: F.batch_norm(h, None, None, g, b, training=True, eps=eps))
+    block = (lambda h, g, b: bn(act(h), g, b)) if relu_first else (lambda h, g, b: act(bn(h, g, b)))
+    h = block(F.conv_transpose2d(z[:, :, None, None], p["w1"]), p["gamma1"], p["beta1"])
+    h = block(F.conv_transpose2d(h, p["w2"], stride=2, padding=1), p["gamma2"], p["beta2"])
+    return out(F.conv_transpose2d(h, p["w3"], p["b3"] if bias else None, stride=2, padding=1))
+
+
+def _manual_bn(h, gamma, beta, unbiased=False):
+    mean = h.mean((0, 2, 3), keepdim=True)
+    var = h.var((0, 2, 3), keepdim=True, unbiased=unbiased)
+    return (h - mean) / torch.sqrt(var + 1e-5) * gamma[None, :, None, None] + beta[None, :, None, None]
+
+
+@mutant("02.dcgan_generator")
+def generator_missing_final_bias(z, params):
+    return _generator(z, params, bias=False)
+
+
+@mutant("02.dcgan_generator")
+def generator_sigmoid_output(z, params):
+    return _generator(z, params, out=torch.sigmoid)
+
+
+@mutant("02.dcgan_generator")
+def generator_bn_without_affine(z, params):
+    return _generator(z, params, bn=lambda h, g, b: F.batch_norm(h, None, None, training=True))
+
+
+@mutant("02.dcgan_generator")
+def generator_bn_unbiased_variance(z, params):
+    return _generator(z, params, bn=lambda h, g, b: _manual_bn(h, g, b, unbiased=True))
+
+
+@mutant("02.dcgan_generator")
+def generator_bn_eval_mode(z, params):
+    def bn(h, g, b):
+        C = h.shape[1]
+        return F.batch_norm(h, torch.zeros(C, dtype=h.dtype), torch.ones(C, dtype=h.dtype), g, b, training=False)
+    return _generator(z, params, bn=bn)
+
+
+@mutant("02.dcgan_generator")
+def generator_bn_eps_1e_3(z, params):
+    return _generator(z, params, eps=1e-3)
+
+
+@mutant("02.dcgan_generator")
+def generator_relu_before_bn(z, params):
+    return _generator(z, params, relu_first=True)
+
+
+@mutant("02.dcgan_generator")
+def generator_leaky_relu(z, params):
+    return _generator(z, params, act=lambda h: F.leaky_relu(h, 0.2))
+
+
+@correct("02.dcgan_generator")
+def generator_manual_bn(z, params):
+    return _generator(z, params, bn=_manual_bn)
+
+
+@correct("02.dcgan_generator")
+def generator_float64_inside(z, params):
+    return _generator(z.double(), {k: v.double() for k, v in params.items()}).to(z.dtype)
+
+
+def _linear_gan(g_weight, g_bias, d_weight, d_bias, real, z, lr, *, detach=True, fresh_d=True, g_loss=None,
+                sign=-1.0):
+    gw, gb, dw, db = (t.detach().clone().requires_grad_(True) for t in (g_weight, g_bias, d_weight, d_bias))
+    fake = z @ gw.T + gb
+    d_loss = F.softplus(-(real @ dw.T + db)).mean() + F.softplus(fake.detach() @ dw.T + db).mean()
+    g_dw, g_db = torch.autograd.grad(d_loss, (dw, db))
+    new_dw, new_db = (dw + sign * lr * g_dw).detach(), (db + sign * lr * g_db).detach()
+    logits = (fake @ (new_dw if fresh_d else dw.detach()).T + (new_db if fresh_d else db.detach())).squeeze(1)
+    loss = (g_loss or (lambda lg: F.softplus(-lg).mean()))(logits)
+    g_gw, g_gb = torch.autograd.grad(loss, (gw, gb))
+    out = (gw + sign * lr * g_gw, gb + sign * lr * g_gb, new_dw, new_db, d_loss, loss)
+    return tuple(t.detach() for t in out) if detach else out
+
+
+@mutant("02.gan_sgd_step")
+def step_forgets_detach(**kw):
+    return _linear_gan(**kw, detach=False)
+
+
+@mutant("02.gan_sgd_step")
+def step_g_sees_old_d(**kw):
+    return _linear_gan(**kw, fresh_d=False)
+
+
+@mutant("02.gan_sgd_step")
+def step_minimax_g_loss(**kw):
+    return _linear_gan(**kw, g_loss=lambda lg: -F.softplus(lg).mean())
+
+
+@mutant("02.gan_sgd_step")
+def step_gradient_ascent(**kw):
+    return _linear_gan(**kw, sign=1.0)
+
+
+@mutant("02.gan_sgd_step")
+def step_d_loss_after_update(g_weight, g_bias, d_weight, d_bias, real, z, lr):
+    out = _linear_gan(g_weight, g_bias, d_weight, d_bias, real, z, lr)
+    fake = z @ g_weight.T + g_bias
+    d_loss = F.softplus(-(real @ out[2].T + out[3])).mean() + F.softplus(fake @ out[2].T + out[3]).mean()
+    return (*out[:4], d_loss, out[5])
+
+
+@mutant("02.gan_sgd_step")
+def step_backward_without_fake_detach(g_weight, g_bias, d_weight, d_bias, real, z, lr):
+    """loss.backward() on D's loss without fake.detach(): G's gradients also collect D's loss."""
+    gw, gb, dw, db = (t.detach().clone().requires_grad_(True) for t in (g_weight, g_bias, d_weight, d_bias))
+    fake = z @ gw.T + gb
+    d_loss = F.softplus(-(real @ dw.T + db)).mean() + F.softplus(fake @ dw.T + db).mean()
+    d_loss.backward()
+    with torch.no_grad():
+        dw -= lr * dw.grad
+        db -= lr * db.grad
+    g_loss = F.softplus(-(fake @ dw.T + db)).mean()
+    g_loss.backward()
+    with torch.no_grad():
+        return gw - lr * gw.grad, gb - lr * gb.grad, dw.clone(), db.clone(), d_loss.detach(), g_loss.detach()
+
+
+@correct("02.gan_sgd_step")
+def step_bce_and_backward(g_weight, g_bias, d_weight, d_bias, real, z, lr):
+    gw, gb, dw, db = (t.detach().clone().requires_grad_(True) for t in (g_weight, g_bias, d_weight, d_bias))
+    fake = z @ gw.T + gb
+    r, f = (real @ dw.T + db).squeeze(1), (fake.detach() @ dw.T + db).squeeze(1)
+    d_loss = (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+              + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+    d_loss.backward()
+    with torch.no_grad():
+        dw, db = dw - lr * dw.grad, db - lr * db.grad
+    g = (fake @ dw.T + db).squeeze(1)
+    g_loss = F.binary_cross_entropy_with_logits(g, torch.ones_like(g))
+    g_loss.backward()
+    with torch.no_grad():
+        return gw - lr * gw.grad, gb - lr * gb.grad, dw, db, d_loss.detach(), g_loss.detach()
+
+
+# ------------------------------------------------------------------------------------------ 03
+
+
+@mutant("03.reparameterize")
+def reparam_variance_not_std(mu, logvar, eps):
+    return mu + torch.exp(logvar) * eps
+
+
+@mutant("03.reparameterize")
+def reparam_logvar_as_log_std(mu, logvar, eps):
+    return mu + torch.exp(logvar) ** 2 * eps
+
+
+@mutant("03.reparameterize")
+def reparam_fresh_noise(mu, logvar, eps):
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(eps)
+
+
+@mutant("03.reparameterize")
+def reparam_in_place(mu, logvar, eps):
+    return mu.add_(torch.exp(0.5 * logvar) * eps)
+
+
+@correct("03.reparameterize")
+def reparam_sqrt_exp(mu, logvar, eps):
+    return eps * logvar.exp().sqrt() + mu
+
+
+@correct("03.reparameterize")
+def reparam_addcmul(mu, logvar, eps):
+    return torch.addcmul(mu, logvar.mul(0.5).exp(), eps)
+
+
+@mutant("03.gaussian_kl")
+def kl_mean_over_latents(mu, logvar):
+    return 0.5 * (mu**2 + logvar.exp() - 1 - logvar).mean(1)
+
+
+@mutant("03.gaussian_kl")
+def kl_without_half(mu, logvar):
+    return (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+
+
+@mutant("03.gaussian_kl")
+def kl_std_for_variance(mu, logvar):
+    return 0.5 * (mu**2 + (0.5 * logvar).exp() - 1 - logvar).sum(1)
+
+
+@mutant("03.gaussian_kl")
+def kl_summed_over_batch(mu, logvar):
+    return 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(0)
+
+
+@mutant("03.gaussian_kl")
+def kl_scalar(mu, logvar):
+    return 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum()
+
+
+@mutant("03.gaussian_kl")
+def kl_without_minus_one(mu, logvar):
+    return 0.5 * (mu**2 + logvar.exp() - logvar).sum(1)
+
+
+@correct("03.gaussian_kl")
+def kl_negative_form(mu, logvar):
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+@correct("03.gaussian_kl")
+def kl_distributions(mu, logvar):
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    return torch.distributions.kl_divergence(q, p).sum(1)
+
+
+def _kl(mu, logvar):
+    return 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+
+
+@mutant("03.vae_loss")
+def vae_mean_over_pixels(logits, x, mu, logvar):
+    return (F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).mean(1) + _kl(mu, logvar)).mean()
+
+
+@mutant("03.vae_loss")
+def vae_sum_over_batch(logits, x, mu, logvar):
+    return (F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1) + _kl(mu, logvar)).sum()
+
+
+@mutant("03.vae_loss")
+def vae_bce_on_sigmoid(logits, x, mu, logvar):
+    recon = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").flatten(1).sum(1)
+    return (recon + _kl(mu, logvar)).mean()
+
+
+@mutant("03.vae_loss")
+def vae_minus_kl(logits, x, mu, logvar):
+    return (F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1) - _kl(mu, logvar)).mean()
+
+
+@mutant("03.vae_loss")
+def vae_mse(logits, x, mu, logvar):
+    return ((torch.sigmoid(logits) - x).pow(2).flatten(1).sum(1) + _kl(mu, logvar)).mean()
+
+
+@mutant("03.vae_loss")
+def vae_bce_arguments_swapped(logits, x, mu, logvar):
+    return (F.binary_cross_entropy_with_logits(x, logits, reduction="none").flatten(1).sum(1) + _kl(mu, logvar)).mean()
+
+
+@correct("03.vae_loss")
+def vae_softplus_by_hand(logits, x, mu, logvar):
+    recon = (F.softplus(logits) - x * logits).sum((1, 2, 3))
+    return recon.mean() + _kl(mu, logvar).mean()
+
+
+@correct("03.vae_loss")
+def vae_bce_sum_over_batch(logits, x, mu, logvar):
+    B = len(x)
+    return (F.binary_cross_entropy_with_logits(logits, x, reduction="sum") + _kl(mu, logvar).sum()) / B
+
+
+@mutant("03.interpolate")
+def interp_endpoint_missing(z0, z1, steps):
+    t = (torch.arange(steps, dtype=z0.dtype) / steps)[:, None]
+    return (1 - t) * z0 + t * z1
+
+
+@mutant("03.interpolate")
+def interp_reversed(z0, z1, steps):
+    t = torch.linspace(0, 1, steps, dtype=z0.dtype)[:, None]
+    return t * z0 + (1 - t) * z1
+
+
+@mutant("03.interpolate")
+def interp_transposed(z0, z1, steps):
+    t = torch.linspace(0, 1, steps, dtype=z0.dtype)[None, :]
+    return (1 - t) * z0[:, None] + t * z1[:, None]
+
+
+@mutant("03.interpolate")
+def interp_float32_always(z0, z1, steps):
+    t = torch.linspace(0, 1, steps)[:, None]
+    return ((1 - t) * z0 + t * z1).float()
+
+
+@correct("03.interpolate")
+def interp_lerp(z0, z1, steps):
+    return torch.lerp(z0, z1, torch.linspace(0, 1, steps, dtype=z0.dtype)[:, None])
+
+
+@correct("03.interpolate")
+def interp_stack(z0, z1, steps):
+    return torch.stack([z0 + (z1 - z0) * (i / (steps - 1)) for i in range(steps)])
+
+
+# ------------------------------------------------------------------------------------------ 04
+
+
+def _attn(q, k, v, mask=None, *, scale=None, fill=-math.inf, dim=-1, softmax=torch.softmax):
+    scores = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale is None else scale)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, fill)
+    return softmax(scores, dim) @ v
+
+
+def _unstable_softmax(s, dim):
+    e = s.exp()
+    return e / e.sum(dim, keepdim=True)
+
+
+@mutant("04.attention")
+def attention_unscaled(q, k, v, mask=None):
+    return _attn(q, k, v, mask, scale=1.0)
+
+
+@mutant("04.attention")
+def attention_scaled_by_d_v(q, k, v, mask=None):
+    return _attn(q, k, v, mask, scale=math.sqrt(v.shape[-1]))
+
+
+@mutant("04.attention")
+def attention_softmax_over_queries(q, k, v, mask=None):
+    return _attn(q, k, v, mask, dim=-2)
+
+
+@mutant("04.attention")
+def attention_mask_fills_zero(q, k, v, mask=None):
+    return _attn(q, k, v, mask, fill=0.0)
+
+
+@mutant("04.attention")
+def attention_mask_inverted(q, k, v, mask=None):
+    return _attn(q, k, v, None if mask is None else ~mask)
+
+
+@mutant("04.attention")
+def attention_ignores_mask(q, k, v, mask=None):
+    return _attn(q, k, v)
+
+
+@mutant("04.attention")
+def attention_unstable_softmax(q, k, v, mask=None):
+    return _attn(q, k, v, mask, softmax=_unstable_softmax)
+
+
+@correct("04.attention")
+def attention_scale_q_first(q, k, v, mask=None):
+    scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -1e9)
+    return scores.softmax(-1) @ v
+
+
+@correct("04.attention")
+def attention_sdpa(q, k, v, mask=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@mutant("04.causal_mask")
+def mask_upper(T):
+    return torch.ones(T, T, dtype=torch.bool).triu()
+
+
+@mutant("04.causal_mask")
+def mask_strict(T):
+    return torch.ones(T, T, dtype=torch.bool).tril(-1)
+
+
+@mutant("04.causal_mask")
+def mask_float(T):
+    return torch.ones(T, T).tril()
+
+
+@mutant("04.causal_mask")
+def mask_additive(T):
+    return torch.full((T, T), -math.inf).triu(1)
+
+
+@correct("04.causal_mask")
+def mask_compare(T):
+    i = torch.arange(T)
+    return i[:, None] >= i[None, :]
+
+
+@mutant("04.split_heads")
+def split_without_transpose(x, n_heads):
+    B, T, C = x.shape
+    return x.reshape(B, n_heads, T, C // n_heads)
+
+
+@mutant("04.split_heads")
+def split_interleaved_channels(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, C // n_heads, n_heads).permute(0, 3, 1, 2)
+
+
+@mutant("04.split_heads")
+def split_head_axis_last(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads).permute(0, 2, 3, 1)
+
+
+@correct("04.split_heads")
+def split_permute_contiguous(x, n_heads):
+    B, T, C = x.shape
+    return x.reshape(B, T, n_heads, -1).permute(0, 2, 1, 3).contiguous()
+
+
+@mutant("04.merge_heads")
+def merge_without_transpose(x):
+    B, H, T, d = x.shape
+    return x.reshape(B, T, H * d)
+
+
+@mutant("04.merge_heads")
+def merge_channel_major(x):
+    B, H, T, d = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, T, H * d)
+
+
+@mutant("04.merge_heads")
+def merge_view_after_transpose(x):
+    B, H, T, d = x.shape
+    return x.transpose(1, 2).view(B, T, H * d)
+
+
+@correct("04.merge_heads")
+def merge_cat_heads(x):
+    return torch.cat(x.unbind(1), dim=-1)
+
+
+def _positions(T, d, *, swap=False, halves=False, step=2, start=0, sign=-1, dtype=torch.float32):
+    pos = torch.arange(start, start + T, dtype=dtype)[:, None]
+    freq = 10000.0 ** (sign * torch.arange(0, d, 2, dtype=dtype) * (step / 2) / d)
+    s, c = torch.sin(pos * freq), torch.cos(pos * freq)
+    if swap:
+        s, c = c, s
+    if halves:
+        return torch.cat([s, c], 1)
+    return torch.stack([s, c], -1).reshape(T, d)
+
+
+@mutant("04.sinusoidal_positions")
+def positions_sin_cos_swapped(T, d):
+    return _positions(T, d, swap=True)
+
+
+@mutant("04.sinusoidal_positions")
+def positions_halves_not_interleaved(T, d):
+    return _positions(T, d, halves=True)
+
+
+@mutant("04.sinusoidal_positions")
+def positions_exponent_i_over_d(T, d):
+    return _positions(T, d, step=1)
+
+
+@mutant("04.sinusoidal_positions")
+def positions_frequency_not_inverted(T, d):
+    return _positions(T, d, sign=1)
+
+
+@mutant("04.sinusoidal_positions")
+def positions_from_one(T, d):
+    return _positions(T, d, start=1)
+
+
+@mutant("04.sinusoidal_positions")
+def positions_float64(T, d):
+    return _positions(T, d, dtype=torch.float64)
+
+
+@correct("04.sinusoidal_positions")
+def positions_float32_recipe(T, d):  # the hint's recipe, all in float32
+    pos = torch.arange(T)[:, None]
+    freq = 10000 ** (-torch.arange(0, d, 2) / d)
+    pe = torch.zeros(T, d)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return pe
+
+
+@correct("04.sinusoidal_positions")
+def positions_exp_log(T, d):
+    pos = torch.arange(T, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    return torch.stack([torch.sin(pos * freq), torch.cos(pos * freq)], -1).flatten(1)
+
+
+# ------------------------------------------------------------------------------------------ 05
+
+
+def _ab(betas):
+    return torch.cumprod(1 - betas, 0)
+
+
+@mutant("05.q_sample")
+def q_sample_off_by_one(x0, t, eps, betas):
+    ab = col(_ab(betas)[t - 1], x0)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+@mutant("05.q_sample")
+def q_sample_alpha_not_alpha_bar(x0, t, eps, betas):
+    ab = col((1 - betas)[t], x0)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+@mutant("05.q_sample")
+def q_sample_variance_not_std(x0, t, eps, betas):
+    ab = col(_ab(betas)[t], x0)
+    return ab.sqrt() * x0 + (1 - ab) * eps
+
+
+@mutant("05.q_sample")
+def q_sample_float64_leak(x0, t, eps, betas):
+    ab = _ab(betas)[t].view(-1, 1, 1, 1)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+@mutant("05.q_sample")
+def q_sample_one_t_for_all(x0, t, eps, betas):
+    ab = float(_ab(betas)[t[0]])
+    return math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
+
+
+@correct("05.q_sample")
+def q_sample_hint_recipe(x0, t, eps, betas):
+    ab = col(_ab(betas)[t], x0)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+@correct("05.q_sample")
+def q_sample_float64_coefficients(x0, t, eps, betas):
+    ab = _ab(betas)[t]
+    return col(ab.sqrt(), x0) * x0 + col((1 - ab).sqrt(), x0) * eps
+
+
+@correct("05.q_sample")
+def q_sample_all_float64(x0, t, eps, betas):
+    ab = _ab(betas)[t].view(-1, 1, 1, 1)
+    return (ab.sqrt() * x0.double() + (1 - ab).sqrt() * eps.double()).to(x0.dtype)
+
+
+def _posterior(x0, xt, t, betas, *, prev=None, sqrt_prev=True, alpha=None):
+    ab = _ab(betas)
+    ab_prev = torch.cat([torch.ones(1, dtype=betas.dtype), ab[:-1]]) if prev is None else prev(ab)
+    a = (1 - betas) if alpha is None else alpha(ab, betas)
+    ab_t, ab_p, beta, a_t = ab[t], ab_prev[t], betas[t], a[t]
+    c0 = (ab_p.sqrt() if sqrt_prev else ab_p) * beta / (1 - ab_t)
+    ct = a_t.sqrt() * (1 - ab_p) / (1 - ab_t)
+    return col(c0, x0) * x0 + col(ct, x0) * xt
+
+
+@mutant("05.posterior_mean")
+def posterior_prev_is_current(x0, xt, t, betas):
+    return _posterior(x0, xt, t, betas, prev=lambda ab: ab)
+
+
+@mutant("05.posterior_mean")
+def posterior_prev_wraps_around(x0, xt, t, betas):
+    return _posterior(x0, xt, t, betas, prev=lambda ab: ab.roll(1))
+
+
+@mutant("05.posterior_mean")
+def posterior_prev_without_sqrt(x0, xt, t, betas):
+    return _posterior(x0, xt, t, betas, sqrt_prev=False)
+
+
+@mutant("05.posterior_mean")
+def posterior_alpha_bar_for_alpha(x0, xt, t, betas):
+    return _posterior(x0, xt, t, betas, alpha=lambda ab, b: ab)
+
+
+@mutant("05.posterior_mean")
+def posterior_coefficients_swapped(x0, xt, t, betas):
+    return _posterior(xt, x0, t, betas)
+
+
+@mutant("05.posterior_mean")
+def posterior_float32_coefficients(x0, xt, t, betas):
+    """The schedule cast to float32 before 1 - alpha_bar: off by up to ~1e-2 at small t (cancellation)."""
+    ab = _ab(betas)
+    ab_prev = torch.cat([torch.ones(1, dtype=betas.dtype), ab[:-1]])
+    ab_t, ab_p, beta, a_t = (col(v[t], x0) for v in (ab, ab_prev, betas, 1 - betas))
+    return ab_p.sqrt() * beta / (1 - ab_t) * x0 + a_t.sqrt() * (1 - ab_p) / (1 - ab_t) * xt
+
+
+@correct("05.posterior_mean")
+def posterior_float64_coefficients(x0, xt, t, betas):
+    return _posterior(x0, xt, t, betas)
+
+
+@correct("05.posterior_mean")
+def posterior_all_float64(x0, xt, t, betas):
+    return _posterior(x0.double(), xt.double(), t, betas).to(x0.dtype)
+
+
+def _ddim(model_output, xt, t, t_prev, betas, *, prev=None, sqrt=math.sqrt, use_alpha=False):
+    ab_all = (1 - betas) if use_alpha else _ab(betas)
+    ab = float(ab_all[t])
+    ab_prev = prev(ab_all, t_prev) if prev else (float(ab_all[t_prev]) if t_prev >= 0 else 1.0)
+    x0_hat = (xt - sqrt(1 - ab) * model_output) / sqrt(ab)
+    return sqrt(ab_prev) * x0_hat + sqrt(1 - ab_prev) * model_output
+
+
+@mutant("05.ddim_step")
+def ddim_negative_index(model_output, xt, t, t_prev, betas):
+    return _ddim(model_output, xt, t, t_prev, betas, prev=lambda ab, tp: float(ab[tp]))
+
+
+@mutant("05.ddim_step")
+def ddim_no_sqrt(model_output, xt, t, t_prev, betas):
+    return _ddim(model_output, xt, t, t_prev, betas, sqrt=lambda v: v)
+
+
+@mutant("05.ddim_step")
+def ddim_alpha_not_alpha_bar(model_output, xt, t, t_prev, betas):
+    return _ddim(model_output, xt, t, t_prev, betas, use_alpha=True)
+
+
+@mutant("05.ddim_step")
+def ddim_returns_x0_hat(model_output, xt, t, t_prev, betas):
+    ab = float(_ab(betas)[t])
+    return (xt - math.sqrt(1 - ab) * model_output) / math.sqrt(ab)
+
+
+@mutant("05.ddim_step")
+def ddim_off_by_one(model_output, xt, t, t_prev, betas):
+    return _ddim(model_output, xt, t, t_prev, betas,
+                 prev=lambda ab, tp: float(ab[tp + 1]))
+
+
+@correct("05.ddim_step")
+def ddim_tensor_coefficients(model_output, xt, t, t_prev, betas):
+    ab = _ab(betas)
+    a, a_prev = ab[t].to(xt.dtype), (ab[t_prev] if t_prev >= 0 else torch.tensor(1.0)).to(xt.dtype)
+    x0_hat = (xt - (1 - a).sqrt() * model_output) / a.sqrt()
+    return a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * model_output
+
+
+@correct("05.ddim_step")
+def ddim_one_linear_map(model_output, xt, t, t_prev, betas):
+    ab = _ab(betas)
+    a, a_prev = float(ab[t]), float(ab[t_prev]) if t_prev >= 0 else 1.0
+    r = math.sqrt(a_prev / a)
+    return r * xt + (math.sqrt(1 - a_prev) - r * math.sqrt(1 - a)) * model_output
+
+
+@mutant("05.guided_eps")
+def guidance_towards_uncond(eps_cond, eps_uncond, scale):
+    return eps_cond + scale * (eps_uncond - eps_cond)
+
+
+@mutant("05.guided_eps")
+def guidance_paper_convention(eps_cond, eps_uncond, scale):
+    return (1 + scale) * eps_cond - scale * eps_uncond
+
+
+@mutant("05.guided_eps")
+def guidance_no_uncond_term(eps_cond, eps_uncond, scale):
+    return scale * eps_cond
+
+
+@mutant("05.guided_eps")
+def guidance_in_place(eps_cond, eps_uncond, scale):
+    return eps_cond.sub_(eps_uncond).mul_(scale).add_(eps_uncond)
+
+
+@correct("05.guided_eps")
+def guidance_weighted_sum(eps_cond, eps_uncond, scale):
+    return scale * eps_cond + (1 - scale) * eps_uncond
+
+
+@correct("05.guided_eps")
+def guidance_lerp(eps_cond, eps_uncond, scale):
+    return torch.lerp(eps_uncond, eps_cond, scale)
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+CHAPTERS = sorted(p.stem[2:] for p in Path(exercises.__file__).parent.glob("ch[0-9][0-9].py"))
+ALL_KEYS = [key for ch in CHAPTERS for key in exercises_for(ch)]
+
+
+def _params(table):
+    return [pytest.param(key, fn, id=f"{key}-{name}") for key in sorted(table) for name, fn in table[key].items()]
+
+
+def test_every_exercise_has_mutants_and_a_second_correct_answer():
+    for key in ALL_KEYS:
+        assert len(MUTANTS.get(key, {})) >= 3, f"{key}: write at least 3 typical wrong answers"
+        assert CORRECT.get(key), f"{key}: write a correct answer that differs from the reference"
+    assert set(MUTANTS) | set(CORRECT) <= set(ALL_KEYS)
+
+
+@pytest.mark.parametrize("key", ALL_KEYS)
+def test_reference_scores_full(key):
+    earned, total = score(key, get_exercise(key).reference)
+    assert earned == total
+
+
+@pytest.mark.parametrize(("key", "fn"), _params(MUTANTS))
+def test_mutant_loses_points(key, fn):
+    earned, total = score(key, fn)
+    assert earned < total, f"{key}: the wrong answer {fn.__name__} gets full marks"
+
+
+@pytest.mark.parametrize(("key", "fn"), _params(CORRECT))
+def test_correct_variant_scores_full(key, fn):
+    ex = get_exercise(key)
+    failed = [f"{r.case}: {r.message}" for r in run_cases(ex, fn) + run_cases(ex, fn, hidden=True) if not r.passed]
+    assert not failed, f"{key}: the correct answer {fn.__name__} loses points: {failed}"
