@@ -108,3 +108,16 @@ def test_the_workspace_is_the_learners_own(tmp_path):
     copied, kept = make_workspace(tmp_path / "ws")
     assert copied == [] and len(kept) == len(SOURCES)
     assert (tmp_path / "ws" / SOURCES[0].name).read_text() == "my work"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.name)
+def test_each_chapter_says_how_long_it_runs_and_where(src):
+    """The first cell gives the running time at each budget, and the long cells it names by section
+    (§N) are sections the chapter has."""
+    nb = nbformat.read(src, as_version=4)
+    intro = nb.cells[0].source
+    assert "**Running time**" in intro and "standard budget" in intro and "AIGC_BUDGET=smoke" in intro
+    sections = {m.group(1) for c in nb.cells if c.cell_type == "markdown"
+                for m in re.finditer(r"^## (\d+)\. ", c.source, re.M)}
+    named = set(re.findall(r"§(\d+)", intro))
+    assert named <= sections, f"the intro names sections {sorted(named - sections)} that {src.name} does not have"
