@@ -9,6 +9,7 @@ Budgets (`AIGC_BUDGET`):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import platform
 import random
@@ -116,6 +117,29 @@ def seed_everything(seed: int = DEFAULT_SEED, *, deterministic: bool = False) ->
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; a no-op context elsewhere (CPU bf16 is slower than fp32 on most laptops)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """`model.eval()` and no autograd inside the block; the model's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind a `torch.compile` wrapper (its state_dict keys have no `_orig_mod.`)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator for one training step's random draws, a function of (seed, step) alone, so a
+    resumed run draws exactly what an uninterrupted one would have."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -136,6 +136,18 @@ def epoch_indices(n: int, batch_size: int, seed: int = 0) -> Callable[[int], tor
     return indices
 
 
+class RunOptions(TypedDict, total=False):
+    """How a training run is run, not what it learns: every trainer takes these keyword arguments
+    (`**run: Unpack[RunOptions]`) and passes them to `fit` unchanged."""
+
+    checkpoint: str | os.PathLike | None
+    ckpt_every: int
+    log_every: int
+    desc: str
+    progress: bool
+    on_log: Callable[[History], Any] | None
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss (or a logged metric) became nan/inf; `.step` is where, `.history` what came before."""
 
@@ -196,6 +208,7 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     on_log: Callable[[History], Any] | None = None,
+    on_step: Callable[[int], Any] | None = None,
 ) -> History:
     """Train `model` until `steps` optimizer steps are done in total; returns the per-step History.
 
@@ -208,10 +221,15 @@ def fit(
                    optimizer, an EMA model, ...).
     on_log      -- called with the History after each flush (every `log_every` steps), e.g. a
                    `plots.LiveLossCurve` that redraws the loss while training runs.
+    on_step     -- called with the number of steps done after every optimizer step, before the
+                   checkpoint of that step is written: per-step work that is not the loss, such as
+                   an EMA update (keep its state in `extra_state`) or a snapshot of samples.
+    The run options (`RunOptions`: checkpoint, ckpt_every, log_every, desc, progress, on_log) are
+    the same for every trainer of the course, which passes them through to this function.
     Batches are moved to the model's device (tensors inside tuples, lists and dicts too), so move
     the model with `model.to(device)` before creating the optimizer.
     """
-    _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, on_log)
+    _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, on_log, on_step)
     _check_numbers(steps=steps, ckpt_every=ckpt_every, log_every=log_every, grad_clip=grad_clip)
     device = next(model.parameters()).device
     path = checkpoint_path(checkpoint) if checkpoint is not None else None
@@ -253,6 +271,8 @@ def fit(
                     scheduler.step()
                 log.record(step, metrics)
                 step += 1
+                if on_step is not None:
+                    on_step(step)
                 rng = _torch_rng_state()
             bar.update()
             if log.full or step == steps:
@@ -565,7 +585,7 @@ def _load(path: Path, model, optimizer, scheduler, extra: dict) -> tuple[int, Hi
 # --- argument checks -------------------------------------------------------------------------------
 
 
-def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, on_log) -> None:
+def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, on_log, on_step=None) -> None:
     def kind(x: Any) -> str:
         return type(x).__name__
 
@@ -583,6 +603,8 @@ def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, o
         )
     if on_log is not None and not callable(on_log):
         raise ValueError(f"on_log: expected a callable History -> None or None, got {kind(on_log)}")
+    if on_step is not None and not callable(on_step):
+        raise ValueError(f"on_step: expected a callable step -> None or None, got {kind(on_step)}")
     if scheduler is not None and not hasattr(scheduler, "state_dict"):
         raise ValueError(f"scheduler: expected a torch LR scheduler or None, got {kind(scheduler)}")
     for name, obj in (extra_state or {}).items():

@@ -572,3 +572,46 @@ def test_on_log_is_shown_the_history_of_a_finished_run_that_is_loaded(tmp_path):
     fit(model, opt, random_batch, mse, 6, progress=False, checkpoint=tmp_path / "run.pt",
         on_log=lambda h: seen.append(list(h.steps)))
     assert seen == [list(range(6))]
+
+
+class Average:
+    """A running mean of the weights, updated by `on_step` and checkpointed through extra_state."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.mean, self.seen = model, [p.detach().clone() for p in model.parameters()], []
+
+    def __call__(self, step: int) -> None:
+        self.seen.append(step)
+        for m, p in zip(self.mean, self.model.parameters(), strict=True):
+            m.lerp_(p.detach(), 0.1)
+
+    def state_dict(self):
+        return {"mean": [m.clone() for m in self.mean]}
+
+    def load_state_dict(self, state):
+        self.mean = [m.clone() for m in state["mean"]]
+
+
+def test_on_step_runs_after_every_update_and_its_state_resumes_exactly(tmp_path):
+    model, opt, sched = make()
+    ref = Average(model)
+    torch.manual_seed(123)
+    fit(model, opt, random_batch, mse, 12, scheduler=sched, on_step=ref, extra_state={"avg": ref}, progress=False)
+    assert ref.seen == list(range(1, 13))  # after the update of steps 0..11: 1..12 steps done
+
+    ckpt = tmp_path / "run.pt"
+    model, opt, sched = make()
+    avg = Average(model)
+    torch.manual_seed(123)
+    fit(model, opt, random_batch, mse, 7, scheduler=sched, on_step=avg, extra_state={"avg": avg},
+        checkpoint=ckpt, ckpt_every=7, progress=False)
+    model, opt, sched = make(seed=2)
+    avg = Average(model)
+    torch.manual_seed(999)
+    fit(model, opt, random_batch, mse, 12, scheduler=sched, on_step=avg, extra_state={"avg": avg},
+        checkpoint=ckpt, ckpt_every=7, progress=False)
+    assert avg.seen == list(range(8, 13))
+    for a, b in zip(avg.mean, ref.mean, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="on_step: expected a callable"):
+        fit(model, opt, random_batch, mse, 1, on_step=3, progress=False)
