@@ -17,7 +17,7 @@ from typing import Any
 
 import aigc_lib
 from aigc_lib.exercises import Exercise, exercises_for
-from aigc_lib.exercises.core import CaseResult, Raised, judge
+from aigc_lib.exercises.core import CaseResult, Raised, changed_input, judge
 from aigc_lib.grading import sandbox as wire
 from aigc_lib.grading.isolate import (
     Limits,
@@ -115,7 +115,7 @@ class Grader:
             own = bytearray()
             tree = wire.pack(case.inputs(), own, 1 << 30)
             calls.append({"slot": slot, "function": ex.function, "inputs": tree, "blob": [len(blob), len(blob) + len(own)],
-                          "seed": zlib.crc32(slot.encode()), "max_bytes": 4 * _nbytes(self.expected[slot]) + (1 << 20)})
+                          "seed": zlib.crc32(slot.encode()), "max_bytes": 4 * _nbytes(self.expected[slot]) + len(own) + (1 << 20)})
             blob += own
         self.calls, self.blob = calls, bytes(blob)
 
@@ -158,9 +158,11 @@ class Grader:
                     name, text = stopped(event["stopped"], self.limits.step(self.limits.call_seconds))
                     outcome = Raised(name, text)
                     notes.append(f"{slot}: {text}; restarted without this test")
+                    changed = ""
                 else:
                     outcome = decode(event, blob)
-                verdicts[slot] = self._judge(slot, *cases[slot], outcome)
+                    changed = self._changed(cases[slot][1], event, blob)
+                verdicts[slot] = self._judge(slot, *cases[slot], outcome, changed)
             elif kind == "gave_up":
                 notes.append(str(event.get("message"))[:200])
 
@@ -173,10 +175,18 @@ class Grader:
                 verdicts[slot] = self._judge(slot, ex, case, Raised("NotRun", "grading stopped before this test ran"))
         return verdicts, cell_errors, notes
 
-    def _judge(self, slot: str, ex: Exercise, case, outcome: Any) -> CaseResult:
+    @staticmethod
+    def _changed(case, event: dict, blob: bytes) -> str:
+        """The input the learner's function changed in place ("" if none), as `run_cases` reports it."""
+        if event.get("error") is not None or event.get("inputs") is None:
+            return ""
+        after = decode({"value": event["inputs"]}, blob)
+        return changed_input(case.inputs(), after) if type(after) is dict else ""
+
+    def _judge(self, slot: str, ex: Exercise, case, outcome: Any, changed: str = "") -> CaseResult:
         hidden = slot in self.hidden
         try:
-            return judge(case, outcome, self.expected[slot], hidden=hidden)
+            return judge(case, outcome, self.expected[slot], hidden=hidden, changed=changed)
         except Exception:  # noqa: BLE001 - an outcome we cannot judge earns nothing and stops nothing
             return CaseResult(case.name, 0.0, case.points, "error", "the grader could not judge this value",
                               case.hint, hidden)

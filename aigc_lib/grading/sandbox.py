@@ -107,7 +107,10 @@ def pack(value, blob: bytearray, max_bytes: int, depth: int = 0):
             raise WireError(f"the value has {len(blob) + nbytes} bytes, more than the {max_bytes} allowed")
         start = len(blob)
         blob += t.reshape(-1).view(torch.uint8).numpy().tobytes()
-        return {"tensor": [start, len(blob)], "dtype": str(t.dtype)[6:], "shape": list(t.shape)}
+        tree = {"tensor": [start, len(blob)], "dtype": str(t.dtype)[6:], "shape": list(t.shape)}
+        if value.requires_grad:  # a forgotten .detach() must reach the judge as it would in the notebook
+            tree["grad"] = True
+        return tree
     name = "Tensor (sparse, quantized or another layout)" if isinstance(value, torch.Tensor) and kind is torch.Tensor else kind.__name__
     return {"other": str(name)[:80]}
 
@@ -126,7 +129,7 @@ def unpack(tree, blob: bytes, depth: int = 0):
     """Rebuild a value from `pack`'s tree; every size is checked against the blob first."""
     import torch
 
-    if depth > MAX_DEPTH or not isinstance(tree, dict) or len(tree) not in (1, 3):
+    if depth > MAX_DEPTH or not isinstance(tree, dict) or len(tree) not in (1, 3, 4):
         raise WireError("malformed value")
     if "tensor" in tree:
         (start, end), dtype, shape = tree["tensor"], tree.get("dtype"), tree.get("shape")
@@ -141,8 +144,12 @@ def unpack(tree, blob: bytes, depth: int = 0):
                 or end - start != numel * dt.itemsize:
             raise WireError("tensor bytes do not match its shape")
         if numel == 0:
-            return torch.empty(shape, dtype=dt)
-        return torch.frombuffer(bytearray(blob[start:end]), dtype=torch.uint8).view(dt).reshape(shape)
+            t = torch.empty(shape, dtype=dt)
+        else:
+            t = torch.frombuffer(bytearray(blob[start:end]), dtype=torch.uint8).view(dt).reshape(shape)
+        if tree.get("grad") is True and (t.is_floating_point() or t.is_complex()):
+            t.requires_grad_(True)
+        return t
     (key, value), = tree.items()
     if key == "none":
         return None
@@ -218,7 +225,8 @@ def worker_main() -> None:
             if not callable(fn):
                 raise NameError(f"no function named {request['function']!r} is defined")
             value = fn(**inputs)
-            response = {"value": pack(value, out, request["max_bytes"])}
+            # the inputs go back too, so the grader sees what the function changed in place
+            response = {"value": pack(value, out, request["max_bytes"]), "inputs": pack(inputs, out, request["max_bytes"])}
         except WireError as err:
             out = bytearray()
             response = {"error": {"type": "ResultTooLarge", "message": str(err)}}
@@ -745,7 +753,7 @@ def _supervise() -> None:
                 write_frame(1, {"event": "result", "slot": call["slot"], "stopped": status})
             else:
                 _forward({"event": "result", "slot": call["slot"], "value": answer.get("value"),
-                          "error": answer.get("error")}, data)
+                      "inputs": answer.get("inputs"), "error": answer.get("error")}, data)
         worker.stop()
         if crashed is None or next_call >= len(calls):
             break
