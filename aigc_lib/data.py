@@ -1,4 +1,4 @@
-"""Offline datasets for the course (COURSE_DESIGN §5): everything installs from a package registry.
+"""Offline datasets for the course: everything installs from a package registry, nothing is downloaded.
 
 Images come back as float32 tensors (N, 1, H, W) in [0, 1] with int64 labels (N,).
 Text comes back as a plain `str`; `CharTokenizer` turns it into int64 ids.

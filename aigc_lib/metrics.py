@@ -1,4 +1,4 @@
-"""Quality metrics for the course's generators (COURSE_DESIGN §8).
+"""Quality metrics for the course's generators.
 
 Images (GAN, VAE, diffusion on 28x28 digits). Inception weights cannot be downloaded here, so the
 Fréchet distance is taken on the 128-d penultimate features of a small, fixed digit classifier
@@ -16,12 +16,11 @@ Text: nats and bits per character, bpc = nll_nats / ln 2.
 
 Retrain the classifier (rewrites the asset; 1-2 minutes on 2 idle CPU cores, deterministic):
 
-    python -m aigc_lib.metrics --retrain
+    python -m aigc_lib classifier --retrain
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -260,13 +259,13 @@ def read_asset(path: Path = ASSET_PATH) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"digit classifier weights not found at {path}; run `python -m aigc_lib.metrics --retrain`"
+            f"digit classifier weights not found at {path}; run `python -m aigc_lib classifier --retrain`"
         )
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.get("arch_version") != ARCH_VERSION:
         raise RuntimeError(
             f"{path}: weights are for DigitClassifier version {blob.get('arch_version')}, the code is version "
-            f"{ARCH_VERSION}; run `python -m aigc_lib.metrics --retrain`"
+            f"{ARCH_VERSION}; run `python -m aigc_lib classifier --retrain`"
         )
     return blob
 
@@ -635,42 +634,3 @@ def cross_entropy_nats_per_char(
         targets.reshape(-1).long(),
         ignore_index=ignore_index,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m aigc_lib.metrics", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--retrain", action="store_true", help="train the digit classifier and rewrite the asset"
-    )
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
-    parser.add_argument("--out", type=Path, default=ASSET_PATH)
-    parser.add_argument(
-        "--device",
-        default="cpu",
-        help="device for retraining (default cpu: the asset is made there)",
-    )
-    args = parser.parse_args(argv)
-    if args.retrain:
-        model, acc = train_digit_classifier(epochs=args.epochs, seed=args.seed, device=args.device)
-        path = save_digit_classifier(model, acc, args.seed, args.out)
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB), test accuracy {acc:.4f}")
-        return
-    blob = read_asset(args.out)
-    meta = {k: v for k, v in blob.items() if k != "state_dict"}
-    print(f"{args.out}: {meta}")
-    test = mnist5k("test")
-    print(
-        f"test accuracy now: {accuracy(load_digit_classifier(args.device), test.images, test.labels):.4f}"
-    )
-    print(f"real floor (n=1000): {real_floor(1000, device=args.device):.3f}")
-
-
-if __name__ == "__main__":
-    main()

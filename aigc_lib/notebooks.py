@@ -16,9 +16,7 @@ import nbformat
 from nbgrader.preprocessors import ClearHiddenTests, ClearOutput, ClearSolutions
 from traitlets.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
-SOLUTIONS = ROOT / "solutions"
-CHAPTERS = ROOT / "chapters"
+from aigc_lib.paths import CHAPTERS, ROOT, SOLUTIONS, WORKSPACE  # noqa: F401 - the builder's public names
 
 CODE_STUB = '# YOUR CODE HERE\nraise NotImplementedError("exercise not done yet")'
 TEXT_STUB = "YOUR ANSWER HERE"
@@ -101,9 +99,6 @@ def build_chapters(solutions: Path = SOLUTIONS, chapters: Path = CHAPTERS, *, ch
     expected = {s.name for s in sources}
     changed += [p for p in sorted(chapters.glob("*.ipynb")) if p.name not in expected]  # strays
     return changed
-
-
-WORKSPACE = ROOT / "workspace"
 
 
 def make_workspace(target: Path = WORKSPACE, chapters: Path = CHAPTERS) -> tuple[list[Path], list[Path]]:

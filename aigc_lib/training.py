@@ -1,6 +1,6 @@
 """One small training loop for every chapter: `fit(model, optimizer, batches, loss_fn, steps)`.
 
-What it does for you (COURSE_DESIGN §3):
+What it does for you:
     - bf16 autocast on CUDA (`runtime.autocast`), optional gradient clipping, optional LR scheduler;
     - no host-device sync per step: losses stay on the device and are copied to the host once every
       `log_every` steps, where the progress bar is updated and NaN/inf is caught

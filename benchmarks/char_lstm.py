@@ -8,7 +8,8 @@
     python benchmarks/char_lstm.py --skip-quality --hidden 512 --layers 2 --batch 16 --seq 64
                                                       # throughput of another shape
 
-Data: ../shared/data/tinyshakespeare.txt when present (else the course's own `shakespeare_text()`,
+Data: tiny Shakespeare (`--text PATH`, default benchmarks/data/tinyshakespeare.txt; get it from
+common.TEXT_URL, Karpathy's char-rnn repository) when present (else the course's own `shakespeare_text()`,
 which is a different text, so the anchors below do not apply), split as nanoGPT's shakespeare_char
 does: the first 90% of characters for training, the last 10% for validation, the character
 vocabulary taken from the whole text (65 characters).
@@ -61,7 +62,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import DEFAULT_TEXT, Data, char_split, check_load, matmul_gflops
+from common import DEFAULT_TEXT, TEXT_URL, Data, char_split, check_load, matmul_gflops
 from torch import nn
 
 from aigc_lib.data import shakespeare_text
@@ -87,7 +88,7 @@ def load_data(path: Path | None) -> Data:
         text, source = path.read_text(encoding="utf-8"), str(path)
     else:
         print(f"NOTE: {path} not found: using aigc_lib.data.shakespeare_text() instead "
-              "(a different text: the nanoGPT / char-rnn anchors do not apply)")
+              f"(a different text: the nanoGPT / char-rnn anchors do not apply; tiny Shakespeare is at {TEXT_URL})")
         text, source = shakespeare_text("all"), "aigc_lib.data.shakespeare_text('all')"
     return char_split(text, source)
 

@@ -12,7 +12,9 @@ import torch
 
 from aigc_lib.data import CharTokenizer
 
-DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+# tiny Shakespeare is not shipped (it is not ours to ship): download it once to this path, or pass --text PATH
+DEFAULT_TEXT = Path(__file__).resolve().parent / "data" / "tinyshakespeare.txt"
+TEXT_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 VAL_FRACTION = 0.1  # nanoGPT shakespeare_char: train = first 90%, val = last 10%
 
 

@@ -21,7 +21,7 @@ import nbformat
 from aigc_lib.grading import Grader, Limits, find_submissions, grade_class, isolation_level
 from aigc_lib.grading.grader import PREAMBLE
 from aigc_lib.grading.isolate import SandboxUid, run_sandbox
-from aigc_lib.notebooks import CHAPTERS, SOLUTIONS
+from aigc_lib.paths import CHAPTERS, SOLUTIONS
 
 MISTAKES = {  # forgot alpha * V; temperature on probabilities (the sources' bug E3)
     "next_char_probs": "def next_char_probs(counts, alpha=1.0):\n    c = counts.float() + alpha\n    return c / counts.float().sum(-1, keepdim=True)",

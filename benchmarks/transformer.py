@@ -8,7 +8,8 @@
     python benchmarks/transformer.py --gpu            # part 3 too: nanoGPT's GPU config (needs CUDA)
     python benchmarks/transformer.py --gpu --skip-quality --skip-kv      # part 3 only
 
-Data: ../shared/data/tinyshakespeare.txt, split as nanoGPT's shakespeare_char: the first 90% of
+Data: tiny Shakespeare (`--text PATH`, default benchmarks/data/tinyshakespeare.txt; get it from
+common.TEXT_URL, Karpathy's char-rnn repository), split as nanoGPT's shakespeare_char: the first 90% of
 characters train, the last 10% validate, the character vocabulary from the whole text (65). Without
 the file the script says so and stops (the anchors below are for that text only).
 
@@ -96,7 +97,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import DEFAULT_TEXT, Data, char_split, matmul_gflops
+from common import DEFAULT_TEXT, TEXT_URL, Data, char_split, matmul_gflops
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -503,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data(args.text)
     if data is None:
         print(f"SKIPPED: {args.text} not found. This benchmark needs tiny Shakespeare (the nanoGPT anchors are "
-              "for that text): put it there or pass --text PATH.")
+              f"for that text): download {TEXT_URL} to that path, or pass --text PATH.")
         return
     print(f"text: {data.source}: {len(data.train_ids):,} train / {len(data.val_ids):,} val characters, "
           f"vocab {data.tokenizer.vocab_size}; torch {torch.__version__}, {torch.get_num_threads()} threads"

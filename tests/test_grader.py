@@ -12,10 +12,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_markdown_cell
 
-from aigc_lib.grade import main
+from aigc_lib.grading.cli import main
 from aigc_lib.grading import Grader, Limits, find_submissions, grade_class, isolation_level
 from aigc_lib.grading.reports import gradescope_results
-from aigc_lib.notebooks import CHAPTERS, ROOT, SOLUTIONS
+from aigc_lib.paths import CHAPTERS, ROOT, SOLUTIONS
 
 SOURCE = SOLUTIONS / "00_history.ipynb"
 STUDENT = CHAPTERS / "00_history.ipynb"
@@ -400,5 +400,5 @@ def test_the_gradescope_autograder_zip(tmp_path):
         names = set(z.namelist())
         run = z.read("run_autograder").decode()
         assert z.getinfo("run_autograder").external_attr >> 16 & 0o111
-    assert {"setup.sh", "run_autograder", "requirements.txt", "aigc_lib/grade.py", "solutions/00_history.ipynb"} <= names
+    assert {"setup.sh", "run_autograder", "requirements.txt", "aigc_lib/grading/cli.py", "solutions/00_history.ipynb"} <= names
     assert "CHAPTER=00" in run and "--gradescope /autograder/results/results.json" in run

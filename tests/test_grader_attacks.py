@@ -31,7 +31,7 @@ from aigc_lib.grading import (
 )
 from aigc_lib.grading.classroom import safe_id
 from aigc_lib.grading.isolate import UIDS_ENV, uid_range
-from aigc_lib.notebooks import ROOT
+from aigc_lib.paths import ROOT
 
 isolated = pytest.mark.skipif(isolation_level() != "namespaces", reason="needs root and Linux namespaces")
 pytestmark = isolated

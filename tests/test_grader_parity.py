@@ -16,7 +16,7 @@ from test_grader import LIMITS
 
 from aigc_lib.exercises import get_exercise
 from aigc_lib.grading import Grader
-from aigc_lib.notebooks import SOLUTIONS
+from aigc_lib.paths import SOLUTIONS
 
 CASES = [  # (exercise, mutant, helpers its source calls)
     ("02.gan_sgd_step", "step_forgets_detach", [_linear_gan]),  # returns tensors that track gradients

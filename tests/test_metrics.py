@@ -277,7 +277,9 @@ def test_values_slightly_outside_unit_range_are_clamped(test_set):
 
 
 def test_cli_info(capsys):
-    M.main([])
+    from aigc_lib.__main__ import main
+
+    assert main(["classifier"]) == 0
     out = capsys.readouterr().out
     assert "arch_version" in out and "test accuracy now: 0.99" in out and "real floor" in out
 

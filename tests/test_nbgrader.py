@@ -18,7 +18,7 @@ from test_grader import CORRECT, WRONG
 from aigc_lib.exercises import exercises_for
 from aigc_lib.exercises.core import run_cases
 from aigc_lib.grading import Grader, isolation_level
-from aigc_lib.notebooks import SOLUTIONS
+from aigc_lib.paths import SOLUTIONS
 
 CONFIG = """c = get_config()
 c.CourseDirectory.course_id = "aigc"

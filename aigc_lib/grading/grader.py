@@ -36,7 +36,7 @@ from aigc_lib.grading.submission import (
     read_cells,
     solution_ids,
 )
-from aigc_lib.notebooks import ROOT, SOLUTIONS
+from aigc_lib.paths import ROOT, SOLUTIONS
 
 # What a learner's solution cell may rely on: the grader runs only solution cells, not the notebook.
 PREAMBLE = "import math\nimport random\n\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n"

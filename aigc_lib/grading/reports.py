@@ -181,7 +181,7 @@ def gradescope_autograder_zip(chapter: str, target: Path) -> None:
     import zipfile
 
     from aigc_lib.exercises import exercises_for
-    from aigc_lib.notebooks import ROOT
+    from aigc_lib.paths import ROOT
 
     exercises_for(chapter)  # an unknown chapter fails here, not on Gradescope
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:

@@ -1,4 +1,4 @@
-"""Grade notebooks: `python -m aigc_lib.grade SUBMISSION... --out DIR` (or the `aigc-grade` script).
+"""Grade notebooks: `aigc-grade SUBMISSION... --out DIR` (or `python -P -m aigc_lib grade ...`).
 
 SUBMISSION is a notebook, a folder with one .ipynb per learner, or a folder with one sub-folder
 per learner. Each learner's solution cells run in an isolated process (see aigc_lib.grading);
@@ -16,7 +16,7 @@ from pathlib import Path
 from aigc_lib.grading import Grader, Limits, SandboxBroken, find_submissions, grade_class
 from aigc_lib.grading.isolate import writable_by_others
 from aigc_lib.grading.reports import gradescope_results, gradescope_upload_problem, write_atomic
-from aigc_lib.notebooks import SOLUTIONS
+from aigc_lib.paths import SOLUTIONS
 
 
 def _chapter(submissions: list[tuple[str, Path]], given: str | None) -> str:
@@ -53,7 +53,7 @@ def _gradescope_upload(args) -> list[tuple[str, Path]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aigc_lib.grade", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="aigc-grade", description=__doc__.splitlines()[0])
     parser.add_argument("submissions", nargs="+", type=Path, help="notebooks or folders (never modified)")
     parser.add_argument("--chapter", help="chapter number, e.g. 00 (default: from the file names)")
     parser.add_argument("--out", type=Path, default=Path("grading_reports"), help="where reports go")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         # `python -m` put this folder first on sys.path: a learner's tqdm.py or torch.py would
         # already have run as you
         parser.error(f"run the grader from outside the submissions ({inside[0]}), or use `aigc-grade` "
-                     "or `python -P -m aigc_lib.grade`: files there must never be importable by the grader")
+                     "or `python -P -m aigc_lib grade`: files there must never be importable by the grader")
     if args.gradescope:
         submissions = _gradescope_upload(args)
         if submissions is None:
@@ -117,7 +117,3 @@ def main(argv: list[str] | None = None) -> int:
         write_atomic(args.gradescope, gradescope_results(reports[0]))
     print(f"reports: {args.out}/ (grades.csv, summary.md, learners/<id>/feedback.md)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Recipes: every chapter's reusable trained model defined once, as data, and trained the way the
+notebooks trained it before (same weights, same checkpoint names)."""
+
+import pytest
+import torch
+
+from aigc_lib import data, gan, recipes, vae
+
+BUDGETS = ("smoke", "standard", "full")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return data.mnist5k("train").images
+
+
+@pytest.mark.parametrize("name", sorted(recipes.all_recipes()))
+def test_every_recipe_has_sizes_and_a_checkpoint_per_budget(name):
+    recipe = recipes.get(name)
+    assert recipe.name == name and recipe.summary
+    paths = {recipe.checkpoint_for(b) for b in BUDGETS}
+    assert len(paths) == len(BUDGETS) and all(p.startswith("checkpoints/") and p.endswith(".pt") for p in paths)
+
+
+def test_unknown_recipe_and_budget_are_clear_errors():
+    with pytest.raises(ValueError, match="recipe: unknown 'nope'; the course has .*02.dcgan"):
+        recipes.get("nope")
+    with pytest.raises(ValueError, match="budget: recipe '02.dcgan' has sizes for"):
+        recipes.get("02.dcgan").sizes_for("huge")
+
+
+def test_checkpoint_names_are_the_ones_the_notebooks_wrote_before():
+    # a learner's finished chapter-02 run must still load in chapters 03 and 05
+    assert recipes.get("02.dcgan").checkpoint_for("standard") == "checkpoints/02_dcgan_standard_32.pt"
+    assert recipes.get("02.dcgan").checkpoint_for("smoke") == "checkpoints/02_dcgan_smoke_8.pt"
+    assert recipes.get("03.conv_vae").checkpoint_for("standard") == "checkpoints/03_vae_conv_standard.pt"
+
+
+def test_dcgan_recipe_trains_as_chapter_02_did_and_resumes(images, tmp_path):
+    ckpt = tmp_path / "dcgan.pt"
+    G, D, run = recipes.get("02.dcgan").run(images, budget="smoke", checkpoint=ckpt, progress=False)
+    config = gan.DCGANConfig(z_dim=64, ngf=8, ndf=8)  # chapter 02's cell, as it was written before
+    torch.manual_seed(0)
+    G_ref, D_ref = gan.DCGANGenerator(config), gan.DCGANDiscriminator(config)
+    gan.train_gan(G_ref, D_ref, images * 2 - 1, 10, batch_size=64, progress=False)
+    for a, b in zip([*G.state_dict().values(), *D.state_dict().values()],
+                    [*G_ref.state_dict().values(), *D_ref.state_dict().values()], strict=True):
+        assert torch.equal(a, b)
+    assert len(run.history) == 10
+    G2, _, _ = recipes.get("02.dcgan").run(images, budget="smoke", checkpoint=ckpt, progress=False)  # loads
+    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values(), strict=True))
+
+
+def test_conv_vae_recipe_trains_as_chapter_03_did(images, tmp_path):
+    model, history = recipes.get("03.conv_vae").run(images, budget="smoke", checkpoint=tmp_path / "v.pt", progress=False)
+    torch.manual_seed(0)
+    ref = vae.VAE(vae.VAEConfig(kind="conv", latent_dim=20))
+    vae.train_vae(ref, images, len(images) // 128, progress=False)
+    assert len(history) == len(images) // 128
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True))
