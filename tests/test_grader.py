@@ -12,8 +12,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_markdown_cell
 
-from aigc_lib.grading.cli import main
 from aigc_lib.grading import Grader, Limits, find_submissions, grade_class, isolation_level
+from aigc_lib.grading.cli import main
 from aigc_lib.grading.reports import gradescope_results
 from aigc_lib.paths import CHAPTERS, ROOT, SOLUTIONS
 
