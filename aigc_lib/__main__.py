@@ -22,9 +22,11 @@ def classifier(args: argparse.Namespace) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB), test accuracy {acc:.4f}")
         return 0
     blob = metrics.read_asset(args.out)
-    print(f"{args.out}: {({k: v for k, v in blob.items() if k != 'state_dict'})}")
+    print(f"{args.out}: { ({k: v for k, v in blob.items() if k != 'state_dict'}) }")
     test = mnist5k("test")
-    print(f"test accuracy now: {metrics.accuracy(metrics.load_digit_classifier(args.device), test.images, test.labels):.4f}")
+    print(
+        f"test accuracy now: {metrics.accuracy(metrics.load_digit_classifier(args.device), test.images, test.labels):.4f}"
+    )
     print(f"real floor (n=1000): {metrics.real_floor(1000, device=args.device):.3f}")
     return 0
 

@@ -97,6 +97,7 @@ def sklearn_digits(split: str = "train") -> ImageData:
 
 # --------------------------------------------------------------------------- IDX files
 
+
 class ChecksumMismatch(RuntimeError):
     """A data file's SHA-256 differs from the pinned one: it is corrupt or changed upstream."""
 
@@ -123,7 +124,9 @@ def _sha256(data: bytes) -> str:
 def _parse_idx(payload: bytes, name: str) -> np.ndarray:
     """Decode an IDX payload: magic (0, 0, type, ndim), ndim big-endian uint32 sizes, then the data."""
     if len(payload) < 4 or payload[:2] != b"\x00\x00":
-        raise ValueError(f"{name}: not an IDX file: expected magic bytes 00 00, got {payload[:2].hex(' ') or 'nothing'}")
+        raise ValueError(
+            f"{name}: not an IDX file: expected magic bytes 00 00, got {payload[:2].hex(' ') or 'nothing'}"
+        )
     code, ndim = payload[2], payload[3]
     if code not in _IDX_DTYPES:
         raise ValueError(f"{name}: unknown IDX type code 0x{code:02x}; expected one of {sorted(_IDX_DTYPES)}")
@@ -134,7 +137,9 @@ def _parse_idx(payload: bytes, name: str) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = start + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(payload) != expected:
-        raise ValueError(f"{name}: IDX header says shape {dims} ({expected} bytes in all), but the file has {len(payload)} bytes")
+        raise ValueError(
+            f"{name}: IDX header says shape {dims} ({expected} bytes in all), but the file has {len(payload)} bytes"
+        )
     # astype copies into native byte order, which also makes the array writable for torch.from_numpy
     return np.frombuffer(payload, dtype=dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -158,8 +163,16 @@ def read_idx(path: str | os.PathLike, sha256: str | None = None) -> np.ndarray:
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -207,7 +220,9 @@ def _download(url: str, dest: Path, sha256: str) -> None:
                 ) from err
             except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
                 reason = getattr(err, "reason", err)
-                raise DataSourceMissing(f"could not download {url} ({reason}): are you offline? {_OFFLINE_INSTALL}") from err
+                raise DataSourceMissing(
+                    f"could not download {url} ({reason}): are you offline? {_OFFLINE_INSTALL}"
+                ) from err
         try:
             got = _sha256(_read_payload(tmp))
         except ValueError as err:
@@ -231,7 +246,9 @@ def _find_files(names: Sequence[str], dirs: Sequence[Path]) -> Path | None:
 
 
 @lru_cache(maxsize=2)
-def _fashion_arrays(images: Path, labels: Path, stamp: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _fashion_arrays(
+    images: Path, labels: Path, stamp: tuple[tuple[int, int], ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, 1, 28, 28) and int64 labels, checked; `stamp` (mtime, size) invalidates the cache."""
     x = read_idx(images, FASHION_MNIST_SHA256.get(images.name))
     y = read_idx(labels, FASHION_MNIST_SHA256.get(labels.name))
@@ -291,8 +308,18 @@ _NUMBERED = re.compile(r"^\d+\\?\. ")  # "4\. Choristers, singing." (procession 
 _INLINE_DIRECTION = re.compile(r"_*\\?\[[^\]]*\]_+")  # "No, no; he'll __\[ ]_"
 _BROKEN_DIRECTION = re.compile(r"^\[[^\]]*\][_*]$")  # "[Within]_": the opening "_\" was lost upstream
 _ESCAPE = re.compile(r"\\(.)")  # markdown escapes: "\--", "\[", "4\."
-_ASCII = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
-                        "\u2014": "--", "\u2013": "-", "\u2026": "...", "\u00a0": " "})
+_ASCII = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2014": "--",
+        "\u2013": "-",
+        "\u2026": "...",
+        "\u00a0": " ",
+    }
+)
 _TYPOS = {"sha$l": "shall"}  # the only '$' in the corpus (Titus Andronicus)
 
 
@@ -361,6 +388,7 @@ def shakespeare_text(split: str = "all") -> str:
 
 # --------------------------------------------------------------------------- character tokenizer
 
+
 def _codepoints(text: str) -> np.ndarray:
     """One uint32 code point per character, vectorised (no Python loop over a 5 M character text)."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
@@ -423,6 +451,7 @@ class CharTokenizer:
 
 
 # --------------------------------------------------------------------------- Tang poems (optional extra)
+
 
 def _is_proper_poem(entry: object) -> bool:
     """A usable entry has str title/author and `lines` = non-empty list of non-empty str.

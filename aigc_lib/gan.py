@@ -29,7 +29,7 @@ to [0, 1] for plots and the digit metrics.
 
 Toy: `ring_of_gaussians` (8 modes on a circle) and `ring_quality` make mode collapse measurable.
 
-Corrected from the source articles (SOURCE_DIGEST E1, E2, E4): fakes are detached for the D step,
+Corrected from the source articles (docs/errata.md, E1, E2, E4): fakes are detached for the D step,
 losses come from logits, G's loss uses D's fresh outputs, gradients are zeroed for both players,
 D returns one logit per image, shape (B,), matching its targets, and every layer's output shape is
 what its comment says (tests/test_gan.py checks them all).
@@ -38,68 +38,49 @@ what its comment says (tests/test_gan.py checks them all).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aigc_lib.runtime import autocast
-from aigc_lib.training import History, fit, fused_optimizer_ok
+from aigc_lib.checks import check_int, shape_of
+from aigc_lib.runtime import autocast, eval_mode, step_generator
+from aigc_lib.training import History, RunOptions, fit, fused_optimizer_ok
 
 __all__ = [
-    "DCGANConfig", "DCGANDiscriminator", "DCGANGenerator", "GANLoss", "LOSSES", "MLPDiscriminator",
-    "MLPGenerator", "PackedDiscriminator", "RingQuality", "d_loss_minimax", "dcgan_generator_forward", "dcgan_init_",
-    "discriminator_step", "g_loss_minimax", "g_loss_nonsaturating", "gan_step", "generator_params",
-    "gradient_penalty", "hinge_d_loss", "hinge_g_loss", "ring_modes", "ring_of_gaussians",
-    "ring_quality", "sample", "to_unit", "toy_gan_sgd_step", "train_gan", "wgan_d_loss", "wgan_g_loss",
+    "DCGANConfig",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "GANLoss",
+    "LOSSES",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "PackedDiscriminator",
+    "RingQuality",
+    "d_loss_minimax",
+    "dcgan_generator_forward",
+    "dcgan_init_",
+    "discriminator_step",
+    "g_loss_minimax",
+    "g_loss_nonsaturating",
+    "gan_step",
+    "generator_params",
+    "gradient_penalty",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "ring_modes",
+    "ring_of_gaussians",
+    "ring_quality",
+    "sample",
+    "to_unit",
+    "toy_gan_sgd_step",
+    "train_gan",
+    "wgan_d_loss",
+    "wgan_g_loss",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Input checks: the argument, what was expected, what came
-# ---------------------------------------------------------------------------------------------
-
-
-def _shape(t: object) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
-def _check_logits(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D floating-point tensor of logits, shape (B,), got {_shape(t)}")
-    return t
-
-
-def _check_int(name: str, value: object, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_labels(labels: object, batch: int, n_classes: int) -> Tensor | None:
-    """None for an unconditional model; else an int64 tensor (B,) of classes in [0, n_classes)."""
-    if n_classes == 0:
-        if labels is not None:
-            raise ValueError("labels: this model is unconditional (n_classes=0); pass labels=None")
-        return None
-    if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or tuple(labels.shape) != (batch,):
-        kind = f"{labels.dtype} " if isinstance(labels, Tensor) else ""
-        raise ValueError(f"labels: expected an int64 tensor of shape ({batch},) for a conditional model, got {kind}{_shape(labels)}")
-    # range check on the CPU only: on a GPU it would sync with the host on every call (an
-    # out-of-range label there fails inside the embedding lookup instead)
-    if labels.device.type == "cpu" and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        raise ValueError(f"labels: expected classes in [0, {n_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
-    return labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +130,7 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | 
     Needs a critic without BatchNorm (the penalty is per sample). Differentiable: its gradient
     reaches D's parameters (create_graph=True)."""
     if not isinstance(real, Tensor) or not isinstance(fake, Tensor) or real.shape != fake.shape:
-        raise ValueError(f"real, fake: expected tensors of one shape, got {_shape(real)} and {_shape(fake)}")
+        raise ValueError(f"real, fake: expected tensors of one shape, got {shape_of(real)} and {shape_of(fake)}")
     eps = torch.rand((real.shape[0],) + (1,) * (real.ndim - 1), device=real.device, dtype=real.dtype)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = D(x_hat) if labels is None else D(x_hat, labels)
@@ -185,13 +166,18 @@ def _loss(name: object) -> GANLoss:
 class MLPGenerator(nn.Module):
     """z (B, z_dim) -> Linear-LeakyReLU stack -> Linear -> [tanh] -> (B, *out_shape). E1: 100 → 256 → 512 → 784."""
 
-    def __init__(self, z_dim: int = 100, hidden: Sequence[int] = (256, 512), out_shape: Sequence[int] = (1, 28, 28),
-                 tanh: bool = True):
+    def __init__(
+        self,
+        z_dim: int = 100,
+        hidden: Sequence[int] = (256, 512),
+        out_shape: Sequence[int] = (1, 28, 28),
+        tanh: bool = True,
+    ):
         super().__init__()
-        self.z_dim = _check_int("z_dim", z_dim)
-        self.out_shape = tuple(_check_int("out_shape", s) for s in out_shape)
+        self.z_dim = check_int("z_dim", z_dim)
+        self.out_shape = tuple(check_int("out_shape", s) for s in out_shape)
         self.n_classes = 0
-        sizes = [z_dim, *(_check_int("hidden", h) for h in hidden)]
+        sizes = [z_dim, *(check_int("hidden", h) for h in hidden)]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
@@ -202,7 +188,7 @@ class MLPGenerator(nn.Module):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z: expected a tensor of shape (B, {self.z_dim}), got {_shape(z)}")
+            raise ValueError(f"z: expected a tensor of shape (B, {self.z_dim}), got {shape_of(z)}")
         _check_labels(labels, z.shape[0], 0)
         return self.net(z).view(z.shape[0], *self.out_shape)  # (B, *out_shape)
 
@@ -212,9 +198,9 @@ class MLPDiscriminator(nn.Module):
 
     def __init__(self, in_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (512, 256)):
         super().__init__()
-        self.in_shape = tuple(_check_int("in_shape", s) for s in in_shape)
+        self.in_shape = tuple(check_int("in_shape", s) for s in in_shape)
         self.n_classes = 0
-        sizes = [math.prod(self.in_shape), *(_check_int("hidden", h) for h in hidden)]
+        sizes = [math.prod(self.in_shape), *(check_int("hidden", h) for h in hidden)]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
@@ -223,7 +209,9 @@ class MLPDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"x: expected a tensor of shape (B, {', '.join(map(str, self.in_shape))}), got {_shape(x)}")
+            raise ValueError(
+                f"x: expected a tensor of shape (B, {', '.join(map(str, self.in_shape))}), got {shape_of(x)}"
+            )
         _check_labels(labels, x.shape[0], 0)
         return self.net(x.flatten(1)).squeeze(1)  # (B,) logits, not probabilities
 
@@ -242,8 +230,8 @@ class DCGANConfig:
 
     def __post_init__(self) -> None:
         for name in ("z_dim", "ngf", "ndf", "channels", "embed_dim"):
-            _check_int(name, getattr(self, name))
-        _check_int("n_classes", self.n_classes, low=0)
+            check_int(name, getattr(self, name))
+        check_int("n_classes", self.n_classes, low=0)
         if self.d_norm not in ("batch", "spectral", "none"):
             raise ValueError(f"d_norm: expected 'batch', 'spectral' or 'none', got {self.d_norm!r}")
 
@@ -288,7 +276,7 @@ class DCGANGenerator(nn.Module):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z: expected a tensor of shape (B, {self.z_dim}), got {_shape(z)}")
+            raise ValueError(f"z: expected a tensor of shape (B, {self.z_dim}), got {shape_of(z)}")
         labels = _check_labels(labels, z.shape[0], self.n_classes)
         if labels is not None:
             z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)  # (B, z_dim + embed_dim)
@@ -328,7 +316,7 @@ class DCGANDiscriminator(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         c = self.config
         if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != (c.channels, 28, 28):
-            raise ValueError(f"x: expected images of shape (B, {c.channels}, 28, 28), got {_shape(x)}")
+            raise ValueError(f"x: expected images of shape (B, {c.channels}, 28, 28), got {shape_of(x)}")
         labels = _check_labels(labels, x.shape[0], self.n_classes)
         phi = self.features(x)  # (B, F)
         logits = self.head(phi).squeeze(1)  # (B,)
@@ -342,8 +330,16 @@ def generator_params(G: DCGANGenerator) -> dict[str, Tensor]:
     if not isinstance(G, DCGANGenerator) or G.n_classes:
         raise ValueError("G: expected an unconditional DCGANGenerator")
     ct1, bn1, _, ct2, bn2, _, ct3, _ = G.net
-    return {"w1": ct1.weight, "gamma1": bn1.weight, "beta1": bn1.bias,
-            "w2": ct2.weight, "gamma2": bn2.weight, "beta2": bn2.bias, "w3": ct3.weight, "b3": ct3.bias}
+    return {
+        "w1": ct1.weight,
+        "gamma1": bn1.weight,
+        "beta1": bn1.bias,
+        "w2": ct2.weight,
+        "gamma2": bn2.weight,
+        "beta2": bn2.bias,
+        "w3": ct3.weight,
+        "b3": ct3.bias,
+    }
 
 
 GENERATOR_KEYS = ("w1", "gamma1", "beta1", "w2", "gamma2", "beta2", "w3", "b3")
@@ -362,7 +358,7 @@ def dcgan_generator_forward(z: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         raise ValueError(f"params: expected a dict with keys {list(GENERATOR_KEYS)}, got {got}")
     Z = params["w1"].shape[0]
     if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[1] != Z:
-        raise ValueError(f"z: expected a tensor of shape (B, {Z}), got {_shape(z)}")
+        raise ValueError(f"z: expected a tensor of shape (B, {Z}), got {shape_of(z)}")
     p = params
     h = F.conv_transpose2d(z[:, :, None, None], p["w1"], stride=1, padding=0)  # (B, 4g, 7, 7)
     h = F.relu(F.batch_norm(h, None, None, p["gamma1"], p["beta1"], training=True))
@@ -387,8 +383,14 @@ def _d(D: nn.Module, x: Tensor, labels: Tensor | None) -> Tensor:
     return D(x) if labels is None else D(x, labels)
 
 
-def discriminator_step(D: nn.Module, opt_d: torch.optim.Optimizer, real: Tensor, fake: Tensor,
-                       labels: Tensor | None = None, loss: str = "non-saturating") -> dict[str, Tensor]:
+def discriminator_step(
+    D: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    real: Tensor,
+    fake: Tensor,
+    labels: Tensor | None = None,
+    loss: str = "non-saturating",
+) -> dict[str, Tensor]:
     """One update of D on real images and DETACHED fakes (G gets no gradient); diagnostics as tensors.
 
     Returns {"d_loss", "d_real", "d_fake", "d_grad_norm"}: d_real / d_fake are the mean σ(D(·))
@@ -396,6 +398,12 @@ def discriminator_step(D: nn.Module, opt_d: torch.optim.Optimizer, real: Tensor,
     spec = _loss(loss)
     if not isinstance(fake, Tensor) or not isinstance(real, Tensor):
         raise ValueError(f"real, fake: expected tensors, got {type(real).__name__} and {type(fake).__name__}")
+    return _discriminator_step(D, opt_d, real, fake, labels, spec)
+
+
+def _discriminator_step(
+    D: nn.Module, opt_d: torch.optim.Optimizer, real: Tensor, fake: Tensor, labels: Tensor | None, spec: GANLoss
+) -> dict[str, Tensor]:
     fake = fake.detach()
     real_logits, fake_logits = _d(D, real, labels), _d(D, fake, labels)
     d_loss = spec.d(real_logits, fake_logits)
@@ -405,25 +413,41 @@ def discriminator_step(D: nn.Module, opt_d: torch.optim.Optimizer, real: Tensor,
     d_loss.backward()
     grad_norm = _grad_norm(D)
     opt_d.step()
-    return {"d_loss": d_loss.detach(), "d_real": torch.sigmoid(real_logits.detach()).mean(),
-            "d_fake": torch.sigmoid(fake_logits.detach()).mean(), "d_grad_norm": grad_norm}
+    return {
+        "d_loss": d_loss.detach(),
+        "d_real": torch.sigmoid(real_logits.detach()).mean(),
+        "d_fake": torch.sigmoid(fake_logits.detach()).mean(),
+        "d_grad_norm": grad_norm,
+    }
 
 
 def generator_loss(D: nn.Module, fake: Tensor, labels: Tensor | None = None, loss: str = "non-saturating") -> Tensor:
     """G's loss from D's CURRENT opinion of `fake` (call after D's step, never reuse older logits)."""
-    return _loss(loss).g(_d(D, fake, labels))
+    return _generator_loss(D, fake, labels, _loss(loss))
 
 
-def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-             real: Tensor, z: Tensor, labels: Tensor | None = None, loss: str = "non-saturating") -> dict[str, Tensor]:
+def _generator_loss(D: nn.Module, fake: Tensor, labels: Tensor | None, spec: GANLoss) -> Tensor:
+    return spec.g(_d(D, fake, labels))
+
+
+def gan_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real: Tensor,
+    z: Tensor,
+    labels: Tensor | None = None,
+    loss: str = "non-saturating",
+) -> dict[str, Tensor]:
     """One D update then one G update on the same fakes; returns detached diagnostics (no host sync).
 
     What `train_gan` does each step (there `fit` runs the G half: zero_grad, backward, step)."""
     fake = G(z) if labels is None else G(z, labels)
-    stats = discriminator_step(D, opt_d, real, fake, labels, loss)
+    stats = discriminator_step(D, opt_d, real, fake, labels, loss)  # checks real, fake and loss
     D.requires_grad_(False)  # G's backward goes through D but needs no gradients for D's weights
     try:
-        g_loss = generator_loss(D, fake, labels, loss)
+        g_loss = _generator_loss(D, fake, labels, LOSSES[loss])
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
     finally:
@@ -433,18 +457,25 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     return {"g_loss": g_loss.detach(), **stats}
 
 
-def toy_gan_sgd_step(g_weight: Tensor, g_bias: Tensor, d_weight: Tensor, d_bias: Tensor,
-                     real: Tensor, z: Tensor, lr: float) -> tuple[Tensor, ...]:
+def toy_gan_sgd_step(
+    g_weight: Tensor, g_bias: Tensor, d_weight: Tensor, d_bias: Tensor, real: Tensor, z: Tensor, lr: float
+) -> tuple[Tensor, ...]:
     """`gan_step` for a linear G(z) = z Wgᵀ + bg and a logistic D(x) = x Wdᵀ + bd, with plain SGD.
 
     The non-saturating game written with torch.autograd.grad instead of modules and optimizers:
     returns (g_weight, g_bias, d_weight, d_bias, d_loss, g_loss), the new parameters and the two
     losses (d_loss before D's update, g_loss after it), all detached. tests/test_gan.py pins it to
     `gan_step` with nn.Linear and torch.optim.SGD."""
-    for name, t in (("g_weight", g_weight), ("g_bias", g_bias), ("d_weight", d_weight), ("d_bias", d_bias),
-                    ("real", real), ("z", z)):
+    for name, t in (
+        ("g_weight", g_weight),
+        ("g_bias", g_bias),
+        ("d_weight", d_weight),
+        ("d_bias", d_bias),
+        ("real", real),
+        ("z", z),
+    ):
         if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got {_shape(t)}")
+            raise ValueError(f"{name}: expected a floating-point tensor, got {shape_of(t)}")
     lr = _check_positive("lr", lr)
     gw, gb, dw, db = (t.detach().clone().requires_grad_(True) for t in (g_weight, g_bias, d_weight, d_bias))
     fake = z @ gw.T + gb  # (B, D)
@@ -464,15 +495,17 @@ def toy_gan_sgd_step(g_weight: Tensor, g_bias: Tensor, d_weight: Tensor, d_bias:
 
 
 class _Snapshots:
-    """Samples from a fixed z at chosen steps; checkpointed with the run (it has state_dict)."""
+    """Samples from a fixed z at chosen steps; checkpointed with the run (it has state_dict).
+
+    Called as fit's `on_step(step)`: after `step` updates, so snapshot k shows G after k steps."""
 
     def __init__(self, G: nn.Module, z: Tensor | None, labels: Tensor | None, at: Sequence[int]):
         self.G, self.z, self.labels, self.at = G, z, labels, set(at)
         self.images: dict[int, Tensor] = {}
 
-    def maybe_take(self, step: int) -> None:
+    def __call__(self, step: int) -> None:
         if self.z is not None and step in self.at and step not in self.images:
-            self.images[step] = sample(self.G, z=self.z, labels=self.labels).cpu()
+            self.images[step] = _sample(self.G, self.z, self.labels).cpu()
 
     def state_dict(self) -> dict:
         return {"steps": list(self.images), "images": [self.images[s] for s in self.images]}
@@ -483,7 +516,7 @@ class _Snapshots:
 
 class GANRun(NamedTuple):
     history: History  # per-step "loss" (G's), d_loss, d_real, d_fake, d_grad_norm, g_grad_norm
-    snapshots: dict[int, Tensor]  # step -> G(z_fixed) in [−1, 1] on the CPU, taken before that step
+    snapshots: dict[int, Tensor]  # step -> G(z_fixed) in [−1, 1] on the CPU, taken after that many steps
 
 
 def train_gan(
@@ -503,11 +536,7 @@ def train_gan(
     snapshot_every: int | None = None,
     snapshot_z: Tensor | None = None,
     snapshot_labels: Tensor | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    ckpt_every: int = 500,
-    log_every: int = 50,
-    progress: bool = True,
-    desc: str = "GAN",
+    **run: Unpack[RunOptions],
 ) -> GANRun:
     """Train G and D on `data` (N, ...) in G's output range ([−1, 1] for tanh) with `gan_step`'s recipe.
 
@@ -515,18 +544,21 @@ def train_gan(
     with a generator seeded by (seed, step) and fresh z from torch's RNG, so `checkpoint=` resumes
     exactly. `labels` (N,) int64 trains a conditional pair. With `snapshot_every`, G(snapshot_z) is
     recorded every that many steps and at the end (snapshot_z: 64 fixed codes by default).
-    `d_steps` D updates per G update (WGAN-GP's paper uses 5), each on fresh real and fake batches."""
+    `d_steps` D updates per G update (WGAN-GP's paper uses 5), each on fresh real and fake batches.
+    `run`: fit's run options (checkpoint, ckpt_every (default 500), log_every, desc (default "GAN"),
+    progress, on_log, e.g. a plots.LiveLossCurve of "loss" and "d_loss")."""
     if not isinstance(G, nn.Module) or not isinstance(D, nn.Module):
         raise ValueError(f"G, D: expected nn.Modules, got {type(G).__name__} and {type(D).__name__}")
-    _check_int("steps", steps), _check_int("batch_size", batch_size), _check_int("d_steps", d_steps), _loss(loss)
+    check_int("steps", steps), check_int("batch_size", batch_size), check_int("d_steps", d_steps)
+    spec = _loss(loss)
     if not isinstance(data, Tensor) or not data.is_floating_point() or data.ndim < 2:
-        raise ValueError(f"data: expected a floating-point tensor (N, ...), got {_shape(data)}")
+        raise ValueError(f"data: expected a floating-point tensor (N, ...), got {shape_of(data)}")
     n_classes = getattr(G, "n_classes", 0)
     if n_classes:
         _check_labels(labels, len(data), n_classes)
     elif labels is not None:
         raise ValueError("labels: G is unconditional; pass labels=None")
-    if LOSSES[loss].gp_weight and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules()):
+    if spec.gp_weight and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules()):
         raise ValueError(f"D: loss={loss!r} needs a critic without BatchNorm (e.g. DCGANConfig(d_norm='none'))")
     param = next(G.parameters())
     device = param.device
@@ -539,18 +571,19 @@ def train_gan(
     z_dim = G.z_dim
 
     if snapshot_every is not None:
-        _check_int("snapshot_every", snapshot_every)
+        check_int("snapshot_every", snapshot_every)
         if snapshot_z is None:
             snapshot_z = torch.randn(64, z_dim, generator=torch.Generator().manual_seed(seed + 1), dtype=param.dtype)
-        if snapshot_labels is not None:  # None: `sample`'s default (0, 1, ..., 9, 0, ... for a conditional G)
+        if snapshot_labels is not None:
             _check_labels(snapshot_labels, len(snapshot_z), n_classes)
+        elif n_classes:  # `sample`'s default: the classes 0, 1, ..., 9, 0, ... in turn
+            snapshot_labels = torch.arange(len(snapshot_z)) % n_classes
     at = list(range(0, steps, snapshot_every)) if snapshot_every else []
     snaps = _Snapshots(G, snapshot_z, snapshot_labels, at)
+    snaps(0)  # G before any update (a resumed run replaces it with the checkpoint's)
 
     def batches(step: int) -> tuple[Tensor, Tensor | None]:
-        snaps.maybe_take(step)  # before this step's update: snapshot k shows G after k steps
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        idx = torch.randint(len(data), (d_steps, batch_size), generator=gen).to(device)
+        idx = torch.randint(len(data), (d_steps, batch_size), generator=step_generator(seed, step)).to(device)
         return data[idx], (labels[idx] if labels is not None else None)  # (d_steps, B, ...)
 
     def gan_loss(gan: nn.ModuleDict, batch: tuple[Tensor, Tensor | None]) -> dict[str, Tensor]:
@@ -562,50 +595,57 @@ def train_gan(
             gan["D"].requires_grad_(True)
             with torch.set_grad_enabled(last):  # only the last fakes are reused for G's loss
                 fake = gan["G"](z) if y is None else gan["G"](z, y)
-            stats = discriminator_step(gan["D"], opt_d, reals[k], fake, y, loss)
+            stats = _discriminator_step(gan["D"], opt_d, reals[k], fake, y, spec)
         gan["D"].requires_grad_(False)  # fit's backward of G's loss: no gradients for D's weights
-        return {"loss": generator_loss(gan["D"], fake, y, loss), **stats}  # fit: G's backward + step
+        return {"loss": _generator_loss(gan["D"], fake, y, spec), **stats}  # fit: G's backward + step
 
+    run.setdefault("ckpt_every", 500)
+    run.setdefault("desc", "GAN")
     extra = {"opt_d": opt_d, "snapshots": snaps}
     modes = G.training, D.training
     try:  # grad_clip=inf: fit logs G's gradient norm ("grad_norm") and clips nothing
-        history = fit(gan, opt_g, batches, gan_loss, steps, grad_clip=math.inf, checkpoint=checkpoint,
-                      ckpt_every=ckpt_every, log_every=log_every, extra_state=extra, desc=desc, progress=progress)
+        history = fit(gan, opt_g, batches, gan_loss, steps, grad_clip=math.inf, extra_state=extra, on_step=snaps, **run)
     finally:
         D.requires_grad_(True)
         G.train(modes[0]), D.train(modes[1])
     history.metrics["g_grad_norm"] = history.metrics.pop("grad_norm")
-    if snapshot_every is not None:
+    if snapshot_every is not None:  # the end, outside the checkpoint (a longer resumed run has no snapshot here)
         snaps.at.add(steps)
-        snaps.maybe_take(steps)
+        snaps(steps)
     return GANRun(history, dict(sorted(snaps.images.items())))
 
 
 @torch.no_grad()
-def sample(G: nn.Module, n: int | None = None, *, z: Tensor | None = None, labels: Tensor | None = None,
-           seed: int | None = None) -> Tensor:
+def sample(
+    G: nn.Module,
+    n: int | None = None,
+    *,
+    z: Tensor | None = None,
+    labels: Tensor | None = None,
+    seed: int | None = None,
+) -> Tensor:
     """G's samples in eval mode (BatchNorm uses its running statistics): n fresh codes, or the given z.
 
     Conditional G: `labels` (n,) int64, or None for the classes 0, 1, ..., 9, 0, 1, ... in turn."""
     param = next(G.parameters())
     if z is None:
-        _check_int("n", n)
+        check_int("n", n)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         z = torch.randn(n, G.z_dim, generator=gen, dtype=param.dtype)
     elif not isinstance(z, Tensor) or (n is not None and len(z) != n):
-        raise ValueError(f"z: expected a tensor of {n if n is not None else 'B'} codes, got {_shape(z)}")
+        raise ValueError(f"z: expected a tensor of {n if n is not None else 'B'} codes, got {shape_of(z)}")
     z = z.to(param.device)
     n_classes = getattr(G, "n_classes", 0)
     if n_classes and labels is None:
         labels = torch.arange(len(z)) % n_classes
     _check_labels(labels, len(z), n_classes)
-    was_training = G.training
-    G.eval()
-    try:
-        with autocast(param.device):
-            out = G(z) if not n_classes else G(z, labels.to(param.device))
-    finally:
-        G.train(was_training)
+    return _sample(G, z, labels)
+
+
+def _sample(G: nn.Module, z: Tensor, labels: Tensor | None) -> Tensor:
+    param = next(G.parameters())
+    with eval_mode(G), autocast(param.device):
+        out = G(z.to(param.device)) if labels is None else G(z.to(param.device), labels.to(param.device))
     return out.float()
 
 
@@ -621,15 +661,16 @@ def to_unit(images: Tensor) -> Tensor:
 
 def ring_modes(modes: int = 8, radius: float = 2.0) -> Tensor:
     """The mode centres (modes, 2), evenly spaced on a circle."""
-    _check_int("modes", modes), _check_positive("radius", radius)
+    check_int("modes", modes), _check_positive("radius", radius)
     angle = torch.arange(modes) * (2 * math.pi / modes)
     return radius * torch.stack([angle.cos(), angle.sin()], dim=1)
 
 
-def ring_of_gaussians(n: int, modes: int = 8, radius: float = 2.0, std: float = 0.05,
-                      generator: torch.Generator | None = None) -> Tensor:
+def ring_of_gaussians(
+    n: int, modes: int = 8, radius: float = 2.0, std: float = 0.05, generator: torch.Generator | None = None
+) -> Tensor:
     """n points (n, 2): a uniformly chosen mode centre plus N(0, std² I) noise."""
-    _check_int("n", n), _check_positive("std", std), _check_positive("radius", radius)
+    check_int("n", n), _check_positive("std", std), _check_positive("radius", radius)
     centres = ring_modes(modes, radius)
     which = torch.randint(modes, (n,), generator=generator)
     return centres[which] + std * torch.randn(n, 2, generator=generator)
@@ -641,15 +682,16 @@ class RingQuality(NamedTuple):
     shares: list[float]  # per mode: share of all samples within 3 std of it
 
 
-def ring_quality(samples: Tensor, modes: int = 8, radius: float = 2.0, std: float = 0.05,
-                 min_share: float = 0.02) -> RingQuality:
+def ring_quality(
+    samples: Tensor, modes: int = 8, radius: float = 2.0, std: float = 0.05, min_share: float = 0.02
+) -> RingQuality:
     """Mode coverage and sample quality on the ring (the measure of Srivastava et al., VEEGAN, 2017).
 
     A sample is high quality when it lies within 3·std of a mode centre; a mode is covered when at
     least `min_share` of all samples are high-quality samples of that mode (a perfect G covers all
     modes with ≈ 1/modes each)."""
     if not isinstance(samples, Tensor) or samples.ndim != 2 or samples.shape[1] != 2 or len(samples) == 0:
-        raise ValueError(f"samples: expected a non-empty tensor of shape (N, 2), got {_shape(samples)}")
+        raise ValueError(f"samples: expected a non-empty tensor of shape (N, 2), got {shape_of(samples)}")
     _check_positive("std", std)
     if isinstance(min_share, bool) or not isinstance(min_share, (int, float)) or not 0 < min_share <= 1:
         raise ValueError(f"min_share: expected a share in (0, 1], got {min_share!r}")
@@ -667,11 +709,49 @@ class PackedDiscriminator(nn.Module):
 
     def __init__(self, D: nn.Module, pack: int):
         super().__init__()
-        self.D, self.pack = D, _check_int("pack", pack)
+        self.D, self.pack = D, check_int("pack", pack)
         self.n_classes = 0
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] % self.pack:
-            raise ValueError(f"x: expected a batch (B, ...) with B a multiple of pack={self.pack}, got {_shape(x)}")
+            raise ValueError(f"x: expected a batch (B, ...) with B a multiple of pack={self.pack}, got {shape_of(x)}")
         _check_labels(labels, x.shape[0], 0)
         return self.D(x.reshape(x.shape[0] // self.pack, -1))  # (B / pack,) logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks of this chapter (the shared ones are in aigc_lib.checks): the argument, what was
+# expected, what came
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_logits(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D floating-point tensor of logits, shape (B,), got {shape_of(t)}")
+    return t
+
+
+def _check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_labels(labels: object, batch: int, n_classes: int) -> Tensor | None:
+    """None for an unconditional model; else an int64 tensor (B,) of classes in [0, n_classes)."""
+    if n_classes == 0:
+        if labels is not None:
+            raise ValueError("labels: this model is unconditional (n_classes=0); pass labels=None")
+        return None
+    if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or tuple(labels.shape) != (batch,):
+        kind = f"{labels.dtype} " if isinstance(labels, Tensor) else ""
+        raise ValueError(
+            f"labels: expected an int64 tensor of shape ({batch},) for a conditional model, got {kind}{shape_of(labels)}"
+        )
+    # range check on the CPU only: on a GPU it would sync with the host on every call (an
+    # out-of-range label there fails inside the embedding lookup instead)
+    if labels.device.type == "cpu" and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(
+            f"labels: expected classes in [0, {n_classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
+    return labels

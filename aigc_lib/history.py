@@ -12,11 +12,13 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
 
-from aigc_lib.training import History, fit
+from aigc_lib.checks import shape_of
+from aigc_lib.training import History, RunOptions, fit
 
 # ---------------------------------------------------------------------------------------------
 # 1. Timeline and corrections
@@ -35,60 +37,202 @@ class Milestone:
 
 
 MILESTONES: tuple[Milestone, ...] = (
-    Milestone(1948, "n-gram text", "C. E. Shannon", "Bell System Technical Journal 27(3):379-423, 27(4):623-656",
-              "A Mathematical Theory of Communication (samples English from letter/word n-grams), "
-              "doi:10.1002/j.1538-7305.1948.tb01338.x", "text"),
-    Milestone(1950, "Imitation game", "A. M. Turing", "Mind 59(236):433-460",
-              "Computing Machinery and Intelligence, doi:10.1093/mind/LIX.236.433", "foundation", False),
-    Milestone(1966, "ELIZA", "J. Weizenbaum", "Communications of the ACM 9(1):36-45",
-              "ELIZA - a computer program for the study of natural language communication between man "
-              "and machine, doi:10.1145/365153.365168", "text"),
-    Milestone(1986, "Backpropagation", "D. E. Rumelhart, G. E. Hinton, R. J. Williams", "Nature 323:533-536",
-              "Learning representations by back-propagating errors, doi:10.1038/323533a0", "foundation", False),
-    Milestone(1997, "LSTM", "S. Hochreiter, J. Schmidhuber", "Neural Computation 9(8):1735-1780",
-              "Long Short-Term Memory, doi:10.1162/neco.1997.9.8.1735", "foundation", False),
-    Milestone(2003, "Neural language model", "Y. Bengio, R. Ducharme, P. Vincent, C. Jauvin", "JMLR 3:1137-1155",
-              "A Neural Probabilistic Language Model", "text"),
-    Milestone(2006, "Deep belief nets", "G. E. Hinton, S. Osindero, Y.-W. Teh", "Neural Computation 18(7):1527-1554",
-              "A fast learning algorithm for deep belief nets, doi:10.1162/neco.2006.18.7.1527", "foundation"),
-    Milestone(2006, "Deep autoencoders", "G. E. Hinton, R. R. Salakhutdinov", "Science 313(5786):504-507",
-              "Reducing the Dimensionality of Data with Neural Networks, doi:10.1126/science.1127647", "foundation",
-              False),
-    Milestone(2012, "AlexNet", "A. Krizhevsky, I. Sutskever, G. E. Hinton", "NeurIPS 2012",
-              "ImageNet Classification with Deep Convolutional Neural Networks", "image", False),
-    Milestone(2013, "VAE", "D. P. Kingma, M. Welling", "ICLR 2014",
-              "Auto-Encoding Variational Bayes, arXiv:1312.6114", "image"),
-    Milestone(2014, "GAN", "I. Goodfellow et al. (Universite de Montreal)", "NeurIPS 2014",
-              "Generative Adversarial Nets, arXiv:1406.2661", "image"),
-    Milestone(2015, "Diffusion (thermodynamics)", "J. Sohl-Dickstein, E. Weiss, N. Maheswaranathan, S. Ganguli",
-              "ICML 2015", "Deep Unsupervised Learning using Nonequilibrium Thermodynamics, arXiv:1503.03585", "image"),
-    Milestone(2016, "WaveNet", "A. van den Oord et al. (DeepMind)", "arXiv preprint, 2016",
-              "WaveNet: A Generative Model for Raw Audio, arXiv:1609.03499", "audio"),
-    Milestone(2016, "Pix2Pix", "P. Isola, J.-Y. Zhu, T. Zhou, A. A. Efros", "CVPR 2017",
-              "Image-to-Image Translation with Conditional Adversarial Networks, arXiv:1611.07004", "image"),
-    Milestone(2017, "Transformer", "A. Vaswani et al.", "NeurIPS 2017",
-              "Attention Is All You Need, arXiv:1706.03762", "text"),
-    Milestone(2017, "Tacotron", "Y. Wang et al. (Google)", "Interspeech 2017",
-              "Tacotron: Towards End-to-End Speech Synthesis, arXiv:1703.10135", "audio"),
-    Milestone(2018, "GPT", "A. Radford, K. Narasimhan, T. Salimans, I. Sutskever", "OpenAI technical report, 2018",
-              "Improving Language Understanding by Generative Pre-Training", "text"),
-    Milestone(2018, "BERT", "J. Devlin, M.-W. Chang, K. Lee, K. Toutanova", "NAACL 2019",
-              "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding, "
-              "arXiv:1810.04805", "text", False),
-    Milestone(2019, "GANSynth", "J. Engel et al. (Google Magenta)", "ICLR 2019",
-              "GANSynth: Adversarial Neural Audio Synthesis, arXiv:1902.08710", "audio"),
-    Milestone(2020, "GPT-3", "T. Brown et al. (OpenAI)", "NeurIPS 2020",
-              "Language Models are Few-Shot Learners, arXiv:2005.14165", "text"),
-    Milestone(2020, "DDPM", "J. Ho, A. Jain, P. Abbeel", "NeurIPS 2020",
-              "Denoising Diffusion Probabilistic Models, arXiv:2006.11239", "image"),
-    Milestone(2021, "CLIP", "A. Radford et al. (OpenAI)", "ICML 2021",
-              "Learning Transferable Visual Models From Natural Language Supervision, arXiv:2103.00020",
-              "multimodal", False),
-    Milestone(2021, "DALL-E", "A. Ramesh et al. (OpenAI)", "ICML 2021",
-              "Zero-Shot Text-to-Image Generation, arXiv:2102.12092", "multimodal"),
-    Milestone(2021, "Latent diffusion", "R. Rombach, A. Blattmann, D. Lorenz, P. Esser, B. Ommer", "CVPR 2022",
-              "High-Resolution Image Synthesis with Latent Diffusion Models (Stable Diffusion), "
-              "arXiv:2112.10752", "multimodal"),
+    Milestone(
+        1948,
+        "n-gram text",
+        "C. E. Shannon",
+        "Bell System Technical Journal 27(3):379-423, 27(4):623-656",
+        "A Mathematical Theory of Communication (samples English from letter/word n-grams), "
+        "doi:10.1002/j.1538-7305.1948.tb01338.x",
+        "text",
+    ),
+    Milestone(
+        1950,
+        "Imitation game",
+        "A. M. Turing",
+        "Mind 59(236):433-460",
+        "Computing Machinery and Intelligence, doi:10.1093/mind/LIX.236.433",
+        "foundation",
+        False,
+    ),
+    Milestone(
+        1966,
+        "ELIZA",
+        "J. Weizenbaum",
+        "Communications of the ACM 9(1):36-45",
+        "ELIZA - a computer program for the study of natural language communication between man "
+        "and machine, doi:10.1145/365153.365168",
+        "text",
+    ),
+    Milestone(
+        1986,
+        "Backpropagation",
+        "D. E. Rumelhart, G. E. Hinton, R. J. Williams",
+        "Nature 323:533-536",
+        "Learning representations by back-propagating errors, doi:10.1038/323533a0",
+        "foundation",
+        False,
+    ),
+    Milestone(
+        1997,
+        "LSTM",
+        "S. Hochreiter, J. Schmidhuber",
+        "Neural Computation 9(8):1735-1780",
+        "Long Short-Term Memory, doi:10.1162/neco.1997.9.8.1735",
+        "foundation",
+        False,
+    ),
+    Milestone(
+        2003,
+        "Neural language model",
+        "Y. Bengio, R. Ducharme, P. Vincent, C. Jauvin",
+        "JMLR 3:1137-1155",
+        "A Neural Probabilistic Language Model",
+        "text",
+    ),
+    Milestone(
+        2006,
+        "Deep belief nets",
+        "G. E. Hinton, S. Osindero, Y.-W. Teh",
+        "Neural Computation 18(7):1527-1554",
+        "A fast learning algorithm for deep belief nets, doi:10.1162/neco.2006.18.7.1527",
+        "foundation",
+    ),
+    Milestone(
+        2006,
+        "Deep autoencoders",
+        "G. E. Hinton, R. R. Salakhutdinov",
+        "Science 313(5786):504-507",
+        "Reducing the Dimensionality of Data with Neural Networks, doi:10.1126/science.1127647",
+        "foundation",
+        False,
+    ),
+    Milestone(
+        2012,
+        "AlexNet",
+        "A. Krizhevsky, I. Sutskever, G. E. Hinton",
+        "NeurIPS 2012",
+        "ImageNet Classification with Deep Convolutional Neural Networks",
+        "image",
+        False,
+    ),
+    Milestone(
+        2013,
+        "VAE",
+        "D. P. Kingma, M. Welling",
+        "ICLR 2014",
+        "Auto-Encoding Variational Bayes, arXiv:1312.6114",
+        "image",
+    ),
+    Milestone(
+        2014,
+        "GAN",
+        "I. Goodfellow et al. (Universite de Montreal)",
+        "NeurIPS 2014",
+        "Generative Adversarial Nets, arXiv:1406.2661",
+        "image",
+    ),
+    Milestone(
+        2015,
+        "Diffusion (thermodynamics)",
+        "J. Sohl-Dickstein, E. Weiss, N. Maheswaranathan, S. Ganguli",
+        "ICML 2015",
+        "Deep Unsupervised Learning using Nonequilibrium Thermodynamics, arXiv:1503.03585",
+        "image",
+    ),
+    Milestone(
+        2016,
+        "WaveNet",
+        "A. van den Oord et al. (DeepMind)",
+        "arXiv preprint, 2016",
+        "WaveNet: A Generative Model for Raw Audio, arXiv:1609.03499",
+        "audio",
+    ),
+    Milestone(
+        2016,
+        "Pix2Pix",
+        "P. Isola, J.-Y. Zhu, T. Zhou, A. A. Efros",
+        "CVPR 2017",
+        "Image-to-Image Translation with Conditional Adversarial Networks, arXiv:1611.07004",
+        "image",
+    ),
+    Milestone(
+        2017, "Transformer", "A. Vaswani et al.", "NeurIPS 2017", "Attention Is All You Need, arXiv:1706.03762", "text"
+    ),
+    Milestone(
+        2017,
+        "Tacotron",
+        "Y. Wang et al. (Google)",
+        "Interspeech 2017",
+        "Tacotron: Towards End-to-End Speech Synthesis, arXiv:1703.10135",
+        "audio",
+    ),
+    Milestone(
+        2018,
+        "GPT",
+        "A. Radford, K. Narasimhan, T. Salimans, I. Sutskever",
+        "OpenAI technical report, 2018",
+        "Improving Language Understanding by Generative Pre-Training",
+        "text",
+    ),
+    Milestone(
+        2018,
+        "BERT",
+        "J. Devlin, M.-W. Chang, K. Lee, K. Toutanova",
+        "NAACL 2019",
+        "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding, arXiv:1810.04805",
+        "text",
+        False,
+    ),
+    Milestone(
+        2019,
+        "GANSynth",
+        "J. Engel et al. (Google Magenta)",
+        "ICLR 2019",
+        "GANSynth: Adversarial Neural Audio Synthesis, arXiv:1902.08710",
+        "audio",
+    ),
+    Milestone(
+        2020,
+        "GPT-3",
+        "T. Brown et al. (OpenAI)",
+        "NeurIPS 2020",
+        "Language Models are Few-Shot Learners, arXiv:2005.14165",
+        "text",
+    ),
+    Milestone(
+        2020,
+        "DDPM",
+        "J. Ho, A. Jain, P. Abbeel",
+        "NeurIPS 2020",
+        "Denoising Diffusion Probabilistic Models, arXiv:2006.11239",
+        "image",
+    ),
+    Milestone(
+        2021,
+        "CLIP",
+        "A. Radford et al. (OpenAI)",
+        "ICML 2021",
+        "Learning Transferable Visual Models From Natural Language Supervision, arXiv:2103.00020",
+        "multimodal",
+        False,
+    ),
+    Milestone(
+        2021,
+        "DALL-E",
+        "A. Ramesh et al. (OpenAI)",
+        "ICML 2021",
+        "Zero-Shot Text-to-Image Generation, arXiv:2102.12092",
+        "multimodal",
+    ),
+    Milestone(
+        2021,
+        "Latent diffusion",
+        "R. Rombach, A. Blattmann, D. Lorenz, P. Esser, B. Ommer",
+        "CVPR 2022",
+        "High-Resolution Image Synthesis with Latent Diffusion Models (Stable Diffusion), arXiv:2112.10752",
+        "multimodal",
+    ),
 )
 
 # Midjourney (2022) is a commercial product without a paper; the notebook mentions it in prose only.
@@ -160,8 +304,13 @@ def plot_timeline(milestones: Sequence[Milestone] = MILESTONES, *, ax=None, save
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    colors = {"foundation": "#555555", "text": "#1f77b4", "image": "#d62728", "audio": "#2ca02c",
-              "multimodal": "#9467bd"}
+    colors = {
+        "foundation": "#555555",
+        "text": "#1f77b4",
+        "image": "#d62728",
+        "audio": "#2ca02c",
+        "multimodal": "#9467bd",
+    }
     if ax is None:
         fig, ax = plt.subplots(figsize=(11, 0.28 * len(milestones) + 1.2))
     fig = ax.figure
@@ -173,8 +322,15 @@ def plot_timeline(milestones: Sequence[Milestone] = MILESTONES, *, ax=None, save
         lead = m.authors.split(",")[0].split(" (")[0].removesuffix(" et al.")
         if "," in m.authors or "et al." in m.authors:
             lead += " et al."
-        ax.annotate(f"{m.year}  {m.name}  ({lead})", (m.year, row), xytext=(7, 0),
-                    textcoords="offset points", va="center", fontsize=8, color=c)
+        ax.annotate(
+            f"{m.year}  {m.name}  ({lead})",
+            (m.year, row),
+            xytext=(7, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+            color=c,
+        )
     ax.set_ylim(len(milestones) - 0.5, -0.5)  # oldest on top
     ax.set_yticks([])
     first, last = min(m.year for m in milestones), max(m.year for m in milestones)
@@ -183,8 +339,11 @@ def plot_timeline(milestones: Sequence[Milestone] = MILESTONES, *, ax=None, save
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel("year")
     ax.set_title("Milestones on the road to generative AI (hollow: important, but not itself generative)")
-    ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in colors.items()],
-              loc="lower left", fontsize=8)
+    ax.legend(
+        handles=[Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in colors.items()],
+        loc="lower left",
+        fontsize=8,
+    )
     fig.tight_layout()
     if save is not None:
         fig.savefig(save, dpi=120)
@@ -198,8 +357,13 @@ def plot_timeline(milestones: Sequence[Milestone] = MILESTONES, *, ax=None, save
 _SLOT = re.compile(r"<(\w+)>")
 
 
-def expand_template(grammar: Mapping[str, Sequence[str]], symbol: str = "start", *,
-                    rng: random.Random | None = None, max_depth: int = 20) -> str:
+def expand_template(
+    grammar: Mapping[str, Sequence[str]],
+    symbol: str = "start",
+    *,
+    rng: random.Random | None = None,
+    max_depth: int = 20,
+) -> str:
     """Rule-based generation: rewrite every `<slot>` with a random rule from `grammar[slot]`."""
     if symbol not in grammar:
         raise ValueError(f"symbol: {symbol!r} has no rules; grammar defines {sorted(grammar)}")
@@ -239,7 +403,9 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits / temperature, dim=-1)
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, temperature: float = 1.0, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Sample indices from softmax(logits / T)."""
     probs = apply_temperature(logits, temperature)
     return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(probs.shape[:-1])
@@ -247,8 +413,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, *, generator: to
 
 def _check_ids(ids: torch.Tensor, vocab_size: int) -> None:
     if type(ids) is not torch.Tensor or ids.dtype != torch.int64 or ids.ndim != 1:
-        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise ValueError(f"ids: expected a 1-D int64 tensor, got {shape}")
+        raise ValueError(f"ids: expected a 1-D int64 tensor, got {shape_of(ids)}")
     if vocab_size < 1:
         raise ValueError(f"vocab_size: expected >= 1, got {vocab_size}")
     if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
@@ -265,7 +430,7 @@ class NGramModel:
     def __init__(self, order: int, vocab_size: int, alpha: float = 0.1):
         if order < 1:
             raise ValueError(f"order: expected >= 1 (1 = unigram), got {order}")
-        if vocab_size ** order >= 2**62:
+        if vocab_size**order >= 2**62:
             raise ValueError(f"order: vocab_size**order must fit in int64, got {vocab_size}**{order}")
         self.order, self.vocab_size, self.alpha = order, vocab_size, alpha
         self.tables: list[tuple[torch.Tensor, torch.Tensor]] = []  # per context length k: (codes, counts (M, V))
@@ -321,8 +486,9 @@ class NGramModel:
             total += -torch.log(p.gather(1, w[:, n:])).sum().item()
         return total / len(windows)
 
-    def generate(self, prompt: torch.Tensor, length: int, temperature: float = 1.0, *,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self, prompt: torch.Tensor, length: int, temperature: float = 1.0, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Extend `prompt` (1-D ids) by `length` sampled characters."""
         n = self.order - 1
         out = prompt.tolist()
@@ -386,15 +552,24 @@ class PixelBayes:
         return torch.bernoulli(p, generator=generator).reshape(len(labels), *self.shape)
 
 
-def train_logistic_regression(images: torch.Tensor, labels: torch.Tensor, *, steps: int = 300,
-                              lr: float = 0.5, weight_decay: float = 1e-4, num_classes: int = 10,
-                              progress: bool = True) -> tuple[torch.nn.Linear, History]:
-    """Discriminative twin: softmax regression p(y|x) = softmax(W x + b), full-batch SGD on cross-entropy."""
+def train_logistic_regression(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int = 300,
+    lr: float = 0.5,
+    weight_decay: float = 1e-4,
+    num_classes: int = 10,
+    **run: Unpack[RunOptions],
+) -> tuple[torch.nn.Linear, History]:
+    """Discriminative twin: softmax regression p(y|x) = softmax(W x + b), full-batch SGD on cross-entropy.
+    `run`: fit's run options (log_every defaults to steps // 10, at most 50)."""
     if len(images) != len(labels):
         raise ValueError(f"labels: expected {len(images)} labels for {len(images)} images, got {len(labels)}")
     model = torch.nn.Linear(images[0].numel(), num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
     batch = (images.flatten(1), labels)
-    history = fit(model, opt, lambda step: batch, lambda m, b: F.cross_entropy(m(b[0]), b[1]), steps,
-                  log_every=max(1, min(50, steps // 10)), desc="logistic regression", progress=progress)
+    run.setdefault("log_every", max(1, min(50, steps // 10)))
+    run.setdefault("desc", "logistic regression")
+    history = fit(model, opt, lambda step: batch, lambda m, b: F.cross_entropy(m(b[0]), b[1]), steps, **run)
     return model, history

@@ -136,9 +136,7 @@ def _outliers(digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     gauss = (0.6 * r + sd * torch.randn(b, 1, 28, 28, generator=gen)).clamp(0, 1)
     sparse = (torch.rand(b, 1, 28, 28, generator=gen) < 0.05 + 0.35 * r).float()
     k = 4 + int(torch.randint(0, 4, (1,), generator=gen))  # blobs of 28 / k pixels
-    blobs = torch.sigmoid(
-        4 * F.interpolate(torch.randn(b, 1, k, k, generator=gen), size=28, mode="bilinear") - 2
-    )
+    blobs = torch.sigmoid(4 * F.interpolate(torch.randn(b, 1, k, k, generator=gen), size=28, mode="bilinear") - 2)
     shuffled = digits.flatten(1)[:, torch.randperm(784, generator=gen)].reshape(b, 1, 28, 28)
     constant = r.expand(b, 1, 28, 28)
     kinds = torch.stack([uniform, gauss, sparse, blobs, shuffled, constant])  # (6, B, 1, 28, 28)
@@ -147,9 +145,7 @@ def _outliers(digits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
-) -> float:
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
     """Share of `images` whose argmax logit equals the label."""
     was_training = model.training
     model.eval()
@@ -186,9 +182,7 @@ def train_digit_classifier(
     model = DigitClassifier().to(device)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * steps_per_epoch
-    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     t0 = time.perf_counter()
     for epoch in range(epochs):
         model.train()
@@ -198,9 +192,7 @@ def train_digit_classifier(
             idx = order[i * batch_size : (i + 1) * batch_size]
             x = _augment(train.images[idx], gen).to(device)  # (B, 1, 28, 28)
             y = train.labels[idx].to(device)  # (B,)
-            x_out = _outliers(train.images[idx[: len(idx) // 2]], gen).to(
-                device
-            )  # (B/2, 1, 28, 28)
+            x_out = _outliers(train.images[idx[: len(idx) // 2]], gen).to(device)  # (B/2, 1, 28, 28)
             logits = model(torch.cat([x, x_out]))  # (3B/2, 10)
             ce = F.cross_entropy(logits[: len(y)], y)
             ce_out = -logits[len(y) :].log_softmax(-1).mean()  # CE to the uniform target; >= ln 10
@@ -222,15 +214,11 @@ def train_digit_classifier(
     model.eval()
     test_acc = accuracy(model, test.images, test.labels)
     if verbose:
-        print(
-            f"test accuracy {test_acc:.4f} on {len(test)} digits, {time.perf_counter() - t0:.1f}s"
-        )
+        print(f"test accuracy {test_acc:.4f} on {len(test)} digits, {time.perf_counter() - t0:.1f}s")
     return model, test_acc
 
 
-def save_digit_classifier(
-    model: DigitClassifier, test_accuracy: float, seed: int, path: Path = ASSET_PATH
-) -> Path:
+def save_digit_classifier(model: DigitClassifier, test_accuracy: float, seed: int, path: Path = ASSET_PATH) -> Path:
     """Write the float32 state_dict with its metadata (architecture version, config, accuracy, seed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,17 +285,11 @@ def _as_float64_2d(x: Tensorish, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"{name}: expected a torch.Tensor or numpy array of shape (N, D), got {type(x).__name__}"
-        )
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy array of shape (N, D), got {type(x).__name__}")
     if x.ndim != 2:
-        raise ValueError(
-            f"{name}: expected a 2-D array of features (N, D), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name}: expected a 2-D array of features (N, D), got shape {tuple(x.shape)}")
     if x.shape[0] < 2:
-        raise ValueError(
-            f"{name}: need at least 2 rows (samples) to estimate a covariance, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name}: need at least 2 rows (samples) to estimate a covariance, got shape {tuple(x.shape)}")
     x = x.detach().to("cpu", torch.float64)
     if not torch.isfinite(x).all():
         raise ValueError(f"{name}: contains NaN or inf")
@@ -327,9 +309,7 @@ def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
     return (u * lam.clamp_min(0).sqrt()) @ u.T
 
 
-def frechet_from_stats(
-    mu_a: torch.Tensor, s_a: torch.Tensor, mu_b: torch.Tensor, s_b: torch.Tensor
-) -> float:
+def frechet_from_stats(mu_a: torch.Tensor, s_a: torch.Tensor, mu_b: torch.Tensor, s_b: torch.Tensor) -> float:
     """FD = ||mu_a - mu_b||^2 + Tr S_a + Tr S_b - 2 Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}, in float64.
 
     The last trace is the sum of sqrt(eigenvalues) of the symmetric PSD matrix M = S_a^{1/2} S_b S_a^{1/2};
@@ -359,9 +339,7 @@ def frechet_distance(feats_a: Tensorish, feats_b: Tensorish) -> float:
 # ----------------------------------------------------------------------------------------------
 # Classifier-based image metrics
 
-RANGE_TOLERANCE = (
-    0.02  # values within [-tol, 1 + tol] are clamped to [0, 1]; beyond that is an error
-)
+RANGE_TOLERANCE = 0.02  # values within [-tol, 1 + tol] are clamped to [0, 1]; beyond that is an error
 
 
 def check_digit_images(images: Tensorish, name: str = "images") -> torch.Tensor:
@@ -369,9 +347,7 @@ def check_digit_images(images: Tensorish, name: str = "images") -> torch.Tensor:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor):
-        raise TypeError(
-            f"{name}: expected a torch.Tensor or numpy array, got {type(images).__name__}"
-        )
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(images).__name__}")
     shape = tuple(images.shape)
     if images.ndim == 4 and shape[1:] == (1, 28, 28):
         x = images
@@ -380,15 +356,11 @@ def check_digit_images(images: Tensorish, name: str = "images") -> torch.Tensor:
     elif images.ndim == 2 and shape[1] == 784:
         x = images.reshape(-1, 1, 28, 28)
     else:
-        raise ValueError(
-            f"{name}: expected shape (N, 1, 28, 28), (N, 28, 28) or (N, 784), got {shape}"
-        )
+        raise ValueError(f"{name}: expected shape (N, 1, 28, 28), (N, 28, 28) or (N, 784), got {shape}")
     if x.shape[0] == 0:
         raise ValueError(f"{name}: got no images (shape {shape})")
     if x.dtype == torch.uint8:
-        raise ValueError(
-            f"{name}: got uint8 pixels (0..255); pass images.float() / 255 so values lie in [0, 1]"
-        )
+        raise ValueError(f"{name}: got uint8 pixels (0..255); pass images.float() / 255 so values lie in [0, 1]")
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected floating-point pixels in [0, 1], got dtype {x.dtype}")
     x = x.detach().float()
@@ -430,16 +402,12 @@ def _features_and_probs(
     return torch.cat(feats), torch.cat(probs)
 
 
-def digit_features(
-    images: Tensorish, batch_size: int = 500, device: str | torch.device | None = None
-) -> torch.Tensor:
+def digit_features(images: Tensorish, batch_size: int = 500, device: str | torch.device | None = None) -> torch.Tensor:
     """Classifier features (N, D) of digit images in [0, 1], float32 on CPU."""
     return _features_and_probs(images, batch_size, device)[0]
 
 
-def digit_probs(
-    images: Tensorish, batch_size: int = 500, device: str | torch.device | None = None
-) -> torch.Tensor:
+def digit_probs(images: Tensorish, batch_size: int = 500, device: str | torch.device | None = None) -> torch.Tensor:
     """Classifier class probabilities softmax(z) (N, 10) of digit images in [0, 1], float32 on CPU."""
     return _features_and_probs(images, batch_size, device)[1]
 
@@ -460,9 +428,7 @@ def _reference_stats(n_ref: int, device_key: str) -> tuple[torch.Tensor, torch.T
     return _mean_cov(_as_float64_2d(_reference_features(device_key)[:n_ref], "reference features"))
 
 
-def _check_count(
-    value: int | None, name: str, low: int, high: int, default: int | None = None
-) -> int:
+def _check_count(value: int | None, name: str, low: int, high: int, default: int | None = None) -> int:
     if value is None and default is not None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -480,9 +446,7 @@ def _train_images() -> torch.Tensor:
     return mnist5k("train").images  # (4000, 1, 28, 28)
 
 
-def reference_features(
-    n_ref: int | None = None, device: str | torch.device | None = None
-) -> torch.Tensor:
+def reference_features(n_ref: int | None = None, device: str | torch.device | None = None) -> torch.Tensor:
     """Features (n_ref, D) of the reference set: the first n_ref of mnist5k("test") (default 1,000)."""
     device_key = _device_key(device)
     n_ref = _resolve_n_ref(n_ref, device_key)
@@ -502,9 +466,7 @@ def frechet_digit_distance(
     return frechet_distance(feats, digit_features(reference, device=device_key))
 
 
-def real_floor(
-    n: int, seed: int = 0, n_ref: int | None = None, device: str | torch.device | None = None
-) -> float:
+def real_floor(n: int, seed: int = 0, n_ref: int | None = None, device: str | torch.device | None = None) -> float:
     """The real-vs-real floor: FD between n real digits of mnist5k("train"), drawn without replacement
     with `seed`, and the reference (the first n_ref digits of mnist5k("test"), default all 1,000).
     The two sets are disjoint; with n = n_ref = 1000 they are two real sets of the same size.
@@ -529,9 +491,7 @@ def _real_floor(n: int, seed: int, n_ref: int, device_key: str) -> float:
     return frechet_from_stats(*_mean_cov(feats), *_reference_stats(n_ref, device_key))
 
 
-def recognisability(
-    images: Tensorish, threshold: float = CONFIDENT, device: str | torch.device | None = None
-) -> float:
+def recognisability(images: Tensorish, threshold: float = CONFIDENT, device: str | torch.device | None = None) -> float:
     """Share of images the classifier labels with confidence max_k softmax(z)_k >= threshold."""
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold: expected a probability in (0, 1], got {threshold!r}")
@@ -575,9 +535,7 @@ def evaluate_digits(
     device_key = _device_key(device)
     feats, probs = _features_and_probs(samples, device=device_key)  # (N, D), (N, 10)
     if feats.shape[0] < 2:
-        raise ValueError(
-            f"samples: need at least 2 images for a Fréchet distance, got shape {tuple(feats.shape)}"
-        )
+        raise ValueError(f"samples: need at least 2 images for a Fréchet distance, got shape {tuple(feats.shape)}")
     n, n_ref = feats.shape[0], _resolve_n_ref(n_ref, device_key)
     mu_s, cov_s = _mean_cov(_as_float64_2d(feats, "samples"))
     fd = frechet_from_stats(mu_s, cov_s, *_reference_stats(n_ref, device_key))
@@ -613,9 +571,7 @@ def bits_per_char(nll_nats: float | torch.Tensor) -> float | torch.Tensor:
     return nats_to_bits(nll_nats)
 
 
-def cross_entropy_nats_per_char(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
-) -> torch.Tensor:
+def cross_entropy_nats_per_char(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean NLL in nats per character: -(1/N) sum_i log softmax(z_i)[y_i], over targets != ignore_index.
 
     logits (B, T, V) or (N, V); targets (B, T) or (N,) of class indices. Returns a 0-d tensor.

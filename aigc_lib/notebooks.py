@@ -64,8 +64,9 @@ def _edited(nb: nbformat.NotebookNode) -> bool:
     return nb.metadata.get("aigc", {}).get("generated") != content_key(nb)
 
 
-def build_chapters(solutions: Path = SOLUTIONS, chapters: Path = CHAPTERS, *, check: bool = False,
-                   force: bool = False) -> list[Path]:
+def build_chapters(
+    solutions: Path = SOLUTIONS, chapters: Path = CHAPTERS, *, check: bool = False, force: bool = False
+) -> list[Path]:
     """Write (or with `check=True` only compare) every chapter; returns the paths that differ(ed).
 
     Compares what the course authors, not what a frontend rewrites on save. A chapter whose
@@ -94,8 +95,10 @@ def build_chapters(solutions: Path = SOLUTIONS, chapters: Path = CHAPTERS, *, ch
     if edited:
         raise EditedNotebook(
             "not overwritten, because their cells were edited since they were generated (your work?): "
-            + ", ".join(str(p) for p in edited) + ". Work in your own copy (python -m aigc_lib workspace); "
-            "to regenerate anyway, keeping a .bak copy of each: python -m aigc_lib build-chapters --force")
+            + ", ".join(str(p) for p in edited)
+            + ". Work in your own copy (python -m aigc_lib workspace); "
+            "to regenerate anyway, keeping a .bak copy of each: python -m aigc_lib build-chapters --force"
+        )
     expected = {s.name for s in sources}
     changed += [p for p in sorted(chapters.glob("*.ipynb")) if p.name not in expected]  # strays
     return changed

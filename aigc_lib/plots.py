@@ -58,9 +58,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     try:
         return np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{name}: expected numbers (a tensor, array or list), got {type(x).__name__}"
-        ) from err
+        raise ValueError(f"{name}: expected numbers (a tensor, array or list), got {type(x).__name__}") from err
 
 
 # --- image grids -----------------------------------------------------------------------------------
@@ -86,9 +84,7 @@ def image_grid(
     if x.ndim == 3:
         x = x[:, None]  # (N, 1, H, W)
     if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0 or min(x.shape[2:]) == 0:
-        raise ValueError(
-            f"images: expected shape (N, H, W), (N, 1, H, W) or (N, 3, H, W) with N >= 1, got {x.shape}"
-        )
+        raise ValueError(f"images: expected shape (N, H, W), (N, 1, H, W) or (N, 3, H, W) with N >= 1, got {x.shape}")
     n, c, h, w = x.shape
     if nrow is not None and (not isinstance(nrow, int) or isinstance(nrow, bool) or nrow <= 0):
         raise ValueError(f"nrow: expected a positive int (images per row) or None, got {nrow!r}")
@@ -97,13 +93,9 @@ def image_grid(
     if value_range is None:
         value_range = (float(np.nanmin(x)), float(np.nanmax(x)))
     elif len(value_range) != 2 or not value_range[1] > value_range[0]:
-        raise ValueError(
-            f"value_range: expected (low, high) with high > low, or None; got {value_range!r}"
-        )
+        raise ValueError(f"value_range: expected (low, high) with high > low, or None; got {value_range!r}")
     lo, hi = value_range
-    x = np.clip((x - lo) / ((hi - lo) or 1.0), 0.0, 1.0).transpose(
-        0, 2, 3, 1
-    )  # (N, H, W, C) in [0, 1]
+    x = np.clip((x - lo) / ((hi - lo) or 1.0), 0.0, 1.0).transpose(0, 2, 3, 1)  # (N, H, W, C) in [0, 1]
 
     # One mosaic and one imshow: fast for hundreds of images, and it fits into any `ax`.
     cols = min(nrow or math.ceil(math.sqrt(n)), n)
@@ -115,9 +107,7 @@ def image_grid(
         grid[top : top + h, left : left + w] = img
 
     inch = min(1.0, 10 / cols, 10 / rows)  # each tile up to an inch, the grid up to ~10 inches
-    fig, ax = _new_axes(
-        ax, (max(2.0, cols * inch), max(2.0, rows * inch) + (0.3 if title else 0.0))
-    )
+    fig, ax = _new_axes(ax, (max(2.0, cols * inch), max(2.0, rows * inch) + (0.3 if title else 0.0)))
     ax.imshow(
         grid[..., 0] if c == 1 else grid,
         cmap="gray" if c == 1 else None,
@@ -178,9 +168,7 @@ def _series(history: Any, keys: Sequence[str] | None) -> dict[str, tuple[np.ndar
     for name, values in data.items():
         y = _to_numpy(values, f"history[{name!r}]")
         if y.ndim != 1 or len(y) == 0:
-            raise ValueError(
-                f"history[{name!r}]: expected a non-empty 1-D sequence of numbers, got shape {y.shape}"
-            )
+            raise ValueError(f"history[{name!r}]: expected a non-empty 1-D sequence of numbers, got shape {y.shape}")
         x = np.arange(len(y)) if steps is None else _to_numpy(steps, "history['step']")
         if x.shape != y.shape:
             raise ValueError(f"history['step']: has {len(x)} entries but {name!r} has {len(y)}")
@@ -219,9 +207,7 @@ def loss_curve(
     series = _series(history, keys)
     fig, ax = _new_axes(ax, (6.0, 3.5))
     for name, (x, y) in series.items():
-        (raw,) = ax.plot(
-            x, y, alpha=0.3 if smooth else 1.0, linewidth=1, label=None if smooth else name
-        )
+        (raw,) = ax.plot(x, y, alpha=0.3 if smooth else 1.0, linewidth=1, label=None if smooth else name)
         if smooth:
             ax.plot(
                 x,

@@ -20,11 +20,11 @@ so a batch of row vectors x: (B, D) is multiplied as `x @ W_xh.T`):
 
 Fast path: `CharLSTM` = Embedding -> nn.LSTM (cuDNN on GPU) -> dropout -> Linear, trained with
 truncated backpropagation through time by the shared `training.fit` loop (`train_char_lstm`), scored
-in nats per character (`evaluate_nats_per_char`), sampled token by token (`generate`, `generate_text`)
-with the temperature applied to the LOGITS (`sample_probs`). Tests pin the fast path to the teaching
-path (tests/test_rnn.py).
+in nats per character (`evaluate_nats_per_char`), sampled token by token by the shared
+`generation.generate` / `generate_text` (re-exported here) with the temperature applied to the LOGITS
+(`sample_probs`). Tests pin the fast path to the teaching path (tests/test_rnn.py).
 
-Corrected from the source article's example (SOURCE_DIGEST E3/E5): temperature divides the logits,
+Corrected from the source article's example (docs/errata.md, E3/E5): temperature divides the logits,
 not the probabilities; the model returns logits at every step, not just the last; the training loss
 stays a tensor (the loop never calls `.item()` per step, let alone `.backward()` on a float).
 """
@@ -32,24 +32,48 @@ stays a tensor (the loop never calls `.item()` per step, let alone `.backward()`
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aigc_lib.runtime import autocast
-from aigc_lib.training import History, adamw_warmup_cosine, fit, warmup_cosine
+from aigc_lib.checks import check_int, shape_of
+from aigc_lib.generation import generate, generate_text, sample_probs
+from aigc_lib.runtime import autocast, eval_mode
+from aigc_lib.training import History, RunOptions, adamw_warmup_cosine, fit, warmup_cosine
 
 __all__ = [
-    "CharLSTM", "CharLSTMConfig", "RNNGrads", "TBPTTBatches", "char_lstm_trace", "evaluate_nats_per_char",
-    "generate", "generate_text", "init_lstm_params", "init_rnn_params", "lstm_cell", "lstm_cell_with_gates",
-    "lstm_forward", "lstm_params_from_torch", "lstm_params_to_torch", "lstm_unroll", "rnn_bptt", "rnn_cell",
-    "rnn_cell_backward", "rnn_forward", "rnn_output", "rnn_params_from_torch", "rnn_params_to_torch",
-    "rnn_unroll", "sample_probs", "tbptt_batches", "train_char_lstm", "warmup_cosine",
+    "CharLSTM",
+    "CharLSTMConfig",
+    "RNNGrads",
+    "TBPTTBatches",
+    "char_lstm_trace",
+    "evaluate_nats_per_char",
+    "generate",
+    "generate_text",
+    "init_lstm_params",
+    "init_rnn_params",
+    "lstm_cell",
+    "lstm_cell_with_gates",
+    "lstm_forward",
+    "lstm_params_from_torch",
+    "lstm_params_to_torch",
+    "lstm_unroll",
+    "rnn_bptt",
+    "rnn_cell",
+    "rnn_cell_backward",
+    "rnn_forward",
+    "rnn_output",
+    "rnn_params_from_torch",
+    "rnn_params_to_torch",
+    "rnn_unroll",
+    "sample_probs",
+    "tbptt_batches",
+    "train_char_lstm",
+    "warmup_cosine",
 ]
 
 Params = dict[str, Tensor]
@@ -58,102 +82,6 @@ LSTMState = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, H)
 RNN_KEYS = ("W_xh", "W_hh", "b_h")
 TORCH_GATE_ORDER = ("i", "f", "c", "o")  # rows of weight_ih_l{k}: torch's [i, f, g, o]; its g is our c̃
 LSTM_KEYS = tuple(k for g in ("i", "f", "o", "c") for k in (f"W_x{g}", f"W_h{g}", f"b_{g}"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Input checks (every public function fails with: the argument, what was expected, what came)
-# ---------------------------------------------------------------------------------------------
-
-
-def _shape(t: object) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
-def _check_float(name: str, t: object, shape: tuple[int | None, ...], dtype=None) -> Tensor:
-    """`t` must be a floating tensor of `shape` (None = any size) and, if given, of `dtype`."""
-    ok = (
-        isinstance(t, Tensor)
-        and t.is_floating_point()
-        and t.ndim == len(shape)
-        and all(s is None or s == n for s, n in zip(shape, t.shape, strict=True))
-    )
-    if not ok:
-        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-        kind = f" {t.dtype}" if isinstance(t, Tensor) else ""
-        raise ValueError(f"{name}: expected a floating-point tensor of shape {want}, got{kind} {_shape(t)}")
-    if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype} (as the other inputs), got {t.dtype}")
-    return t
-
-
-def _check_int(name: str, value: object, low: int = 1, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        rng = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: expected an int {rng}, got {value!r}")
-    return value
-
-
-def _check_vec_or_batch(name: str, x: object, size: int | None, lead: tuple[int, ...] | None) -> Tensor:
-    """x: (size,) or (B, size); with `lead` given the leading shape must equal it."""
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim not in (1, 2):
-        raise ValueError(f"{name}: expected a floating-point tensor of shape (B, {size or 'D'}) or ({size or 'D'},), got {_shape(x)}")
-    if size is not None and x.shape[-1] != size:
-        raise ValueError(f"{name}: expected last dimension {size}, got shape {_shape(x)}")
-    if lead is not None and tuple(x.shape[:-1]) != lead:
-        want = (*lead, x.shape[-1])
-        raise ValueError(f"{name}: expected shape {want} (batch as x), got {_shape(x)}")
-    return x
-
-
-def _check_rnn_params(params: object, name: str = "params") -> tuple[int, int]:
-    """A dict with W_xh (H, D), W_hh (H, H), b_h (H,) of one dtype; returns (D, H)."""
-    if not isinstance(params, Mapping) or any(k not in params for k in RNN_KEYS):
-        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
-        raise ValueError(f"{name}: expected a dict with keys {list(RNN_KEYS)}, got {got}")
-    W = _check_float(f"{name}['W_xh']", params["W_xh"], (None, None))
-    H, D = W.shape
-    _check_float(f"{name}['W_hh']", params["W_hh"], (H, H), W.dtype)
-    _check_float(f"{name}['b_h']", params["b_h"], (H,), W.dtype)
-    return D, H
-
-
-def _check_lstm_params(params: object, name: str = "params") -> tuple[int, int]:
-    """A dict with the 12 LSTM tensors W_x* (H, D), W_h* (H, H), b_* (H,) of one dtype; returns (D, H)."""
-    if not isinstance(params, Mapping) or any(k not in params for k in LSTM_KEYS):
-        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
-        raise ValueError(f"{name}: expected a dict with keys {list(LSTM_KEYS)}, got {got}")
-    W = _check_float(f"{name}['W_xi']", params["W_xi"], (None, None))
-    H, D = W.shape
-    for g in ("i", "f", "o", "c"):
-        _check_float(f"{name}['W_x{g}']", params[f"W_x{g}"], (H, D), W.dtype)
-        _check_float(f"{name}['W_h{g}']", params[f"W_h{g}"], (H, H), W.dtype)
-        _check_float(f"{name}['b_{g}']", params[f"b_{g}"], (H,), W.dtype)
-    return D, H
-
-
-def _check_layers(layers: object, check: Callable[[object, str], tuple[int, int]], what: str) -> list[tuple[int, int]]:
-    """A non-empty list of parameter dicts whose sizes chain: layer l+1's input is layer l's H."""
-    if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)) or not layers:
-        raise ValueError(f"layers: expected a non-empty list of {what} parameter dicts (one per layer), got {type(layers).__name__}")
-    sizes = [check(p, f"layers[{i}]") for i, p in enumerate(layers)]
-    for i in range(1, len(sizes)):
-        if sizes[i][1] != sizes[0][1]:
-            raise ValueError(
-                f"layers[{i}]: expected hidden size {sizes[0][1]} (every layer has the same, as in torch), got {sizes[i][1]}"
-            )
-        if sizes[i][0] != sizes[i - 1][1]:
-            raise ValueError(
-                f"layers[{i}]: expected input size {sizes[i - 1][1]} (the hidden size of layer {i - 1}), got {sizes[i][0]}"
-            )
-    return sizes
-
-
-def _check_seq(xs: object, D: int) -> tuple[int, int]:
-    """xs: (T, B, D) with T >= 1; returns (T, B)."""
-    x = _check_float("xs", xs, (None, None, D))
-    if x.shape[0] == 0:
-        raise ValueError(f"xs: expected at least one time step, got shape {_shape(x)}")
-    return x.shape[0], x.shape[1]
 
 
 def _randu(shape: tuple[int, ...], bound: float, generator, dtype, device) -> Tensor:
@@ -178,9 +106,9 @@ def init_rnn_params(
     """{W_xh (H, D), W_hh (H, H), b_h (H,)} (+ W_hy (V, H), b_y (V,) with output_size=V), each
     drawn from U(-1/√H, 1/√H) as torch initialises nn.RNN and nn.Linear. Plain tensors without
     grad: call `.requires_grad_()` on them to train or gradcheck."""
-    D, H = _check_int("input_size", input_size), _check_int("hidden_size", hidden_size)
+    D, H = check_int("input_size", input_size), check_int("hidden_size", hidden_size)
     if output_size is not None:
-        _check_int("output_size", output_size)
+        check_int("output_size", output_size)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
     k = 1 / math.sqrt(H)
@@ -218,7 +146,7 @@ def rnn_output(h: Tensor, W_hy: Tensor, b_y: Tensor) -> Tensor:
     V, H = W_hy.shape
     _check_float("b_y", b_y, (V,))
     if not isinstance(h, Tensor) or not h.is_floating_point() or h.ndim < 1 or h.shape[-1] != H:
-        raise ValueError(f"h: expected a floating-point tensor of shape (..., {H}), got {_shape(h)}")
+        raise ValueError(f"h: expected a floating-point tensor of shape (..., {H}), got {shape_of(h)}")
     return h @ W_hy.T + b_y  # (..., V)
 
 
@@ -263,18 +191,18 @@ def rnn_unroll(xs: Tensor, params: Mapping[str, Tensor], h0: Tensor | None = Non
     hidden state is hs[-1]."""
     D, H = _check_rnn_params(params)
     T, B = _check_seq(xs, D)
-    h = _initial("h0", h0, (B, H), xs)
+    if h0 is not None:
+        _check_float("h0", h0, (B, H))
+    return _rnn_unroll(xs, params, h0)
+
+
+def _rnn_unroll(xs: Tensor, params: Mapping[str, Tensor], h: Tensor | None) -> Tensor:
+    h = xs.new_zeros(xs.shape[1], params["W_hh"].shape[0]) if h is None else h  # h_0 = 0 by default  (B, H)
     hs = []
-    for t in range(T):
+    for t in range(xs.shape[0]):
         h = _rnn_step(xs[t], h, params["W_xh"], params["W_hh"], params["b_h"])  # (B, H)
         hs.append(h)
     return torch.stack(hs)
-
-
-def _initial(name: str, t: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    if t is None:
-        return like.new_zeros(shape)
-    return _check_float(name, t, shape)
 
 
 class RNNGrads(NamedTuple):
@@ -302,7 +230,7 @@ def rnn_bptt(xs: Tensor, h0: Tensor, params: Mapping[str, Tensor], dhs: Tensor) 
     _check_float("h0", h0, (B, H))
     _check_float("dhs", dhs, (T, B, H))
     W_xh, W_hh = params["W_xh"], params["W_hh"]
-    hs = rnn_unroll(xs, params, h0)  # forward pass, cached: hs[t] = state after xs[t]   (T, B, H)
+    hs = _rnn_unroll(xs, params, h0)  # forward pass, cached: hs[t] = state after xs[t]   (T, B, H)
     dW_xh, dW_hh, db_h = torch.zeros_like(W_xh), torch.zeros_like(W_hh), torch.zeros_like(params["b_h"])
     dxs, total = torch.empty_like(xs), torch.empty_like(hs)
     dh_next = torch.zeros_like(h0)  # gradient from after the last step: none
@@ -328,7 +256,7 @@ def rnn_forward(xs: Tensor, layers: Sequence[Mapping[str, Tensor]], h0: Tensor |
         _check_float("h0", h0, (L, B, H))
     out, h_n = xs, []
     for layer, params in enumerate(layers):
-        out = rnn_unroll(out, params, None if h0 is None else h0[layer])  # (T, B, H)
+        out = _rnn_unroll(out, params, None if h0 is None else h0[layer])  # (T, B, H)
         h_n.append(out[-1])  # (B, H)
     return out, torch.stack(h_n)
 
@@ -348,7 +276,7 @@ def init_lstm_params(
 ) -> Params:
     """The 12 LSTM tensors W_x{i,f,o,c} (H, D), W_h{i,f,o,c} (H, H), b_{i,f,o,c} (H,), drawn from
     U(-1/√H, 1/√H) as torch initialises nn.LSTM (plain tensors, no grad)."""
-    D, H = _check_int("input_size", input_size), _check_int("hidden_size", hidden_size)
+    D, H = check_int("input_size", input_size), check_int("hidden_size", hidden_size)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
     k = 1 / math.sqrt(H)
@@ -401,9 +329,22 @@ def lstm_unroll(
     state is (hs[-1], cs[-1])."""
     D, H = _check_lstm_params(params)
     T, B = _check_seq(xs, D)
-    h, c = _initial("h0", h0, (B, H), xs), _initial("c0", c0, (B, H), xs)
+    for name, t in (("h0", h0), ("c0", c0)):
+        if t is not None:
+            _check_float(name, t, (B, H))
+    return _lstm_unroll(xs, params, h0, c0)
+
+
+def _lstm_unroll(
+    xs: Tensor,
+    params: Mapping[str, Tensor],
+    h: Tensor | None,
+    c: Tensor | None,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    zeros = xs.new_zeros(xs.shape[1], params["W_hi"].shape[0])  # (B, H): the default initial state
+    h, c = zeros if h is None else h, zeros if c is None else c
     hs, cs, gates = [], [], {k: [] for k in ("i", "f", "o", "c_tilde")}
-    for t in range(T):
+    for t in range(xs.shape[0]):
         h, c, g = _lstm_step(xs[t], h, c, params)  # (B, H) each
         hs.append(h)
         cs.append(c)
@@ -424,13 +365,15 @@ def lstm_forward(
     L, H = len(layers), sizes[-1][1]
     if state is not None:
         if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise ValueError(f"state: expected a pair (h0, c0) of tensors (L, B, H) or None, got {type(state).__name__}")
+            raise ValueError(
+                f"state: expected a pair (h0, c0) of tensors (L, B, H) or None, got {type(state).__name__}"
+            )
         _check_float("state[0] (h0)", state[0], (L, B, H))
         _check_float("state[1] (c0)", state[1], (L, B, H))
     out, h_n, c_n = xs, [], []
     for layer, params in enumerate(layers):
         h0, c0 = (None, None) if state is None else (state[0][layer], state[1][layer])
-        out, cs, _ = lstm_unroll(out, params, h0, c0)  # (T, B, H)
+        out, cs, _ = _lstm_unroll(out, params, h0, c0)  # (T, B, H)
         h_n.append(out[-1])  # (B, H)
         c_n.append(cs[-1])
     return out, (torch.stack(h_n), torch.stack(c_n))
@@ -453,10 +396,12 @@ def _check_torch_rnn(module: object, cls: type, layer: object, name: str) -> int
     if module.bidirectional:
         raise ValueError(f"{name}: bidirectional {cls.__name__}s are not supported (expected bidirectional=False)")
     if getattr(module, "proj_size", 0):
-        raise ValueError(f"{name}: LSTMs with projections are not supported (expected proj_size=0, got {module.proj_size})")
+        raise ValueError(
+            f"{name}: LSTMs with projections are not supported (expected proj_size=0, got {module.proj_size})"
+        )
     if cls is nn.RNN and module.nonlinearity != "tanh":
         raise ValueError(f"{name}: expected nonlinearity='tanh' (the equations here), got {module.nonlinearity!r}")
-    return _check_int("layer", layer, 0, module.num_layers - 1)
+    return check_int("layer", layer, 0, module.num_layers - 1)
 
 
 def _torch_weights(module: nn.RNNBase, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -506,7 +451,10 @@ def rnn_params_to_torch(params: Mapping[str, Tensor], rnn: nn.RNN, layer: int = 
 def lstm_params_from_torch(lstm: nn.LSTM, layer: int = 0) -> Params:
     """The 12 tensors of layer `layer` of an nn.LSTM (copies): row blocks [i, f, g, o] -> i, f, c, o;
     b_* = bias_ih + bias_hh."""
-    k = _check_torch_rnn(lstm, nn.LSTM, layer, "lstm")
+    return _lstm_params(lstm, _check_torch_rnn(lstm, nn.LSTM, layer, "lstm"))
+
+
+def _lstm_params(lstm: nn.LSTM, k: int) -> Params:
     w_ih, w_hh, b = _torch_weights(lstm, k)
     params = {}
     for gate, wx, wh, bb in zip(TORCH_GATE_ORDER, w_ih.chunk(4), w_hh.chunk(4), b.chunk(4), strict=True):
@@ -557,7 +505,7 @@ class CharLSTMConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "embed_dim", "hidden_size", "num_layers"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
             raise ValueError(f"dropout: expected a number in [0, 1), got {d!r}")
@@ -581,7 +529,10 @@ class CharLSTM(nn.Module):
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.lstm = nn.LSTM(
-            c.embed_dim, c.hidden_size, c.num_layers, batch_first=True,
+            c.embed_dim,
+            c.hidden_size,
+            c.num_layers,
+            batch_first=True,
             dropout=c.dropout if c.num_layers > 1 else 0.0,
         )
         self.drop = nn.Dropout(c.dropout)
@@ -593,19 +544,25 @@ class CharLSTM(nn.Module):
                 getattr(self.lstm, f"bias_hh_l{k}")[H : 2 * H].zero_()
             self.head.bias.zero_()
 
+    context_length = None  # `generation.generate`'s protocol: the LSTM reads a prompt of any length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
     def forward(self, idx: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """idx (B, T) int64, state (h, c) each (L, B, H) or None (zeros) -> (logits (B, T, V), state)."""
         c = self.config
         if not isinstance(idx, Tensor) or idx.dtype != torch.int64 or idx.ndim != 2:
             kind = f"{idx.dtype} " if isinstance(idx, Tensor) else ""
-            raise ValueError(f"idx: expected an int64 tensor of shape (B, T), got {kind}{_shape(idx)}")
+            raise ValueError(f"idx: expected an int64 tensor of shape (B, T), got {kind}{shape_of(idx)}")
         if state is not None:
             want = (c.num_layers, idx.shape[0], c.hidden_size)
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise ValueError(f"state: expected a pair (h, c) of tensors {want} or None, got {type(state).__name__}")
             for name, s in zip(("state[0] (h)", "state[1] (c)"), state, strict=True):
                 if not isinstance(s, Tensor) or tuple(s.shape) != want:
-                    raise ValueError(f"{name}: expected shape {want} (num_layers, B, hidden_size), got {_shape(s)}")
+                    raise ValueError(f"{name}: expected shape {want} (num_layers, B, hidden_size), got {shape_of(s)}")
             state = tuple(state)
         x = self.embed(idx)  # (B, T, E)
         if _lstm_needs_fp32(x.device):  # autocast to a dtype this device's LSTM kernel lacks
@@ -645,11 +602,11 @@ def char_lstm_trace(model: CharLSTM, idx: Tensor) -> list[dict[str, Tensor]]:
     if not isinstance(model, CharLSTM):
         raise ValueError(f"model: expected a CharLSTM, got {type(model).__name__}")
     if not isinstance(idx, Tensor) or idx.dtype != torch.int64 or idx.ndim != 2:
-        raise ValueError(f"idx: expected an int64 tensor of shape (B, T), got {_shape(idx)}")
+        raise ValueError(f"idx: expected an int64 tensor of shape (B, T), got {shape_of(idx)}")
     xs = model.embed(idx.to(model.embed.weight.device)).transpose(0, 1)  # (T, B, E)
     trace = []
     for k in range(model.config.num_layers):
-        hs, cs, gates = lstm_unroll(xs, lstm_params_from_torch(model.lstm, k))  # (T, B, H) each
+        hs, cs, gates = _lstm_unroll(xs, _lstm_params(model.lstm, k), None, None)  # (T, B, H) each
         trace.append({name: t.transpose(0, 1) for name, t in {"h": hs, "c": cs, **gates}.items()})
         xs = hs  # layer k+1 reads layer k's hidden states
     return trace
@@ -668,7 +625,9 @@ def _f32(t: Tensor) -> Tensor:
 def _check_ids(name: str, ids: object) -> Tensor:
     if not isinstance(ids, Tensor) or ids.dtype != torch.int64 or ids.ndim != 1:
         kind = f"{ids.dtype} " if isinstance(ids, Tensor) else ""
-        raise ValueError(f"{name}: expected a 1-D int64 tensor of token ids (CharTokenizer.encode), got {kind}{_shape(ids)}")
+        raise ValueError(
+            f"{name}: expected a 1-D int64 tensor of token ids (CharTokenizer.encode), got {kind}{shape_of(ids)}"
+        )
     return ids
 
 
@@ -684,7 +643,7 @@ class TBPTTBatches:
 
     def __init__(self, ids: Tensor, batch_size: int, seq_len: int, device: torch.device | str | None = None):
         ids = _check_ids("ids", ids)
-        self.batch_size, self.seq_len = _check_int("batch_size", batch_size), _check_int("seq_len", seq_len)
+        self.batch_size, self.seq_len = check_int("batch_size", batch_size), check_int("seq_len", seq_len)
         need = batch_size * seq_len + 1
         if len(ids) < need:
             raise ValueError(
@@ -737,10 +696,7 @@ def train_char_lstm(
     weight_decay: float = 0.0,
     warmup_steps: int | None = None,
     min_lr_ratio: float = 0.1,
-    checkpoint: str | os.PathLike | None = None,
-    ckpt_every: int | None = None,
-    log_every: int = 50,
-    progress: bool = True,
+    **run: Unpack[RunOptions],
 ) -> History:
     """Train a character model `model(idx, state) -> (logits, state)` by truncated BPTT with `fit`.
 
@@ -748,28 +704,28 @@ def train_char_lstm(
     (default min(100, steps // 10)) then a cosine down to lr·min_lr_ratio. The LSTM state is carried
     across steps (detached) and reset at the start of every pass over the text; it is not in the
     checkpoint, so `ckpt_every` defaults to the multiple of one pass nearest 500 steps: periodic
-    checkpoints fall on reset steps, where a resume is exact. Returns fit's History ("loss" in nats
-    per character, "grad_norm" when clipping)."""
+    checkpoints fall on reset steps, where a resume is exact. `run`: fit's run options (checkpoint,
+    ckpt_every, log_every, desc, progress, on_log). Returns fit's History ("loss" in nats per
+    character, "grad_norm" when clipping)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected an nn.Module (e.g. CharLSTM), got {type(model).__name__}")
-    _check_int("steps", steps)
+    check_int("steps", steps)
     for name, v in (("lr", lr), ("min_lr_ratio", min_lr_ratio), ("weight_decay", weight_decay)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf or (name == "lr" and v == 0):
-            raise ValueError(f"{name}: expected a {'positive' if name == 'lr' else 'non-negative'} finite number, got {v!r}")
+            raise ValueError(
+                f"{name}: expected a {'positive' if name == 'lr' else 'non-negative'} finite number, got {v!r}"
+            )
     if min_lr_ratio > 1:
         raise ValueError(f"min_lr_ratio: expected a number in [0, 1], got {min_lr_ratio!r}")
     device = next(model.parameters()).device
     batches = tbptt_batches(train_ids, batch_size, seq_len, device=device)
-    warmup = min(100, steps // 10) if warmup_steps is None else _check_int("warmup_steps", warmup_steps, 0)
-    if ckpt_every is None:
-        ckpt_every = max(1, round(500 / len(batches))) * len(batches)
+    warmup = min(100, steps // 10) if warmup_steps is None else check_int("warmup_steps", warmup_steps, 0)
+    if run.get("ckpt_every") is None:  # a multiple of the pass: periodic checkpoints fall on reset steps
+        run["ckpt_every"] = max(1, round(500 / len(batches))) * len(batches)
+    run.setdefault("desc", "char-lstm")
 
     opt, sched = adamw_warmup_cosine(model, lr, steps, warmup, min_lr_ratio, weight_decay, betas=(0.9, 0.99))
-    return fit(
-        model, opt, batches, _lm_loss({"state": None}), steps,
-        grad_clip=grad_clip, scheduler=sched, checkpoint=checkpoint, ckpt_every=ckpt_every,
-        log_every=log_every, desc="char-lstm", progress=progress,
-    )
+    return fit(model, opt, batches, _lm_loss({"state": None}), steps, grad_clip=grad_clip, scheduler=sched, **run)
 
 
 @torch.no_grad()
@@ -784,143 +740,109 @@ def evaluate_nats_per_char(model: nn.Module, ids: Tensor, batch_size: int = 32, 
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected an nn.Module (e.g. CharLSTM), got {type(model).__name__}")
     ids = _check_ids("ids", ids)
-    _check_int("batch_size", batch_size)
-    _check_int("seq_len", seq_len)
+    check_int("batch_size", batch_size)
+    check_int("seq_len", seq_len)
     if len(ids) < batch_size + 1:
         raise ValueError(f"ids: expected at least batch_size + 1 = {batch_size + 1} ids, got {len(ids)}")
     device = next(model.parameters()).device
     L = (len(ids) - 1) // batch_size
     x = ids[: batch_size * L].view(batch_size, L).to(device)  # (B, L)
     y = ids[1 : batch_size * L + 1].view(batch_size, L).to(device)  # (B, L)
-    was_training = model.training
-    model.eval()
     total, state = torch.zeros((), dtype=torch.float64, device=device), None
-    try:
+    with eval_mode(model):
         for start in range(0, L, seq_len):
             with autocast(device):
                 logits, state = model(x[:, start : start + seq_len], state)  # (B, S, V)
             nll = F.cross_entropy(_f32(logits.flatten(0, 1)), y[:, start : start + seq_len].flatten(), reduction="sum")
             total += nll
-    finally:
-        model.train(was_training)
     return float(total) / (batch_size * L)
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Sampling: temperature on the logits, top-k, and streaming generation with a carried state
+# Argument checks of this chapter (the shared ones are in aigc_lib.checks): each message names the
+# argument, what was expected and what came
 # ---------------------------------------------------------------------------------------------
 
 
-def sample_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
-    """p = softmax(top_k_mask(z) / T) over the last dim.
-
-    T divides the LOGITS z (T < 1 sharpens, T > 1 flattens; equivalently p ∝ softmax(z)^(1/T)). The
-    source article divided the probabilities instead, which is not a temperature at all. top_k keeps
-    the k largest logits (ties with the k-th are kept too) and sets the rest to -inf, i.e.
-    probability 0. T -> 0 (or top_k=1) gives the argmax."""
-    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.ndim < 1 or logits.shape[-1] < 1:
-        kind = f"{logits.dtype} " if isinstance(logits, Tensor) else ""
-        raise ValueError(f"logits: expected a floating-point tensor of shape (..., V), got {kind}{_shape(logits)}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r} (for greedy decoding use top_k=1)")
-    V = logits.shape[-1]
-    if top_k is not None:
-        _check_int("top_k", top_k, 1, V)
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # the k-th largest logit  (..., 1)
-        logits = logits.masked_fill(logits < kth, -math.inf)  # keep z_i ≥ z_(k)
-    return torch.softmax(logits / temperature, dim=-1)  # p_i = exp(z_i/T) / Σ_j exp(z_j/T)
+def _check_float(name: str, t: object, shape: tuple[int | None, ...], dtype=None) -> Tensor:
+    """`t` must be a floating tensor of `shape` (None = any size) and, if given, of `dtype`."""
+    ok = (
+        isinstance(t, Tensor)
+        and t.is_floating_point()
+        and t.ndim == len(shape)
+        and all(s is None or s == n for s, n in zip(shape, t.shape, strict=True))
+    )
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        kind = f" {t.dtype}" if isinstance(t, Tensor) else ""
+        raise ValueError(f"{name}: expected a floating-point tensor of shape {want}, got{kind} {shape_of(t)}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (as the other inputs), got {t.dtype}")
+    return t
 
 
-def _prompt_ids(prompt_ids: object, vocab_size: int | None) -> list[int]:
-    if isinstance(prompt_ids, Tensor):
-        if prompt_ids.dtype not in (torch.int64, torch.int32) or prompt_ids.ndim != 1:
-            raise ValueError(f"prompt_ids: expected a 1-D integer tensor or list of ints, got {prompt_ids.dtype} {_shape(prompt_ids)}")
-        ids = prompt_ids.tolist()
-    elif isinstance(prompt_ids, Sequence) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt_ids):
-        ids = list(prompt_ids)
-    else:
-        raise ValueError(f"prompt_ids: expected a 1-D integer tensor or list of ints, got {type(prompt_ids).__name__}")
-    if not ids:
-        raise ValueError("prompt_ids: expected at least one id (the model needs a token to start from, e.g. a newline)")
-    if vocab_size is not None and not all(0 <= i < vocab_size for i in ids):
-        raise ValueError(f"prompt_ids: expected ids in [0, {vocab_size}), got min {min(ids)} max {max(ids)}")
-    return ids
+def _check_vec_or_batch(name: str, x: object, size: int | None, lead: tuple[int, ...] | None) -> Tensor:
+    """x: (size,) or (B, size); with `lead` given the leading shape must equal it."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim not in (1, 2):
+        raise ValueError(
+            f"{name}: expected a floating-point tensor of shape (B, {size or 'D'}) or ({size or 'D'},), got {shape_of(x)}"
+        )
+    if size is not None and x.shape[-1] != size:
+        raise ValueError(f"{name}: expected last dimension {size}, got shape {shape_of(x)}")
+    if lead is not None and tuple(x.shape[:-1]) != lead:
+        want = (*lead, x.shape[-1])
+        raise ValueError(f"{name}: expected shape {want} (batch as x), got {shape_of(x)}")
+    return x
 
 
-def _eval_step(model: nn.Module, idx: Tensor, state):
-    """One forward in eval mode, restoring every setting right after (nothing leaks past a yield).
-
-    On CPU, oneDNN's LSTM kernel spends ~20 ms setting up each call, ten times the work of one token
-    at H = 256, so single-token steps use torch's native kernel (same results)."""
-    was_training, onednn = model.training, torch.backends.mkldnn.enabled
-    model.eval()
-    torch.backends.mkldnn.enabled = onednn and idx.device.type != "cpu"
-    try:
-        return model(idx, state)
-    finally:
-        model.train(was_training)
-        torch.backends.mkldnn.enabled = onednn
+def _check_rnn_params(params: object, name: str = "params") -> tuple[int, int]:
+    """A dict with W_xh (H, D), W_hh (H, H), b_h (H,) of one dtype; returns (D, H)."""
+    if not isinstance(params, Mapping) or any(k not in params for k in RNN_KEYS):
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"{name}: expected a dict with keys {list(RNN_KEYS)}, got {got}")
+    W = _check_float(f"{name}['W_xh']", params["W_xh"], (None, None))
+    H, D = W.shape
+    _check_float(f"{name}['W_hh']", params["W_hh"], (H, H), W.dtype)
+    _check_float(f"{name}['b_h']", params["b_h"], (H,), W.dtype)
+    return D, H
 
 
-def generate(
-    model: nn.Module,
-    prompt_ids: Tensor | Sequence[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Iterator[int]:
-    """Stream `max_new_tokens` sampled ids, one at a time (the arguments are checked at the call).
-
-    The prompt is read ONCE (one forward over it gives the state and the logits of its last
-    position); after that each new token is fed alone with the carried state, O(1) work per token —
-    never re-reading the whole context. `model(idx (1, T), state) -> (logits (1, T, V), state)`;
-    `generator` makes sampling reproducible (it is used on its own device)."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model: expected an nn.Module (e.g. CharLSTM), got {type(model).__name__}")
-    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
-    ids = _prompt_ids(prompt_ids, vocab_size)
-    _check_int("max_new_tokens", max_new_tokens, 0)
-    sample_probs(torch.zeros(vocab_size or 1), temperature, top_k if vocab_size else None)  # checks T, top_k
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-    return _generate(model, ids, max_new_tokens, temperature, top_k, generator)
+def _check_lstm_params(params: object, name: str = "params") -> tuple[int, int]:
+    """A dict with the 12 LSTM tensors W_x* (H, D), W_h* (H, H), b_* (H,) of one dtype; returns (D, H)."""
+    if not isinstance(params, Mapping) or any(k not in params for k in LSTM_KEYS):
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"{name}: expected a dict with keys {list(LSTM_KEYS)}, got {got}")
+    W = _check_float(f"{name}['W_xi']", params["W_xi"], (None, None))
+    H, D = W.shape
+    for g in ("i", "f", "o", "c"):
+        _check_float(f"{name}['W_x{g}']", params[f"W_x{g}"], (H, D), W.dtype)
+        _check_float(f"{name}['W_h{g}']", params[f"W_h{g}"], (H, H), W.dtype)
+        _check_float(f"{name}['b_{g}']", params[f"b_{g}"], (H,), W.dtype)
+    return D, H
 
 
-@torch.no_grad()  # torch re-enters no_grad on every resumption of a generator: grad mode never leaks
-def _generate(model, ids, max_new_tokens, temperature, top_k, generator) -> Iterator[int]:
-    if max_new_tokens == 0:
-        return
-    device = next(model.parameters()).device
-    block = getattr(getattr(model, "config", None), "block_size", None)  # a GPT reads at most its block
-    prompt = torch.tensor([ids[-block:] if block else ids], device=device)
-    logits, state = _eval_step(model, prompt, None)  # read the prompt once
-    for i in range(max_new_tokens):
-        probs = sample_probs(_f32(logits[0, -1]), temperature, top_k)  # (V,)
-        if generator is not None:
-            probs = probs.to(generator.device)
-        token = torch.multinomial(probs, 1, generator=generator).to(device)  # (1,)
-        yield int(token)
-        if i + 1 < max_new_tokens:  # feed only the new token, with the carried state
-            logits, state = _eval_step(model, token.view(1, 1), state)  # (1, 1, V)
+def _check_layers(layers: object, check: Callable[[object, str], tuple[int, int]], what: str) -> list[tuple[int, int]]:
+    """A non-empty list of parameter dicts whose sizes chain: layer l+1's input is layer l's H."""
+    if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)) or not layers:
+        raise ValueError(
+            f"layers: expected a non-empty list of {what} parameter dicts (one per layer), got {type(layers).__name__}"
+        )
+    sizes = [check(p, f"layers[{i}]") for i, p in enumerate(layers)]
+    for i in range(1, len(sizes)):
+        if sizes[i][1] != sizes[0][1]:
+            raise ValueError(
+                f"layers[{i}]: expected hidden size {sizes[0][1]} (every layer has the same, as in torch), got {sizes[i][1]}"
+            )
+        if sizes[i][0] != sizes[i - 1][1]:
+            raise ValueError(
+                f"layers[{i}]: expected input size {sizes[i - 1][1]} (the hidden size of layer {i - 1}), got {sizes[i][0]}"
+            )
+    return sizes
 
 
-def generate_text(
-    model: nn.Module,
-    tokenizer,
-    prompt: str,
-    n: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-    include_prompt: bool = True,
-) -> str:
-    """`prompt` followed by `n` sampled characters (only the new ones with include_prompt=False).
-    `tokenizer`: a CharTokenizer (encode/decode); characters are joined as they are, spaces included."""
-    if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "decode"):
-        raise ValueError(f"tokenizer: expected an object with encode/decode (CharTokenizer), got {type(tokenizer).__name__}")
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"prompt: expected a non-empty str, got {prompt!r}")
-    new = list(generate(model, tokenizer.encode(prompt), n, temperature, top_k, generator))
-    text = tokenizer.decode(new)
-    return prompt + text if include_prompt else text
+def _check_seq(xs: object, D: int) -> tuple[int, int]:
+    """xs: (T, B, D) with T >= 1; returns (T, B)."""
+    x = _check_float("xs", xs, (None, None, D))
+    if x.shape[0] == 0:
+        raise ValueError(f"xs: expected at least one time step, got shape {shape_of(x)}")
+    return x.shape[0], x.shape[1]

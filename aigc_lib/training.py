@@ -103,14 +103,21 @@ class _WarmupCosine:
 
 
 def adamw_warmup_cosine(
-    model: nn.Module, lr: float, steps: int, warmup_steps: int, min_lr_ratio: float = 0.1,
-    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.99),
+    model: nn.Module,
+    lr: float,
+    steps: int,
+    warmup_steps: int,
+    min_lr_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.99),
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (fused where torch has the kernel) with weight decay on matrices only (not biases, norms,
     1-D tensors), and its warmup + cosine LambdaLR schedule, for language models."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused_optimizer_ok(device))
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, _WarmupCosine(steps, warmup_steps, min_lr_ratio))
@@ -242,9 +249,7 @@ def fit(
             if on_log is not None:
                 on_log(history)
             if progress:
-                print(
-                    f"{desc}: loaded the finished run from {path} (step {step}); delete it to retrain"
-                )
+                print(f"{desc}: loaded the finished run from {path} (step {step}); delete it to retrain")
             return history
     draw = _batch_fn(batches, start=step)
 
@@ -338,13 +343,9 @@ class _Log:
         if not self.rows:
             return {}
         # One device -> host copy for the whole window.
-        flat = torch.cat(
-            [v.reshape(1).to(self.device, torch.float32) for row in self.rows for v in row]
-        )
+        flat = torch.cat([v.reshape(1).to(self.device, torch.float32) for row in self.rows for v in row])
         values, k = _to_host(flat), len(self.names)
-        rows = [
-            dict(zip(self.names, values[i : i + k], strict=True)) for i in range(0, len(values), k)
-        ]
+        rows = [dict(zip(self.names, values[i : i + k], strict=True)) for i in range(0, len(values), k)]
         start, self.rows = self.first_step, []
         for i, row in enumerate(rows):
             bad = [name for name, x in row.items() if not math.isfinite(x)]
@@ -353,9 +354,7 @@ class _Log:
             self.history.append(start + i, row)
         return {name: f"{sum(r[name] for r in rows) / len(rows):.4g}" for name in self.names}
 
-    def _raise_non_finite(
-        self, step: int, last: int, row: dict, bad: list[str], path: Path | None
-    ) -> None:
+    def _raise_non_finite(self, step: int, last: int, row: dict, bad: list[str], path: Path | None) -> None:
         losses = self.history.losses
         last_ok = (
             f"last finite loss {losses[-1]:.4g} at step {self.history.steps[-1]}"
@@ -426,20 +425,12 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 def _as_metrics(out: Any) -> dict[str, torch.Tensor]:
     metrics = dict(out) if isinstance(out, Mapping) else {"loss": out}
     if "loss" not in metrics:
-        raise ValueError(
-            f"loss_fn: a returned dict must have the key 'loss'; got keys {list(metrics)}"
-        )
+        raise ValueError(f"loss_fn: a returned dict must have the key 'loss'; got keys {list(metrics)}")
     if "step" in metrics:
-        raise ValueError(
-            "loss_fn: 'step' is reserved for the step number; name the metric differently"
-        )
+        raise ValueError("loss_fn: 'step' is reserved for the step number; name the metric differently")
     for name, value in metrics.items():
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            got = (
-                f"shape {tuple(value.shape)}"
-                if isinstance(value, torch.Tensor)
-                else type(value).__name__
-            )
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"loss_fn: {name!r} must be a scalar tensor; got {got}")
     if not metrics["loss"].requires_grad:
         raise ValueError(
@@ -458,9 +449,7 @@ class _HoldCtrlC:
         self.old = signal.getsignal(signal.SIGINT)
         # Only replace a Python handler (normally the one raising KeyboardInterrupt): an ignored
         # SIGINT stays ignored, and handlers can only be set from the main thread.
-        self.installed = threading.current_thread() is threading.main_thread() and callable(
-            self.old
-        )
+        self.installed = threading.current_thread() is threading.main_thread() and callable(self.old)
         if self.installed:
             signal.signal(signal.SIGINT, self._handler)
 
@@ -508,11 +497,7 @@ def _rng_state(torch_state: dict[str, Any]) -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if (
-        "cuda" in state
-        and torch.cuda.is_available()
-        and len(state["cuda"]) == torch.cuda.device_count()
-    ):
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -524,9 +509,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain model's keys
 
 
-def _save(
-    path: Path, step: int, model, optimizer, scheduler, extra: dict, history: History, rng: dict
-) -> None:
+def _save(path: Path, step: int, model, optimizer, scheduler, extra: dict, history: History, rng: dict) -> None:
     """Write atomically (tmp file + os.replace): an interrupt mid-write leaves the old file intact."""
     # A checkpoint must never hold nan/inf weights: one sync per save to check them.
     tensors = [t for t in _unwrap(model).state_dict().values() if t.is_floating_point()]
@@ -575,9 +558,7 @@ def _load(path: Path, model, optimizer, scheduler, extra: dict) -> tuple[int, Hi
         for name, obj in extra.items():
             obj.load_state_dict(state["extra"][name])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(
-            f"checkpoint: {str(path)!r} does not match this model/optimizer ({err}); {hint}"
-        ) from err
+        raise ValueError(f"checkpoint: {str(path)!r} does not match this model/optimizer ({err}); {hint}") from err
     _set_rng_state(state["rng"])
     return state["step"], History.from_dict(state["history"])
 
@@ -594,13 +575,9 @@ def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, o
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer: expected a torch.optim.Optimizer, got {kind(optimizer)}")
     if not callable(batches) and not isinstance(batches, Iterable):
-        raise ValueError(
-            f"batches: expected a callable step -> batch or an iterable, got {kind(batches)}"
-        )
+        raise ValueError(f"batches: expected a callable step -> batch or an iterable, got {kind(batches)}")
     if not callable(loss_fn):
-        raise ValueError(
-            f"loss_fn: expected a callable (model, batch) -> loss, got {kind(loss_fn)}"
-        )
+        raise ValueError(f"loss_fn: expected a callable (model, batch) -> loss, got {kind(loss_fn)}")
     if on_log is not None and not callable(on_log):
         raise ValueError(f"on_log: expected a callable History -> None or None, got {kind(on_log)}")
     if on_step is not None and not callable(on_step):
@@ -610,8 +587,7 @@ def _check_objects(model, optimizer, batches, loss_fn, scheduler, extra_state, o
     for name, obj in (extra_state or {}).items():
         if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
             raise ValueError(
-                f"extra_state[{name!r}]: expected an object with state_dict() and "
-                f"load_state_dict(), got {kind(obj)}"
+                f"extra_state[{name!r}]: expected an object with state_dict() and load_state_dict(), got {kind(obj)}"
             )
 
 
@@ -620,8 +596,8 @@ def _check_numbers(*, grad_clip: Any, **counts: Any) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
     if grad_clip is not None and (
-        isinstance(grad_clip, bool)
-        or not isinstance(grad_clip, (int, float))
-        or not 0 < grad_clip <= math.inf
+        isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or not 0 < grad_clip <= math.inf
     ):
-        raise ValueError(f"grad_clip: expected a positive number (math.inf: log the norm only) or None, got {grad_clip!r}")
+        raise ValueError(
+            f"grad_clip: expected a positive number (math.inf: log the norm only) or None, got {grad_clip!r}"
+        )

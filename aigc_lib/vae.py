@@ -26,59 +26,37 @@ the autoencoder inside latent diffusion (Stable Diffusion; Rombach et al., CVPR 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from aigc_lib.runtime import autocast
-from aigc_lib.training import History, epoch_indices, fit, fused_optimizer_ok
+from aigc_lib.checks import check_int, check_number, shape_of
+from aigc_lib.runtime import autocast, eval_mode
+from aigc_lib.training import History, RunOptions, epoch_indices, fit, fused_optimizer_ok
 
 __all__ = [
-    "Autoencoder", "VAE", "VAEConfig", "bernoulli_log_likelihood", "elbo_terms", "evaluate_nelbo",
-    "gaussian_kl", "gaussian_log_likelihood", "interpolate", "iwae_bound", "latent_grid", "reparameterize",
-    "train_autoencoder", "train_vae", "vae_loss",
+    "Autoencoder",
+    "VAE",
+    "VAEConfig",
+    "bernoulli_log_likelihood",
+    "elbo_terms",
+    "evaluate_nelbo",
+    "gaussian_kl",
+    "gaussian_log_likelihood",
+    "interpolate",
+    "iwae_bound",
+    "latent_grid",
+    "reparameterize",
+    "train_autoencoder",
+    "train_vae",
+    "vae_loss",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-# ---------------------------------------------------------------------------------------------
-# Input checks: the argument, what was expected, what came
-# ---------------------------------------------------------------------------------------------
-
-
-def _shape(t: object) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
-def _check_float(name: str, t: object, ndim: int | None = None) -> Tensor:
-    if not isinstance(t, Tensor) or not t.is_floating_point() or (ndim is not None and t.ndim != ndim):
-        dims = f"{ndim}-D " if ndim is not None else ""
-        raise ValueError(f"{name}: expected a {dims}floating-point tensor, got {_shape(t)}")
-    return t
-
-
-def _check_same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{a_name}, {b_name}: expected the same shape, got {_shape(a)} and {_shape(b)}")
-
-
-def _check_int(name: str, value: object, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    return value
-
-
-def _check_number(name: str, value: object, low: float = 0.0, inclusive: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (not inclusive and value == low):
-        rel = ">=" if inclusive else ">"
-        raise ValueError(f"{name}: expected a finite number {rel} {low:g}, got {value!r}")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,24 +70,35 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> Ten
     eps -- the standard normal noise (same shape as mu); drawn fresh when None."""
     _check_float("mu", mu), _check_float("logvar", logvar)
     _check_same_shape("mu", mu, "logvar", logvar)
-    if eps is None:
-        eps = torch.randn_like(mu)
-    else:
+    if eps is not None:
         _check_float("eps", eps), _check_same_shape("mu", mu, "eps", eps)
-    return mu + torch.exp(0.5 * logvar) * eps
+    return _reparameterize(mu, logvar, eps)
+
+
+def _reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> Tensor:
+    eps = torch.randn_like(mu) if eps is None else eps  # ε ~ N(0, I)
+    return mu + torch.exp(0.5 * logvar) * eps  # z = μ + σ ⊙ ε
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²), per row: (B, D) -> (B,)."""
     _check_float("mu", mu, 2), _check_float("logvar", logvar, 2)
     _check_same_shape("mu", mu, "logvar", logvar)
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
+    return _gaussian_kl(mu, logvar)
+
+
+def _gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)  # ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²)
 
 
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
     """Σ_i x_i log σ(l_i) + (1 − x_i) log(1 − σ(l_i)) per image, from logits: (B, ...) -> (B,)."""
     _check_float("logits", logits), _check_float("x", x)
     _check_same_shape("logits", logits, "x", x)
+    return _bernoulli_log_likelihood(logits, x)
+
+
+def _bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 
@@ -117,6 +106,10 @@ def gaussian_log_likelihood(mean: Tensor, x: Tensor, log_scale: Tensor | float) 
     """Σ_i log N(x_i; m_i, s²) = −Σ_i [½((x_i − m_i)/s)² + log s + ½ log 2π] per image: (B, ...) -> (B,)."""
     _check_float("mean", mean), _check_float("x", x)
     _check_same_shape("mean", mean, "x", x)
+    return _gaussian_log_likelihood(mean, x, log_scale)
+
+
+def _gaussian_log_likelihood(mean: Tensor, x: Tensor, log_scale: Tensor | float) -> Tensor:
     # never round a learned log-scale down to a bf16 decoder output's precision (autocast on CUDA)
     dtype = torch.promote_types(mean.dtype, x.dtype)
     if isinstance(log_scale, Tensor):
@@ -131,7 +124,7 @@ def vae_loss(logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor, beta: float 
     """Mean over the batch of −log p(x | z) + β·KL(q(z | x) ‖ N(0, I)) with a Bernoulli decoder (nats/image).
 
     With β = 1 and z ~ q(z | x) this is a one-sample estimate of the negative ELBO."""
-    beta = _check_number("beta", beta)
+    beta = check_number("beta", beta)
     return (-bernoulli_log_likelihood(logits, x) + beta * gaussian_kl(mu, logvar)).mean()
 
 
@@ -155,7 +148,7 @@ class VAEConfig:
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood: expected 'bernoulli' or 'gaussian', got {self.likelihood!r}")
         for name in ("latent_dim", "hidden", "channels"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         shape = tuple(self.image_shape)
         if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
             raise ValueError(f"image_shape: expected (C, H, W) of positive ints, got {self.image_shape!r}")
@@ -170,9 +163,13 @@ def _encoder_body(c: VAEConfig) -> tuple[nn.Module, int]:
         return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(c.image_shape), c.hidden), nn.ReLU()), c.hidden
     ch = c.channels
     return nn.Sequential(
-        nn.Conv2d(c.image_shape[0], ch, 4, 2, 1), nn.ReLU(),  # (B, ch, 14, 14)
-        nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.ReLU(),  # (B, 2ch, 7, 7)
-        nn.Flatten(), nn.Linear(2 * ch * 49, c.hidden), nn.ReLU(),  # (B, hidden)
+        nn.Conv2d(c.image_shape[0], ch, 4, 2, 1),
+        nn.ReLU(),  # (B, ch, 14, 14)
+        nn.Conv2d(ch, 2 * ch, 4, 2, 1),
+        nn.ReLU(),  # (B, 2ch, 7, 7)
+        nn.Flatten(),
+        nn.Linear(2 * ch * 49, c.hidden),
+        nn.ReLU(),  # (B, hidden)
     ), c.hidden
 
 
@@ -180,14 +177,20 @@ def _decoder(c: VAEConfig) -> nn.Module:
     """z (B, latent) -> logits / means (B, C, H, W)."""
     if c.kind == "mlp":
         return nn.Sequential(
-            nn.Linear(c.latent_dim, c.hidden), nn.ReLU(),
-            nn.Linear(c.hidden, math.prod(c.image_shape)), nn.Unflatten(1, c.image_shape),
+            nn.Linear(c.latent_dim, c.hidden),
+            nn.ReLU(),
+            nn.Linear(c.hidden, math.prod(c.image_shape)),
+            nn.Unflatten(1, c.image_shape),
         )
     ch = c.channels
     return nn.Sequential(
-        nn.Linear(c.latent_dim, c.hidden), nn.ReLU(),
-        nn.Linear(c.hidden, 2 * ch * 49), nn.ReLU(), nn.Unflatten(1, (2 * ch, 7, 7)),  # (B, 2ch, 7, 7)
-        nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1), nn.ReLU(),  # (B, ch, 14, 14)
+        nn.Linear(c.latent_dim, c.hidden),
+        nn.ReLU(),
+        nn.Linear(c.hidden, 2 * ch * 49),
+        nn.ReLU(),
+        nn.Unflatten(1, (2 * ch, 7, 7)),  # (B, 2ch, 7, 7)
+        nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1),
+        nn.ReLU(),  # (B, ch, 14, 14)
         nn.ConvTranspose2d(ch, c.image_shape[0], 4, 2, 1),  # (B, C, 28, 28)
     )
 
@@ -206,12 +209,12 @@ class _LatentModel(nn.Module):
     def _check_x(self, x: object) -> Tensor:
         want = (None, *self.config.image_shape)
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 4 or tuple(x.shape[1:]) != want[1:]:
-            raise ValueError(f"x: expected images of shape (B, {', '.join(map(str, want[1:]))}), got {_shape(x)}")
+            raise ValueError(f"x: expected images of shape (B, {', '.join(map(str, want[1:]))}), got {shape_of(x)}")
         return x
 
     def _check_z(self, z: object) -> Tensor:
         if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[1] != self.config.latent_dim:
-            raise ValueError(f"z: expected latent codes of shape (B, {self.config.latent_dim}), got {_shape(z)}")
+            raise ValueError(f"z: expected latent codes of shape (B, {self.config.latent_dim}), got {shape_of(z)}")
         return z
 
     def decode(self, z: Tensor) -> Tensor:
@@ -234,13 +237,16 @@ class VAE(_LatentModel):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, C, H, W) -> (μ, log σ²), each (B, latent)."""
-        h = self.encoder(self._check_x(x))
+        return self._encode(self._check_x(x))
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)
         return self.to_mu(h), self.to_logvar(h)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x -> (decoder output for one z ~ q(z | x), μ, log σ²)."""
         mu, logvar = self.encode(x)
-        return self.decoder(reparameterize(mu, logvar)), mu, logvar
+        return self.decoder(_reparameterize(mu, logvar)), mu, logvar
 
     def log_likelihood(self, out: Tensor, x: Tensor) -> Tensor:
         """log p(x | z) per image (B,) from the decoder output `out`."""
@@ -248,14 +254,19 @@ class VAE(_LatentModel):
             return bernoulli_log_likelihood(out, x)
         return gaussian_log_likelihood(out, x, self.log_scale)
 
+    def _log_likelihood(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.config.likelihood == "bernoulli":
+            return _bernoulli_log_likelihood(out, x)
+        return _gaussian_log_likelihood(out, x, self.log_scale)
+
     @torch.no_grad()
     def sample(self, n: int, *, seed: int | None = None) -> Tensor:
         """n images in [0, 1] (decoder means) from z ~ N(0, I)."""
-        _check_int("n", n)
+        check_int("n", n)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         param = next(self.parameters())
         z = torch.randn(n, self.config.latent_dim, generator=gen, dtype=param.dtype).to(param.device)
-        return self.mean_image(self.decode(z))
+        return self.mean_image(self.decoder(z))
 
 
 class Autoencoder(_LatentModel):
@@ -280,10 +291,13 @@ class Autoencoder(_LatentModel):
 
 def elbo_terms(model: VAE, x: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
     """One-sample estimate, batch means in nats per image: {"loss": recon + β·kl, "recon": −log p(x|z), "kl"}."""
-    beta = _check_number("beta", beta)
+    return _elbo_terms(model, x, check_number("beta", beta))
+
+
+def _elbo_terms(model: VAE, x: Tensor, beta: float) -> dict[str, Tensor]:
     out, mu, logvar = model(x)
-    recon = -model.log_likelihood(out, x).mean()
-    kl = gaussian_kl(mu, logvar).mean()
+    recon = -model._log_likelihood(out, x).mean()  # −E_q[log p(x | z)], one z per image
+    kl = _gaussian_kl(mu, logvar).mean()  # KL(q(z | x) ‖ p(z))
     return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
 
 
@@ -294,58 +308,58 @@ def _batches(images: Tensor, batch_size: int):
 
 def _check_images(images: object, model: _LatentModel) -> Tensor:
     if not isinstance(images, Tensor) or len(images) == 0:
-        raise ValueError(f"images: expected a non-empty tensor of images, got {_shape(images)}")
+        raise ValueError(f"images: expected a non-empty tensor of images, got {shape_of(images)}")
     return model._check_x(images)
 
 
 @torch.no_grad()
 def evaluate_nelbo(model: VAE, images: Tensor, batch_size: int = 500, seed: int = 0) -> dict[str, float]:
     """Mean negative ELBO (β = 1), reconstruction and KL over `images`, nats per image (one z per image)."""
-    _check_images(images, model), _check_int("batch_size", batch_size)
-    was_training, param = model.training, next(model.parameters())
-    model.eval()
+    _check_images(images, model), check_int("batch_size", batch_size)
+    param = next(model.parameters())
     gen = torch.Generator(device=param.device).manual_seed(seed)
     sums = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0}
-    try:
+    with eval_mode(model):
         for x in _batches(images, batch_size):
             x = x.to(param.device, param.dtype)
-            mu, logvar = model.encode(x)
-            z = reparameterize(mu, logvar, torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype))
-            recon, kl = -model.log_likelihood(model.decode(z), x), gaussian_kl(mu, logvar)
+            mu, logvar = model._encode(x)
+            z = _reparameterize(mu, logvar, torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype))
+            recon, kl = -model._log_likelihood(model.decoder(z), x), _gaussian_kl(mu, logvar)
             for key, v in (("nelbo", recon + kl), ("recon", recon), ("kl", kl)):
                 sums[key] += float(v.double().sum())
-    finally:
-        model.train(was_training)
     return {k: v / len(images) for k, v in sums.items()}
 
 
 @torch.no_grad()
-def iwae_bound(model: VAE, images: Tensor, k: int = 100, batch_size: int = 100, seed: int = 0,
-               progress: bool = True) -> float:
+def iwae_bound(
+    model: VAE, images: Tensor, k: int = 100, batch_size: int = 100, seed: int = 0, progress: bool = True
+) -> float:
     """−L_k averaged over `images` (nats per image), an upper bound on −log p(x) that tightens as k grows:
 
     L_k = log (1/k) Σ_i exp(log p(x | z_i) + log N(z_i; 0, I) − log N(z_i; μ, σ²)),  z_i ~ q(z | x).
     k = 1 is the (one-sample) ELBO. `progress`: a bar over the batches (k decoder passes each)."""
-    _check_images(images, model), _check_int("k", k), _check_int("batch_size", batch_size)
-    was_training, param = model.training, next(model.parameters())
-    model.eval()
+    _check_images(images, model), check_int("k", k), check_int("batch_size", batch_size)
+    param = next(model.parameters())
     gen = torch.Generator(device=param.device).manual_seed(seed)
     total = 0.0
-    try:
-        for x in tqdm(_batches(images, batch_size), total=math.ceil(len(images) / batch_size),
-                      desc=f"IWAE bound (k={k})", disable=not progress, leave=False):
+    with eval_mode(model):
+        for x in tqdm(
+            _batches(images, batch_size),
+            total=math.ceil(len(images) / batch_size),
+            desc=f"IWAE bound (k={k})",
+            disable=not progress,
+            leave=False,
+        ):
             x = x.to(param.device, param.dtype)
-            mu, logvar = model.encode(x)  # (B, D)
+            mu, logvar = model._encode(x)  # (B, D)
             eps = torch.randn((k, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)  # (k, B, D)
             z = mu + torch.exp(0.5 * logvar) * eps
             log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)  # log N(z; μ, σ²), (k, B)
             log_prior = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)  # (k, B)
-            out = model.decode(z.flatten(0, 1))  # (k·B, C, H, W)
-            log_px = model.log_likelihood(out, x.repeat(k, 1, 1, 1)).view(k, -1)  # (k, B)
+            out = model.decoder(z.flatten(0, 1))  # (k·B, C, H, W)
+            log_px = model._log_likelihood(out, x.repeat(k, 1, 1, 1)).view(k, -1)  # (k, B)
             bound = torch.logsumexp(log_px + log_prior - log_q, dim=0) - math.log(k)  # (B,)
             total += float(-bound.double().sum())
-    finally:
-        model.train(was_training)
     return total / len(images)
 
 
@@ -361,45 +375,63 @@ def _epoch_batches(images: Tensor, batch_size: int, seed: int):
     return (lambda step: images[order(step).to(images.device)]), len(images) // batch_size
 
 
-def _train(model: nn.Module, images: Tensor, loss_fn, steps: int, batch_size: int, lr: float, seed: int,
-           checkpoint, log_every: int, progress: bool, desc: str) -> History:
-    _check_images(images, model), _check_int("steps", steps), _check_int("batch_size", batch_size)
-    lr = _check_number("lr", lr, inclusive=False)
+def _train(
+    model: nn.Module, images: Tensor, loss_fn, steps: int, batch_size: int, lr: float, seed: int, run: RunOptions
+) -> History:
+    _check_images(images, model), check_int("steps", steps), check_int("batch_size", batch_size)
+    lr = check_number("lr", lr, inclusive=False)
     param = next(model.parameters())
     batches, _ = _epoch_batches(images.to(param.device, param.dtype), batch_size, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused_optimizer_ok(param.device))
-    return fit(model, optimizer, batches, loss_fn, steps, checkpoint=checkpoint, log_every=log_every,
-               desc=desc, progress=progress)
+    return fit(model, optimizer, batches, loss_fn, steps, **run)
 
 
-def train_vae(model: VAE, images: Tensor, steps: int, *, batch_size: int = 128, lr: float = 1e-3,
-              beta: float = 1.0, seed: int = 0, checkpoint: str | os.PathLike | None = None,
-              log_every: int = 50, progress: bool = True, desc: str = "VAE") -> History:
+def train_vae(
+    model: VAE,
+    images: Tensor,
+    steps: int,
+    *,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    beta: float = 1.0,
+    seed: int = 0,
+    **run: Unpack[RunOptions],
+) -> History:
     """Adam(lr) on the one-sample β-ELBO loss over shuffled epochs of `images` (N, C, H, W) in [0, 1].
 
     The PyTorch example's recipe by default (Adam 1e-3, batch 128). History: "loss", "recon", "kl"
-    (nats per image, batch means)."""
+    (nats per image, batch means). `run`: fit's run options (checkpoint, ckpt_every, log_every, desc
+    (default "VAE"), progress, on_log, e.g. a plots.LiveLossCurve of "loss", "recon" and "kl")."""
     if not isinstance(model, VAE):
         raise ValueError(f"model: expected a VAE, got {type(model).__name__}")
-    beta = _check_number("beta", beta)
-    return _train(model, images, lambda m, x: elbo_terms(m, x, beta), steps, batch_size, lr, seed,
-                  checkpoint, log_every, progress, desc)
+    beta = check_number("beta", beta)
+    run.setdefault("desc", "VAE")
+    return _train(model, images, lambda m, x: _elbo_terms(m, x, beta), steps, batch_size, lr, seed, run)
 
 
-def train_autoencoder(model: Autoencoder, images: Tensor, steps: int, *, batch_size: int = 128, lr: float = 1e-3,
-                      seed: int = 0, checkpoint: str | os.PathLike | None = None, log_every: int = 50,
-                      progress: bool = True, desc: str = "autoencoder") -> History:
-    """The plain autoencoder: minimise the reconstruction loss alone (Bernoulli: summed BCE, nats per image)."""
+def train_autoencoder(
+    model: Autoencoder,
+    images: Tensor,
+    steps: int,
+    *,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    **run: Unpack[RunOptions],
+) -> History:
+    """The plain autoencoder: minimise the reconstruction loss alone (Bernoulli: summed BCE, nats per
+    image). `run`: fit's run options, as for `train_vae` (desc default "autoencoder")."""
     if not isinstance(model, Autoencoder):
         raise ValueError(f"model: expected an Autoencoder, got {type(model).__name__}")
 
     def loss_fn(m: Autoencoder, x: Tensor) -> Tensor:
         out = m(x)
         if m.config.likelihood == "bernoulli":
-            return -bernoulli_log_likelihood(out, x).mean()
+            return -_bernoulli_log_likelihood(out, x).mean()
         return F.mse_loss(out, x, reduction="none").flatten(1).sum(1).mean()
 
-    return _train(model, images, loss_fn, steps, batch_size, lr, seed, checkpoint, log_every, progress, desc)
+    run.setdefault("desc", "autoencoder")
+    return _train(model, images, loss_fn, steps, batch_size, lr, seed, run)
 
 
 def interpolate(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
@@ -407,7 +439,7 @@ def interpolate(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
 
     z(t) = (1 − t)·z0 + t·z1 for t = 0, 1/(steps − 1), ..., 1."""
     _check_float("z0", z0, 1), _check_float("z1", z1, 1), _check_same_shape("z0", z0, "z1", z1)
-    _check_int("steps", steps, low=2)
+    check_int("steps", steps, low=2)
     t = torch.linspace(0, 1, steps, dtype=z0.dtype, device=z0.device)[:, None]  # (steps, 1)
     return (1 - t) * z0 + t * z1
 
@@ -420,7 +452,7 @@ def latent_grid(model: _LatentModel, n: int = 15, span: float = 0.95) -> Tensor:
     so they cover the prior's mass evenly (as in Kingma & Welling's figure 4)."""
     if model.config.latent_dim != 2:
         raise ValueError(f"model: latent_grid needs a 2-D latent space, got latent_dim={model.config.latent_dim}")
-    _check_int("n", n, low=2)
+    check_int("n", n, low=2)
     if not 0 < span < 1:
         raise ValueError(f"span: expected a number in (0, 1), got {span!r}")
     param = next(model.parameters())
@@ -428,10 +460,23 @@ def latent_grid(model: _LatentModel, n: int = 15, span: float = 0.95) -> Tensor:
     q = torch.distributions.Normal(0.0, 1.0).icdf(p).to(param.dtype)
     z1, z2 = torch.meshgrid(q, q.flip(0), indexing="xy")  # rows: z2 from high to low
     z = torch.stack([z1.flatten(), z2.flatten()], dim=1).to(param.device)
-    was_training = model.training
-    model.eval()
-    try:
-        with autocast(param.device):
-            return model.mean_image(model.decode(z)).float()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), autocast(param.device):
+        return model.mean_image(model.decoder(z)).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks of this chapter (the shared ones are in aigc_lib.checks): the argument, what was
+# expected, what came
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_float(name: str, t: object, ndim: int | None = None) -> Tensor:
+    if not isinstance(t, Tensor) or not t.is_floating_point() or (ndim is not None and t.ndim != ndim):
+        dims = f"{ndim}-D " if ndim is not None else ""
+        raise ValueError(f"{name}: expected a {dims}floating-point tensor, got {shape_of(t)}")
+    return t
+
+
+def _check_same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{a_name}, {b_name}: expected the same shape, got {shape_of(a)} and {shape_of(b)}")

@@ -47,15 +47,30 @@ def time_chapter(chapter: str, budget: str, long: float) -> dict:
     os.environ.pop("AIGC_STRICT", None)
     load = os.getloadavg()
     start = time.perf_counter()
-    NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=True,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=1800, kernel_name="python3", record_timing=True, resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     total = time.perf_counter() - start
-    cells = [{"index": i, "seconds": round(_seconds(c), 1), "section": _title(nb, i),
-              "first_line": c.source.splitlines()[0] if c.source else ""}
-             for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    return {"chapter": path.stem, "budget": budget, "total_s": round(total, 1), "cpus": os.cpu_count(),
-            "load_before": [round(x, 2) for x in load], "load_after": [round(x, 2) for x in os.getloadavg()],
-            "long_cells": [c for c in cells if c["seconds"] >= long], "cells": cells}
+    cells = [
+        {
+            "index": i,
+            "seconds": round(_seconds(c), 1),
+            "section": _title(nb, i),
+            "first_line": c.source.splitlines()[0] if c.source else "",
+        }
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+    ]
+    return {
+        "chapter": path.stem,
+        "budget": budget,
+        "total_s": round(total, 1),
+        "cpus": os.cpu_count(),
+        "load_before": [round(x, 2) for x in load],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "long_cells": [c for c in cells if c["seconds"] >= long],
+        "cells": cells,
+    }
 
 
 def main() -> int:
@@ -67,8 +82,10 @@ def main() -> int:
     args = parser.parse_args()
     for chapter in args.chapters:
         record = time_chapter(chapter, args.budget, args.long)
-        print(f"{record['chapter']} at {args.budget}: {record['total_s']:.0f} s "
-              f"(load average {record['load_before'][0]} before, {record['load_after'][0]} after, {record['cpus']} CPUs)")
+        print(
+            f"{record['chapter']} at {args.budget}: {record['total_s']:.0f} s "
+            f"(load average {record['load_before'][0]} before, {record['load_after'][0]} after, {record['cpus']} CPUs)"
+        )
         for c in record["long_cells"]:
             print(f"  cell {c['index']:3d} {c['seconds']:7.1f} s  [{c['section']}]  {c['first_line']}")
         if args.json:

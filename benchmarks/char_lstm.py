@@ -87,8 +87,10 @@ def load_data(path: Path | None) -> Data:
     if path is not None and path.exists():
         text, source = path.read_text(encoding="utf-8"), str(path)
     else:
-        print(f"NOTE: {path} not found: using aigc_lib.data.shakespeare_text() instead "
-              f"(a different text: the nanoGPT / char-rnn anchors do not apply; tiny Shakespeare is at {TEXT_URL})")
+        print(
+            f"NOTE: {path} not found: using aigc_lib.data.shakespeare_text() instead "
+            f"(a different text: the nanoGPT / char-rnn anchors do not apply; tiny Shakespeare is at {TEXT_URL})"
+        )
         text, source = shakespeare_text("all"), "aigc_lib.data.shakespeare_text('all')"
     return char_split(text, source)
 
@@ -97,8 +99,14 @@ def load_data(path: Path | None) -> Data:
 
 
 def make_config(args: argparse.Namespace, vocab_size: int) -> CharLSTMConfig:
-    return CharLSTMConfig(vocab_size, embed_dim=args.embed, hidden_size=args.hidden,
-                          num_layers=args.layers, dropout=args.dropout, forget_bias=args.forget_bias)
+    return CharLSTMConfig(
+        vocab_size,
+        embed_dim=args.embed,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        dropout=args.dropout,
+        forget_bias=args.forget_bias,
+    )
 
 
 def quality_at_fixed_compute(args: argparse.Namespace, data: Data) -> dict:
@@ -111,39 +119,64 @@ def quality_at_fixed_compute(args: argparse.Namespace, data: Data) -> dict:
     if steps < 1:
         raise SystemExit(f"--tflop {args.tflop} is less than one step of this config")
     tokens = steps * tokens_per_step
-    print(f"\n== 1. quality at {args.tflop:g} TFLOP: {model.config}, {model.num_params():,} params, "
-          f"{fpt / 1e6:.3f} MFLOP/token forward")
-    print(f"   batch {args.batch} x seq {args.seq}, {steps} steps = {tokens / 1e6:.3f}M tokens "
-          f"({tokens / len(data.train_ids):.2f} passes over the train text), lr {args.lr:g} "
-          f"(warmup {args.warmup}, cosine to {args.min_lr_ratio:g}x), wd {args.wd:g}")
+    print(
+        f"\n== 1. quality at {args.tflop:g} TFLOP: {model.config}, {model.num_params():,} params, "
+        f"{fpt / 1e6:.3f} MFLOP/token forward"
+    )
+    print(
+        f"   batch {args.batch} x seq {args.seq}, {steps} steps = {tokens / 1e6:.3f}M tokens "
+        f"({tokens / len(data.train_ids):.2f} passes over the train text), lr {args.lr:g} "
+        f"(warmup {args.warmup}, cosine to {args.min_lr_ratio:g}x), wd {args.wd:g}"
+    )
     start = time.perf_counter()
     history = train_char_lstm(
-        model, data.train_ids, steps, batch_size=args.batch, seq_len=args.seq, lr=args.lr,
-        grad_clip=args.clip, weight_decay=args.wd, warmup_steps=args.warmup,
-        min_lr_ratio=args.min_lr_ratio, progress=not args.no_progress,
+        model,
+        data.train_ids,
+        steps,
+        batch_size=args.batch,
+        seq_len=args.seq,
+        lr=args.lr,
+        grad_clip=args.clip,
+        weight_decay=args.wd,
+        warmup_steps=args.warmup,
+        min_lr_ratio=args.min_lr_ratio,
+        progress=not args.no_progress,
     )
     wall = time.perf_counter() - start
     start = time.perf_counter()
     val = evaluate_nats_per_char(model, data.val_ids, batch_size=args.eval_batch, seq_len=256)
     eval_s = time.perf_counter() - start
-    last = history.losses[-max(1, len(history.losses) // 20):]  # last ~5% of the logged steps
+    last = history.losses[-max(1, len(history.losses) // 20) :]  # last ~5% of the logged steps
     result = {
-        "config": model.config, "params": model.num_params(), "fpt": fpt, "steps": steps,
-        "tokens": tokens, "tflop": 3 * fpt * tokens / 1e12, "val": val, "wall": wall,
-        "tok_s": tokens / wall, "train_loss": statistics.fmean(last), "eval_s": eval_s,
+        "config": model.config,
+        "params": model.num_params(),
+        "fpt": fpt,
+        "steps": steps,
+        "tokens": tokens,
+        "tflop": 3 * fpt * tokens / 1e12,
+        "val": val,
+        "wall": wall,
+        "tok_s": tokens / wall,
+        "train_loss": statistics.fmean(last),
+        "eval_s": eval_s,
     }
-    print(f"   spent {result['tflop']:.3f} TFLOP in {wall:.1f} s ({result['tok_s']:,.0f} tokens/s, "
-          f"{3 * fpt * result['tok_s'] / 1e9:.1f} GFLOP/s); train loss (end) {result['train_loss']:.4f}")
-    print(f"   val loss {val:.4f} nats/char = {val / math.log(2):.4f} bits/char "
-          f"(eval {eval_s:.1f} s, {args.eval_batch} streams, state carried)")
+    print(
+        f"   spent {result['tflop']:.3f} TFLOP in {wall:.1f} s ({result['tok_s']:,.0f} tokens/s, "
+        f"{3 * fpt * result['tok_s'] / 1e9:.1f} GFLOP/s); train loss (end) {result['train_loss']:.4f}"
+    )
+    print(
+        f"   val loss {val:.4f} nats/char = {val / math.log(2):.4f} bits/char "
+        f"(eval {eval_s:.1f} s, {args.eval_batch} streams, state carried)"
+    )
     if steps < len(tbptt_batches(data.train_ids, args.batch, args.seq)):
-        print("   NOTE: less than one pass over the text: the model met a zero LSTM state only at "
-              "step 0, and the val pass and the sample start from one; an undertrained model can be "
-              "far worse there than its training loss says (a smoke check, not a result)")
+        print(
+            "   NOTE: less than one pass over the text: the model met a zero LSTM state only at "
+            "step 0, and the val pass and the sample start from one; an undertrained model can be "
+            "far worse there than its training loss says (a smoke check, not a result)"
+        )
     if args.sample:
         gen = torch.Generator().manual_seed(args.seed)
-        text = generate_text(model, data.tokenizer, "ROMEO:", args.sample, temperature=0.8,
-                             generator=gen)
+        text = generate_text(model, data.tokenizer, "ROMEO:", args.sample, temperature=0.8, generator=gen)
         print("   sample (T=0.8):\n" + "\n".join("   | " + line for line in text.splitlines()))
     return result
 
@@ -221,15 +254,26 @@ def throughput(args: argparse.Namespace, data: Data) -> dict:
 
     def run(name: str, steps: int) -> None:
         if name == "fast":
-            train_char_lstm(models["fast"], data.train_ids, steps, batch_size=args.batch,
-                            seq_len=args.seq, lr=args.lr, grad_clip=args.clip,
-                            warmup_steps=0, log_every=min(50, steps), progress=False)
+            train_char_lstm(
+                models["fast"],
+                data.train_ids,
+                steps,
+                batch_size=args.batch,
+                seq_len=args.seq,
+                lr=args.lr,
+                grad_clip=args.clip,
+                warmup_steps=0,
+                log_every=min(50, steps),
+                progress=False,
+            )
         else:
             bare_loop(models[name], batches, steps, args.lr, args.clip)
 
-    print(f"\n== 2. throughput: {config}, batch {args.batch} x seq {args.seq}, {n} steps "
-          f"({tokens:,} tokens) per timing, {args.repeats} interleaved repeats, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n== 2. throughput: {config}, batch {args.batch} x seq {args.seq}, {n} steps "
+        f"({tokens:,} tokens) per timing, {args.repeats} interleaved repeats, "
+        f"{torch.get_num_threads()} threads"
+    )
     for name in models:  # warm-up: oneDNN primitive creation, allocator
         run(name, 2)
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -241,9 +285,11 @@ def throughput(args: argparse.Namespace, data: Data) -> dict:
             run(name, n)
             times[name].append(time.perf_counter() - start)
         peak.append(matmul_gflops(args.matmul_n, args.matmul_reps))
-        print(f"   repeat {r + 1}: " + ", ".join(f"{k} {tokens / t[-1]:,.0f} tok/s"
-                                                for k, t in times.items())
-              + f", matmul {peak[-1]:.0f} GFLOP/s")
+        print(
+            f"   repeat {r + 1}: "
+            + ", ".join(f"{k} {tokens / t[-1]:,.0f} tok/s" for k, t in times.items())
+            + f", matmul {peak[-1]:.0f} GFLOP/s"
+        )
     peak_med = statistics.median(peak)
     rows = {}
     for name, t in times.items():
@@ -260,41 +306,58 @@ def summary(args: argparse.Namespace, data: Data, q: dict | None, tp: dict | Non
     print("\n" + "=" * 78 + "\nSUMMARY  (" + data.source + ")")
     if q is not None:
         c = q["config"]
-        print(f"  config            : {c.num_layers} x LSTM({c.hidden_size}), embed {c.embed_dim}, "
-              f"dropout {c.dropout:g}, {q['params']:,} params; batch {args.batch} x seq {args.seq}, "
-              f"lr {args.lr:g}, wd {args.wd:g}")
-        print(f"  training compute  : {q['tflop']:.3f} TFLOP (budget {args.tflop:g}; "
-              f"3 x {q['fpt'] / 1e6:.3f} MFLOP/token x {q['tokens'] / 1e6:.3f}M tokens, {q['steps']} steps)")
+        print(
+            f"  config            : {c.num_layers} x LSTM({c.hidden_size}), embed {c.embed_dim}, "
+            f"dropout {c.dropout:g}, {q['params']:,} params; batch {args.batch} x seq {args.seq}, "
+            f"lr {args.lr:g}, wd {args.wd:g}"
+        )
+        print(
+            f"  training compute  : {q['tflop']:.3f} TFLOP (budget {args.tflop:g}; "
+            f"3 x {q['fpt'] / 1e6:.3f} MFLOP/token x {q['tokens'] / 1e6:.3f}M tokens, {q['steps']} steps)"
+        )
         verdict = ""
         if math.isclose(args.tflop, NANOGPT_CPU["tflop"]):
             verdict = "  -> target <= 1.60: " + ("MET" if q["val"] <= TARGET else "NOT met")
             verdict += f"  (nanoGPT CPU config at 7.3 TFLOP: {NANOGPT_CPU['val_loss']})"
-        print(f"  val loss          : {q['val']:.4f} nats/char = {q['val'] / math.log(2):.4f} "
-              f"bits/char{verdict}")
+        print(f"  val loss          : {q['val']:.4f} nats/char = {q['val'] / math.log(2):.4f} bits/char{verdict}")
         print(f"  training wall time: {q['wall']:.1f} s, {q['tok_s']:,.0f} tokens/s")
     if tp is not None:
         rows, fast = tp["rows"], tp["rows"]["fast"]["tok_s"]
-        print(f"  fp32 matmul peak  : {tp['peak']:.0f} GFLOP/s (median of "
-              f"{len(tp['peak_all'])}: {', '.join(f'{p:.0f}' for p in tp['peak_all'])})")
+        print(
+            f"  fp32 matmul peak  : {tp['peak']:.0f} GFLOP/s (median of "
+            f"{len(tp['peak_all'])}: {', '.join(f'{p:.0f}' for p in tp['peak_all'])})"
+        )
         print(f"  {'model':<32}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'fast / this':>13}")
-        labels = {"fast": "CharLSTM + train_char_lstm", "plain": "plain nn.LSTM + bare loop",
-                  "cell": "nn.LSTMCell Python loop"}
+        labels = {
+            "fast": "CharLSTM + train_char_lstm",
+            "plain": "plain nn.LSTM + bare loop",
+            "cell": "nn.LSTMCell Python loop",
+        }
         for name, row in rows.items():
-            print(f"  {labels[name]:<32}{row['tok_s']:>10,.0f}{row['gflops']:>9.1f}"
-                  f"{100 * row['share']:>7.1f}%{fast / row['tok_s']:>12.2f}x")
+            print(
+                f"  {labels[name]:<32}{row['tok_s']:>10,.0f}{row['gflops']:>9.1f}"
+                f"{100 * row['share']:>7.1f}%{fast / row['tok_s']:>12.2f}x"
+            )
         vs_cell = fast / rows["cell"]["tok_s"]
         vs_plain = fast / rows["plain"]["tok_s"]
-        print(f"  targets: fast >= 2x cell: {vs_cell:.2f}x {'MET' if vs_cell >= 2 else 'NOT met'}; "
-              f"fast within 10% of plain: {vs_plain:.2f}x {'MET' if vs_plain >= 0.9 else 'NOT met'}")
+        print(
+            f"  targets: fast >= 2x cell: {vs_cell:.2f}x {'MET' if vs_cell >= 2 else 'NOT met'}; "
+            f"fast within 10% of plain: {vs_plain:.2f}x {'MET' if vs_plain >= 0.9 else 'NOT met'}"
+        )
     print("=" * 78)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="plain-text corpus")
-    p.add_argument("--tflop", type=float, default=None,
-                   help=f"training-compute budget (default {NANOGPT_CPU['tflop']}; 1.5 with --quick)")
+    p.add_argument(
+        "--tflop",
+        type=float,
+        default=None,
+        help=f"training-compute budget (default {NANOGPT_CPU['tflop']}; 1.5 with --quick)",
+    )
     p.add_argument("--quick", action="store_true", help="~1 minute smoke check")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--skip-quality", action="store_true")
@@ -304,8 +367,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--layers", type=int, default=1)
     g.add_argument("--embed", type=int, default=64)
     g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--forget-bias", type=float, default=0.0,
-                   help="initial forget-gate bias (CharLSTMConfig.forget_bias; the library default is 1)")
+    g.add_argument(
+        "--forget-bias",
+        type=float,
+        default=0.0,
+        help="initial forget-gate bias (CharLSTMConfig.forget_bias; the library default is 1)",
+    )
     g.add_argument("--batch", type=int, default=16)
     g.add_argument("--seq", type=int, default=64)
     g.add_argument("--lr", type=float, default=8e-3)
@@ -314,8 +381,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--wd", type=float, default=0.0)
     g.add_argument("--clip", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--eval-batch", type=int, default=1,
-                   help="parallel streams in the val pass (1: the exact sequential NLL of the text)")
+    g.add_argument(
+        "--eval-batch",
+        type=int,
+        default=1,
+        help="parallel streams in the val pass (1: the exact sequential NLL of the text)",
+    )
     g.add_argument("--sample", type=int, default=300, help="characters to sample (0: none)")
     g.add_argument("--no-progress", action="store_true")
     t = p.add_argument_group("throughput")
@@ -338,9 +409,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     check_load()
     data = load_data(args.text)
-    print(f"text: {data.source}: {len(data.train_ids):,} train / {len(data.val_ids):,} val "
-          f"characters, vocab {data.tokenizer.vocab_size}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"text: {data.source}: {len(data.train_ids):,} train / {len(data.val_ids):,} val "
+        f"characters, vocab {data.tokenizer.vocab_size}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     q = None if args.skip_quality else quality_at_fixed_compute(args, data)
     tp = None if args.skip_throughput else throughput(args, data)
     summary(args, data, q, tp)

@@ -40,8 +40,9 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> float:
+def matmul_gflops(
+    n: int = 2048, reps: int = 10, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
     """Achieved GFLOP/s of an n x n matmul (2 n^3 FLOPs per call), `reps` calls after one warm-up
     call: the practical peak of this device and dtype, against which a model's share is reported."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -60,6 +61,12 @@ def check_load() -> None:
     50x slower than 1 while another process kept one of the 2 cores busy)."""
     cores, load = os.cpu_count() or 1, os.getloadavg()[0]
     if load > 0.5:
-        print(f"WARNING: load average {load:.1f} on {cores} cores before we start: other work competes for the "
-              "CPU, so timings are noisy" + ("; multi-threaded steps can stall at every OpenMP barrier (try "
-                                             "--threads 1)" if cores > 1 and torch.get_num_threads() > 1 else ""))
+        print(
+            f"WARNING: load average {load:.1f} on {cores} cores before we start: other work competes for the "
+            "CPU, so timings are noisy"
+            + (
+                "; multi-threaded steps can stall at every OpenMP barrier (try --threads 1)"
+                if cores > 1 and torch.get_num_threads() > 1
+                else ""
+            )
+        )

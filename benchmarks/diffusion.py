@@ -10,9 +10,10 @@
     python benchmarks/diffusion.py --device cuda    # parts 1-3 on the GPU (default cpu)
     python benchmarks/diffusion.py --threads 1      # one torch thread (default: torch's)
 
-The model is chapter 05's standard one: UNetConfig(base=12, mults=(1, 2, 2), groups=base // 4 = 3,
-n_classes=10, upsample="transpose"), linear_schedule(1000) (Ho et al.: beta 1e-4 .. 0.02), trained by
-the library loop `aigc_lib.diffusion.train_diffusion` on the 4,000 digits of mnist5k("train") with
+The model is chapter 05's recipe "05.unet" (aigc_lib/recipes/ch05.py) at its standard budget:
+UNetConfig(base=12, mults=(1, 2, 2), groups=base // 4 = 3, n_classes=10, upsample="transpose"),
+linear_schedule(1000) (Ho et al.: beta 1e-4 .. 0.02), trained by the recipe's train function (the
+library loop `aigc_lib.diffusion.train_diffusion`) on the 4,000 digits of mnist5k("train") with
 their labels: batch 32, AdamW lr 1.5e-3 (linear warm-up of min(200, steps // 10) steps, then a cosine
 decay to lr / 10 over the run), condition dropout p_uncond 0.3, gradient clipping 1.0, EMA 0.999 (with
 the library's warm-up); torch.manual_seed(seed) before each model is built. Samples come from the EMA
@@ -46,7 +47,7 @@ weights. --base changes the width (groups stay base // 4, as in the chapter's bu
 2. Quality vs sampling steps, on the EMA model of the largest budget of part 1: DDIM 10/20/50/100
    (eta 0) and DDPM 1000 (ancestral, x0 clipped), each drawing --n samples with the same seed (2) and
    the same labels (0..9 in turn, guidance 1, as in the chapter), scored by evaluate_digits, timed once
-   each (after a warm-up sample). Targets (issue 8): DDIM 50's FD <= 1.2x DDPM 1000's, and DDIM 50 at
+   each (after a warm-up sample). Targets (the course's quality goals): DDIM 50's FD <= 1.2x DDPM 1000's, and DDIM 50 at
    least 15x faster.
 
 3. Throughput, interleaved. Training: --tp-steps steps of train_diffusion (the library loop) on a
@@ -68,7 +69,7 @@ weights. --base changes the width (groups stay base // 4, as in the chapter's bu
       --gpu-batch sizes, --repeats interleaved rounds, medians, torch.cuda.synchronize() around timings;
    b. the full budget (chapter 05's "full": base 64, groups 16, 20,000 steps of batch 32) trained on
       CUDA with train_diffusion, --gpu-n (1,000) unconditional samples (DDIM 50) and --gpu-n samples
-      with the labels 0..9 in turn (guidance 1, DDIM 50) through evaluate_digits. Target (issue 8): FD
+      with the labels 0..9 in turn (guidance 1, DDIM 50) through evaluate_digits. Target (the course's quality goal): FD
       within 2x the real-vs-real floor (checked for both sets).
 
 Cost: part 1 trains steps/4 + steps/2 + steps = 1.75 x steps (5,250 steps = 168,000 images) and
@@ -95,17 +96,21 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from aigc_lib import diffusion as dm
-from aigc_lib import metrics
-from aigc_lib.data import mnist5k
+from aigc_lib import metrics, recipes
+from aigc_lib.data import ImageData, mnist5k
+from aigc_lib.recipes import ch05
 from aigc_lib.runtime import autocast, get_device
 from aigc_lib.training import adamw_warmup_cosine
 
-# the chapter's standard recipe
-BATCH, LR, P_UNCOND, EMA_DECAY, T = 32, 1.5e-3, 0.3, 0.999, 1000
+# the chapter's recipe: U-Net config, training settings and sizes per budget, written once
+UNET = recipes.get("05.unet")
+STANDARD, FULL = UNET.sizes_for("standard"), UNET.sizes_for("full")
+BATCH, T = STANDARD["batch_size"], ch05.T
+LR, P_UNCOND, EMA_DECAY = ch05.TRAINING["lr"], ch05.TRAINING["p_uncond"], ch05.TRAINING["ema_decay"]
 GUIDANCE = 3.0  # part 1's prompted samples
 EVAL_STEPS = 50  # DDIM steps of part 1's samples
 UNCOND_SEED, PROMPT_SEED, COMPARE_SEED, TP_SEED = 5, 4, 2, 7  # the chapter's seeds where it has them
-# targets (issue 8)
+# the course's quality targets for this chapter
 FD_VS_DDPM_TARGET = 1.2  # DDIM 50 FD <= 1.2 x DDPM 1000 FD
 SPEEDUP_TARGET = 15.0  # DDIM 50 >= 15 x faster than DDPM 1000
 FLOOR_TARGET = 2.0  # full budget on the GPU: FD <= 2 x real-vs-real floor
@@ -115,29 +120,35 @@ GPU = "cuda"
 # --------------------------------------------------------------------------------------- helpers
 
 
-def unet_config(base: int) -> dm.UNetConfig:
-    """Chapter 05's U-Net at width `base` (standard budget: 12; full: 64)."""
-    return dm.UNetConfig(base=base, mults=(1, 2, 2), groups=base // 4, n_classes=10, upsample="transpose")
-
-
 def build(base: int, seed: int, device: torch.device) -> dm.UNet:
-    torch.manual_seed(seed)
-    return dm.UNet(unet_config(base)).to(device)
+    """Chapter 05's U-Net at width `base` (standard budget: 12; full: 64), initialised from `seed`."""
+    return ch05.build_unet(base, device, seed)
 
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def train(model: nn.Module, images: Tensor, labels: Tensor, steps: int, schedule: dm.NoiseSchedule,
-          seed: int, progress: bool = False, desc: str = "diffusion") -> tuple[dm.EMA, float]:
-    """The chapter's recipe via the library loop; returns (EMA, wall seconds)."""
-    sync(next(model.parameters()).device)
+def train(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    steps: int,
+    seed: int,
+    progress: bool = False,
+    desc: str = "diffusion",
+    batch: int = BATCH,
+) -> tuple[dm.EMA, float]:
+    """The chapter's recipe (its train function: train_diffusion, the library loop) on `model` for
+    `steps` steps; returns (EMA, wall seconds)."""
+    device = next(model.parameters()).device
+    sync(device)
     start = time.perf_counter()
-    _, ema = dm.train_diffusion(model, images, steps, schedule=schedule, labels=labels, p_uncond=P_UNCOND,
-                                batch_size=BATCH, lr=LR, ema_decay=EMA_DECAY, seed=seed, progress=progress,
-                                desc=desc)
-    sync(next(model.parameters()).device)
+    sizes = {"base": model.config.base, "steps": steps, "batch_size": batch}
+    _, _, ema = UNET.train(
+        sizes, ImageData(images, labels), device, model=model, seed=seed, progress=progress, desc=desc
+    )
+    sync(device)
     return ema, time.perf_counter() - start
 
 
@@ -146,12 +157,16 @@ def _sdpa_cpu_mapping() -> dict:
     aten = torch.ops.aten
     mapping = {}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+
         def fwd(q, k, v, *args, out_shape=None, **kwargs) -> int:
             return flop_counter.sdpa_flop_count(q, k, v)
+
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+
         def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
             return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
+
         mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
     return mapping
 
@@ -169,12 +184,17 @@ def fixed_batch(images: Tensor, labels: Tensor, batch: int, device: torch.device
     idx = torch.arange(batch) % len(images)
     y = labels[idx].clone()
     y[torch.rand(batch, generator=g) < P_UNCOND] = 10  # the null label
-    return {"x0": (images[idx] * 2 - 1).to(device), "t": torch.randint(0, T, (batch,), generator=g).to(device),
-            "eps": torch.randn(batch, 1, 28, 28, generator=g).to(device), "labels": y.to(device)}
+    return {
+        "x0": (images[idx] * 2 - 1).to(device),
+        "t": torch.randint(0, T, (batch,), generator=g).to(device),
+        "eps": torch.randn(batch, 1, 28, 28, generator=g).to(device),
+        "labels": y.to(device),
+    }
 
 
-def train_step_flops(base: int, images: Tensor, labels: Tensor, schedule: dm.NoiseSchedule,
-                     device: torch.device, batch: int = BATCH) -> int:
+def train_step_flops(
+    base: int, images: Tensor, labels: Tensor, schedule: dm.NoiseSchedule, device: torch.device, batch: int = BATCH
+) -> int:
     """FLOPs of one training step's forward + backward (diffusion_loss(...).backward())."""
     model = build(base, 0, device)
     b = fixed_batch(images, labels, batch, device)
@@ -209,97 +229,147 @@ def classes(ev: dict) -> str:
 
 def evaluate(model: nn.Module, n: int, schedule: dm.NoiseSchedule, device: torch.device) -> dict:
     """Unconditional (null label, DDIM 50) metrics and prompted (w = 3, DDIM 50) prompt accuracy."""
-    uncond = dm.sample(model, n, schedule, steps=EVAL_STEPS, generator=torch.Generator().manual_seed(UNCOND_SEED),
-                       progress=False)
+    uncond = dm.sample(
+        model, n, schedule, steps=EVAL_STEPS, generator=torch.Generator().manual_seed(UNCOND_SEED), progress=False
+    )
     ev = metrics.evaluate_digits(dm.to_unit(uncond), device=device)
     asked = cycled(n)
-    prompted = dm.to_unit(dm.sample(model, n, schedule, steps=EVAL_STEPS, labels=asked, guidance=GUIDANCE,
-                                    generator=torch.Generator().manual_seed(PROMPT_SEED), progress=False))
+    prompted = dm.to_unit(
+        dm.sample(
+            model,
+            n,
+            schedule,
+            steps=EVAL_STEPS,
+            labels=asked,
+            guidance=GUIDANCE,
+            generator=torch.Generator().manual_seed(PROMPT_SEED),
+            progress=False,
+        )
+    )
     probs = metrics.digit_probs(prompted, device=device).cpu()  # (n, 10)
-    return {"uncond": ev, "prompt_acc": (probs.argmax(1) == asked).float().mean().item(),
-            "prompt_recog": (probs.max(1).values >= metrics.CONFIDENT).float().mean().item()}
+    return {
+        "uncond": ev,
+        "prompt_acc": (probs.argmax(1) == asked).float().mean().item(),
+        "prompt_recog": (probs.max(1).values >= metrics.CONFIDENT).float().mean().item(),
+    }
 
 
-def quality_vs_compute(args: argparse.Namespace, images: Tensor, labels: Tensor, schedule: dm.NoiseSchedule,
-                       device: torch.device) -> dict:
+def quality_vs_compute(
+    args: argparse.Namespace, images: Tensor, labels: Tensor, schedule: dm.NoiseSchedule, device: torch.device
+) -> dict:
     flops = train_step_flops(args.base, images, labels, schedule, device)
-    print(f"\n== 1. quality vs training compute: one separate run per budget {args.points} (each with its own "
-          f"warm-up + cosine schedule), batch {BATCH}, {n_params(build(args.base, args.seed, device)):,} "
-          f"parameters, {flops / 1e9:.3f} GFLOP per training step (fwd + bwd); {args.n} samples per evaluation")
-    train(build(args.base, args.seed, device), images, labels, 2, schedule, args.seed)  # warm-up, not timed
+    print(
+        f"\n== 1. quality vs training compute: one separate run per budget {args.points} (each with its own "
+        f"warm-up + cosine schedule), batch {BATCH}, {n_params(build(args.base, args.seed, device)):,} "
+        f"parameters, {flops / 1e9:.3f} GFLOP per training step (fwd + bwd); {args.n} samples per evaluation"
+    )
+    train(build(args.base, args.seed, device), images, labels, 2, args.seed)  # warm-up, not timed
     rows, final = {}, None
     for steps in args.points:
         model = build(args.base, args.seed, device)
-        ema, wall = train(model, images, labels, steps, schedule, args.seed, args.progress, desc=f"{steps} steps")
+        ema, wall = train(model, images, labels, steps, args.seed, args.progress, desc=f"{steps} steps")
         r = evaluate(ema.model, args.n, schedule, device)
         r |= {"steps": steps, "tflop": flops * steps / 1e12, "wall": wall, "img_s": steps * BATCH / wall}
         rows[steps], final = r, ema.model
         u = r["uncond"]
-        print(f"   {steps:>6} steps ({steps * BATCH / len(images):5.1f} passes) {r['tflop']:8.2f} TFLOP "
-              f"{wall:7.1f} s | uncond.: FD {u['fd']:7.2f} ({u['fd_ratio']:5.2f}x floor {u['fd_floor']:.2f}), "
-              f"recognisable {100 * u['recognisability']:5.1f}%, classes {classes(u)} | w={GUIDANCE:g}: "
-              f"prompt acc. {100 * r['prompt_acc']:5.1f}%, recognisable {100 * r['prompt_recog']:5.1f}%",
-              flush=True)
+        print(
+            f"   {steps:>6} steps ({steps * BATCH / len(images):5.1f} passes) {r['tflop']:8.2f} TFLOP "
+            f"{wall:7.1f} s | uncond.: FD {u['fd']:7.2f} ({u['fd_ratio']:5.2f}x floor {u['fd_floor']:.2f}), "
+            f"recognisable {100 * u['recognisability']:5.1f}%, classes {classes(u)} | w={GUIDANCE:g}: "
+            f"prompt acc. {100 * r['prompt_acc']:5.1f}%, recognisable {100 * r['prompt_recog']:5.1f}%",
+            flush=True,
+        )
     return {"rows": rows, "flops_step": flops, "model": final}
 
 
 # --------------------------------------------------------------------------------------- part 2
 
 
-def quality_vs_steps(args: argparse.Namespace, model: nn.Module, schedule: dm.NoiseSchedule,
-                     device: torch.device) -> dict:
+def quality_vs_steps(
+    args: argparse.Namespace, model: nn.Module, schedule: dm.NoiseSchedule, device: torch.device
+) -> dict:
     asked = cycled(args.n)
     runs = {f"DDIM {k}": {"sampler": "ddim", "steps": k} for k in args.ddim} | {"DDPM 1000": {"sampler": "ddpm"}}
-    print(f"\n== 2. quality vs sampling steps ({max(args.points)}-step EMA model): {args.n} samples each, the same "
-          f"seed ({COMPARE_SEED}) and labels (0..9 in turn, guidance 1)")
+    print(
+        f"\n== 2. quality vs sampling steps ({max(args.points)}-step EMA model): {args.n} samples each, the same "
+        f"seed ({COMPARE_SEED}) and labels (0..9 in turn, guidance 1)"
+    )
     dm.sample(model, args.n, schedule, steps=2, labels=asked, progress=False)  # warm-up
     rows = {}
     for name, kw in runs.items():
         sync(device)
         start = time.perf_counter()
-        x = dm.sample(model, args.n, schedule, labels=asked, generator=torch.Generator().manual_seed(COMPARE_SEED),
-                      progress=False, **kw)
+        x = dm.sample(
+            model,
+            args.n,
+            schedule,
+            labels=asked,
+            generator=torch.Generator().manual_seed(COMPARE_SEED),
+            progress=False,
+            **kw,
+        )
         sync(device)
         wall = time.perf_counter() - start
         ev = metrics.evaluate_digits(dm.to_unit(x), device=device)
         rows[name] = {"wall": wall, **ev}
-        print(f"   {name:<10} {wall:8.2f} s ({args.n / wall:8.1f} img/s) | FD {ev['fd']:7.2f} ({ev['fd_ratio']:5.2f}x "
-              f"floor) | recognisable {100 * ev['recognisability']:5.1f}% | classes {classes(ev)}", flush=True)
+        print(
+            f"   {name:<10} {wall:8.2f} s ({args.n / wall:8.1f} img/s) | FD {ev['fd']:7.2f} ({ev['fd_ratio']:5.2f}x "
+            f"floor) | recognisable {100 * ev['recognisability']:5.1f}% | classes {classes(ev)}",
+            flush=True,
+        )
     fast = f"DDIM {args.fast}"
     ratio = rows[fast]["fd"] / rows["DDPM 1000"]["fd"]
     speed = rows["DDPM 1000"]["wall"] / rows[fast]["wall"]
-    print(f"   {fast} vs DDPM 1000: FD ratio {ratio:.2f} (target <= {FD_VS_DDPM_TARGET}), speed-up {speed:.1f}x "
-          f"(target >= {SPEEDUP_TARGET:g}x)")
+    print(
+        f"   {fast} vs DDPM 1000: FD ratio {ratio:.2f} (target <= {FD_VS_DDPM_TARGET}), speed-up {speed:.1f}x "
+        f"(target >= {SPEEDUP_TARGET:g}x)"
+    )
     return {"rows": rows, "fast": fast, "fd_ratio": ratio, "speedup": speed}
 
 
 # --------------------------------------------------------------------------------------- part 3
 
 
-def throughput(args: argparse.Namespace, images: Tensor, labels: Tensor, schedule: dm.NoiseSchedule,
-               device: torch.device, flops_step: int | None) -> dict:
+def throughput(
+    args: argparse.Namespace,
+    images: Tensor,
+    labels: Tensor,
+    schedule: dm.NoiseSchedule,
+    device: torch.device,
+    flops_step: int | None,
+) -> dict:
     model = build(args.base, args.seed, device)
     if flops_step is None:
         flops_step = train_step_flops(args.base, images, labels, schedule, device)
     fwd = forward_flops(model, args.tp_batch, device)
     ys = cycled(args.tp_batch)
-    print(f"\n== 3. throughput on {device}: training {args.tp_steps} steps of train_diffusion (batch {BATCH}), "
-          f"sampling {args.tp_batch} images by DDIM {args.tp_sample_steps} in one batch; {args.repeats} interleaved "
-          f"repeats, matmul {args.matmul_n}^2 x {args.matmul_reps}, {torch.get_num_threads()} threads")
+    print(
+        f"\n== 3. throughput on {device}: training {args.tp_steps} steps of train_diffusion (batch {BATCH}), "
+        f"sampling {args.tp_batch} images by DDIM {args.tp_sample_steps} in one batch; {args.repeats} interleaved "
+        f"repeats, matmul {args.matmul_n}^2 x {args.matmul_reps}, {torch.get_num_threads()} threads"
+    )
 
     def run_train() -> float:
-        return train(model, images, labels, args.tp_steps, schedule, args.seed)[1]
+        return train(model, images, labels, args.tp_steps, args.seed)[1]
 
     def run_sample() -> float:
         sync(device)
         start = time.perf_counter()
-        dm.sample(model, args.tp_batch, schedule, steps=args.tp_sample_steps, labels=ys, progress=False,
-                  generator=torch.Generator().manual_seed(TP_SEED), batch_size=args.tp_batch)
+        dm.sample(
+            model,
+            args.tp_batch,
+            schedule,
+            steps=args.tp_sample_steps,
+            labels=ys,
+            progress=False,
+            generator=torch.Generator().manual_seed(TP_SEED),
+            batch_size=args.tp_batch,
+        )
         sync(device)
         return time.perf_counter() - start
 
     runs = {"train": run_train, "sample": run_sample}
-    train(model, images, labels, 2, schedule, args.seed)  # warm-up
+    train(model, images, labels, 2, args.seed)  # warm-up
     dm.sample(model, args.tp_batch, schedule, steps=2, labels=ys, progress=False, batch_size=args.tp_batch)
     times: dict[str, list[float]] = {k: [] for k in runs}
     peak = []
@@ -307,22 +377,33 @@ def throughput(args: argparse.Namespace, images: Tensor, labels: Tensor, schedul
         for name in runs if r % 2 == 0 else reversed(runs):
             times[name].append(runs[name]())
         peak.append(matmul_gflops(args.matmul_n, args.matmul_reps, device))
-        print(f"   repeat {r + 1}: training {args.tp_steps * BATCH / times['train'][-1]:,.1f} img/s, sampling "
-              f"{args.tp_batch / times['sample'][-1]:,.1f} img/s, matmul {peak[-1]:.0f} GFLOP/s", flush=True)
+        print(
+            f"   repeat {r + 1}: training {args.tp_steps * BATCH / times['train'][-1]:,.1f} img/s, sampling "
+            f"{args.tp_batch / times['sample'][-1]:,.1f} img/s, matmul {peak[-1]:.0f} GFLOP/s",
+            flush=True,
+        )
     peak_med = statistics.median(peak)
     t_train, t_sample = statistics.median(times["train"]), statistics.median(times["sample"])
     rows = {
-        "train": {"img_s": args.tp_steps * BATCH / t_train, "gflops": flops_step * args.tp_steps / t_train / 1e9,
-                  "flop_img": flops_step / BATCH},
-        "sample": {"img_s": args.tp_batch / t_sample, "gflops": fwd * args.tp_sample_steps / t_sample / 1e9,
-                   "flop_img": fwd * args.tp_sample_steps / args.tp_batch},
+        "train": {
+            "img_s": args.tp_steps * BATCH / t_train,
+            "gflops": flops_step * args.tp_steps / t_train / 1e9,
+            "flop_img": flops_step / BATCH,
+        },
+        "sample": {
+            "img_s": args.tp_batch / t_sample,
+            "gflops": fwd * args.tp_sample_steps / t_sample / 1e9,
+            "flop_img": fwd * args.tp_sample_steps / args.tp_batch,
+        },
     }
     for row in rows.values():
         row["share"] = row["gflops"] / peak_med
     print(f"   {'':<10}{'MFLOP/img':>11}{'img/s':>10}{'GFLOP/s':>9}{'% peak':>8}")
     for name, row in rows.items():
-        print(f"   {name:<10}{row['flop_img'] / 1e6:>11.2f}{row['img_s']:>10,.1f}{row['gflops']:>9.2f}"
-              f"{100 * row['share']:>7.2f}%")
+        print(
+            f"   {name:<10}{row['flop_img'] / 1e6:>11.2f}{row['img_s']:>10,.1f}{row['gflops']:>9.2f}"
+            f"{100 * row['share']:>7.2f}%"
+        )
     return {"rows": rows, "peak": peak_med, "peak_all": peak}
 
 
@@ -350,8 +431,7 @@ class GPUStep:
         for _ in range(n):
             self.opt.zero_grad(set_to_none=True)
             with self.ctx():
-                loss = dm.diffusion_loss(self.model, b["x0"], self.schedule, labels=b["labels"], t=b["t"],
-                                         eps=b["eps"])
+                loss = dm.diffusion_loss(self.model, b["x0"], self.schedule, labels=b["labels"], t=b["t"], eps=b["eps"])
             loss.backward()
             nn.utils.clip_grad_norm_(self.params, 1.0)
             self.opt.step()
@@ -373,9 +453,11 @@ def gpu_part(args: argparse.Namespace, images: Tensor, labels: Tensor, schedule:
         print("\n== 4. GPU: skipped (torch.cuda.is_available() is False)")
         return None
     device = torch.device(GPU)
-    print(f"\n== 4. GPU ({torch.cuda.get_device_name(device)}), base {args.base}: {args.gpu_steps} steps per timing, "
-          f"{args.repeats} interleaved repeats; fp32 settings: matmul allow_tf32="
-          f"{torch.backends.cuda.matmul.allow_tf32}, cudnn allow_tf32={torch.backends.cudnn.allow_tf32}")
+    print(
+        f"\n== 4. GPU ({torch.cuda.get_device_name(device)}), base {args.base}: {args.gpu_steps} steps per timing, "
+        f"{args.repeats} interleaved repeats; fp32 settings: matmul allow_tf32="
+        f"{torch.backends.cuda.matmul.allow_tf32}, cudnn allow_tf32={torch.backends.cudnn.allow_tf32}"
+    )
     variants = {"fp32": (False, False), "bf16 autocast": (True, False), "bf16 + channels_last": (True, True)}
     out: dict = {"speed": {}}
     for batch in args.gpu_batch:
@@ -386,8 +468,7 @@ def gpu_part(args: argparse.Namespace, images: Tensor, labels: Tensor, schedule:
         sub_x, sub_y = images[:k], labels[:k]
 
         def lib(n: int, lib_model=lib_model, sub_x=sub_x, sub_y=sub_y, batch=batch) -> None:
-            dm.train_diffusion(lib_model, sub_x, n, schedule=schedule, labels=sub_y, p_uncond=P_UNCOND,
-                               batch_size=batch, lr=LR, ema_decay=EMA_DECAY, progress=False)
+            train(lib_model, sub_x, sub_y, n, 0, batch=batch)
 
         jobs: dict[str, Callable[[int], None]] = {f"train {k}": s.train for k, s in steps.items()}
         jobs["train: library train_diffusion"] = lib
@@ -406,22 +487,41 @@ def gpu_part(args: argparse.Namespace, images: Tensor, labels: Tensor, schedule:
         out["speed"][batch] = img_s
         for kind in ("train", "forward"):
             ref = img_s[f"{kind} fp32"]
-            print(f"   batch {batch:>4} {kind:<8}: " + ", ".join(
-                f"{k.split(' ', 1)[1].lstrip(': ')} {v:,.0f} img/s ({v / ref:.2f}x)"
-                for k, v in img_s.items() if k.startswith(kind)), flush=True)
+            print(
+                f"   batch {batch:>4} {kind:<8}: "
+                + ", ".join(
+                    f"{k.split(' ', 1)[1].lstrip(': ')} {v:,.0f} img/s ({v / ref:.2f}x)"
+                    for k, v in img_s.items()
+                    if k.startswith(kind)
+                ),
+                flush=True,
+            )
     # b. the full budget
     model = build(args.gpu_base, args.seed, device)
-    print(f"   full budget: base {args.gpu_base} ({n_params(model):,} parameters), {args.gpu_full_steps} steps of "
-          f"batch {BATCH} on the GPU, {args.gpu_n} samples per set (DDIM {EVAL_STEPS})", flush=True)
-    ema, wall = train(model, images, labels, args.gpu_full_steps, schedule, args.seed, args.progress, "full budget")
+    print(
+        f"   full budget: base {args.gpu_base} ({n_params(model):,} parameters), {args.gpu_full_steps} steps of "
+        f"batch {BATCH} on the GPU, {args.gpu_n} samples per set (DDIM {EVAL_STEPS})",
+        flush=True,
+    )
+    ema, wall = train(model, images, labels, args.gpu_full_steps, args.seed, args.progress, "full budget")
     full = {"wall": wall, "steps": args.gpu_full_steps}
     for name, kw in (("unconditional", {}), ("labels 0..9, w=1", {"labels": cycled(args.gpu_n)})):
-        x = dm.sample(ema.model, args.gpu_n, schedule, steps=EVAL_STEPS, progress=False,
-                      generator=torch.Generator().manual_seed(UNCOND_SEED), **kw)
+        x = dm.sample(
+            ema.model,
+            args.gpu_n,
+            schedule,
+            steps=EVAL_STEPS,
+            progress=False,
+            generator=torch.Generator().manual_seed(UNCOND_SEED),
+            **kw,
+        )
         full[name] = ev = metrics.evaluate_digits(dm.to_unit(x), device=device)
-        print(f"   full budget ({wall:.0f} s training), {name:<16}: FD {ev['fd']:7.2f} = {ev['fd_ratio']:.2f}x floor "
-              f"{ev['fd_floor']:.2f} (target <= {FLOOR_TARGET:g}x), recognisable {100 * ev['recognisability']:5.1f}%, "
-              f"classes {classes(ev)}", flush=True)
+        print(
+            f"   full budget ({wall:.0f} s training), {name:<16}: FD {ev['fd']:7.2f} = {ev['fd_ratio']:.2f}x floor "
+            f"{ev['fd_floor']:.2f} (target <= {FLOOR_TARGET:g}x), recognisable {100 * ev['recognisability']:5.1f}%, "
+            f"classes {classes(ev)}",
+            flush=True,
+        )
     out["full"] = full
     return out
 
@@ -433,73 +533,108 @@ def verdict(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
 
 
-def summary(args: argparse.Namespace, device: torch.device, q: dict | None, s: dict | None, tp: dict | None,
-            gpu: dict | None) -> None:
+def summary(
+    args: argparse.Namespace, device: torch.device, q: dict | None, s: dict | None, tp: dict | None, gpu: dict | None
+) -> None:
     print("\n" + "=" * 100)
-    print(f"SUMMARY  (MNIST-5k train, chapter 05 U-Net base {args.base}, batch {BATCH}, lr {LR:g}, p_uncond {P_UNCOND}, "
-          f"EMA {EMA_DECAY}, seed {args.seed}, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(
+        f"SUMMARY  (MNIST-5k train, chapter 05 U-Net base {args.base}, batch {BATCH}, lr {LR:g}, p_uncond {P_UNCOND}, "
+        f"EMA {EMA_DECAY}, seed {args.seed}, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
     if args.quick:
         print("  --quick: tiny settings, the numbers are NOT meaningful (a smoke check of the script)")
     if q:
         first = next(iter(q["rows"].values()))["uncond"]
-        print(f"  1. quality vs training compute ({args.n} samples, DDIM {EVAL_STEPS}; FD floor {first['fd_floor']:.2f}; "
-              f"separate runs, each with its own warm-up + cosine schedule):")
-        print(f"     {'steps':>7}{'TFLOP':>9}{'wall s':>9}{'FD':>9}{'FD/floor':>9}{'recog.':>8}{'classes':>13}"
-              f"{'prompt acc. w=' + format(GUIDANCE, 'g'):>19}")
+        print(
+            f"  1. quality vs training compute ({args.n} samples, DDIM {EVAL_STEPS}; FD floor {first['fd_floor']:.2f}; "
+            f"separate runs, each with its own warm-up + cosine schedule):"
+        )
+        print(
+            f"     {'steps':>7}{'TFLOP':>9}{'wall s':>9}{'FD':>9}{'FD/floor':>9}{'recog.':>8}{'classes':>13}"
+            f"{'prompt acc. w=' + format(GUIDANCE, 'g'):>19}"
+        )
         for steps, r in q["rows"].items():
             u = r["uncond"]
-            print(f"     {steps:>7}{r['tflop']:>9.2f}{r['wall']:>9.1f}{u['fd']:>9.2f}{u['fd_ratio']:>9.2f}"
-                  f"{100 * u['recognisability']:>7.1f}%{classes(u):>13}{100 * r['prompt_acc']:>18.1f}%")
+            print(
+                f"     {steps:>7}{r['tflop']:>9.2f}{r['wall']:>9.1f}{u['fd']:>9.2f}{u['fd_ratio']:>9.2f}"
+                f"{100 * u['recognisability']:>7.1f}%{classes(u):>13}{100 * r['prompt_acc']:>18.1f}%"
+            )
     if s:
         print(f"  2. quality vs sampling steps ({args.n} samples, labels 0..9, guidance 1):")
         print(f"     {'sampler':<11}{'wall s':>9}{'img/s':>9}{'FD':>9}{'FD/floor':>9}{'recog.':>8}")
         for name, r in s["rows"].items():
-            print(f"     {name:<11}{r['wall']:>9.2f}{args.n / r['wall']:>9.1f}{r['fd']:>9.2f}{r['fd_ratio']:>9.2f}"
-                  f"{100 * r['recognisability']:>7.1f}%")
-        print(f"     target: {s['fast']} FD <= {FD_VS_DDPM_TARGET} x DDPM 1000 FD: {s['fd_ratio']:.2f}x -> "
-              f"{verdict(s['fd_ratio'] <= FD_VS_DDPM_TARGET)}")
-        print(f"     target: {s['fast']} >= {SPEEDUP_TARGET:g}x faster than DDPM 1000: {s['speedup']:.1f}x -> "
-              f"{verdict(s['speedup'] >= SPEEDUP_TARGET)}")
+            print(
+                f"     {name:<11}{r['wall']:>9.2f}{args.n / r['wall']:>9.1f}{r['fd']:>9.2f}{r['fd_ratio']:>9.2f}"
+                f"{100 * r['recognisability']:>7.1f}%"
+            )
+        print(
+            f"     target: {s['fast']} FD <= {FD_VS_DDPM_TARGET} x DDPM 1000 FD: {s['fd_ratio']:.2f}x -> "
+            f"{verdict(s['fd_ratio'] <= FD_VS_DDPM_TARGET)}"
+        )
+        print(
+            f"     target: {s['fast']} >= {SPEEDUP_TARGET:g}x faster than DDPM 1000: {s['speedup']:.1f}x -> "
+            f"{verdict(s['speedup'] >= SPEEDUP_TARGET)}"
+        )
     if tp:
-        print(f"  3. throughput (medians of {len(tp['peak_all'])}); fp32 matmul peak {tp['peak']:.0f} GFLOP/s "
-              f"({', '.join(f'{p:.0f}' for p in tp['peak_all'])}):")
-        for name, label in (("train", f"training (batch {BATCH})"),
-                            ("sample", f"sampling (DDIM {args.tp_sample_steps}, batch {args.tp_batch})")):
+        print(
+            f"  3. throughput (medians of {len(tp['peak_all'])}); fp32 matmul peak {tp['peak']:.0f} GFLOP/s "
+            f"({', '.join(f'{p:.0f}' for p in tp['peak_all'])}):"
+        )
+        for name, label in (
+            ("train", f"training (batch {BATCH})"),
+            ("sample", f"sampling (DDIM {args.tp_sample_steps}, batch {args.tp_batch})"),
+        ):
             r = tp["rows"][name]
-            print(f"     {label:<34}{r['img_s']:>10,.1f} img/s {r['flop_img'] / 1e6:>9.2f} MFLOP/img "
-                  f"{r['gflops']:>8.2f} GFLOP/s = {100 * r['share']:5.2f}% of peak")
+            print(
+                f"     {label:<34}{r['img_s']:>10,.1f} img/s {r['flop_img'] / 1e6:>9.2f} MFLOP/img "
+                f"{r['gflops']:>8.2f} GFLOP/s = {100 * r['share']:5.2f}% of peak"
+            )
     if gpu:
         for batch, img_s in gpu["speed"].items():
             for kind in ("train", "forward"):
                 ref = img_s[f"{kind} fp32"]
-                print(f"  4. GPU batch {batch} {kind}: " + ", ".join(
-                    f"{k.split(' ', 1)[1].lstrip(': ')} {v:,.0f} img/s ({v / ref:.2f}x)"
-                    for k, v in img_s.items() if k.startswith(kind)))
+                print(
+                    f"  4. GPU batch {batch} {kind}: "
+                    + ", ".join(
+                        f"{k.split(' ', 1)[1].lstrip(': ')} {v:,.0f} img/s ({v / ref:.2f}x)"
+                        for k, v in img_s.items()
+                        if k.startswith(kind)
+                    )
+                )
         full = gpu["full"]
         for name in ("unconditional", "labels 0..9, w=1"):
             ev = full[name]
-            print(f"  4. GPU full budget ({full['steps']} steps, base {args.gpu_base}, {full['wall']:.0f} s), {name}: "
-                  f"FD {ev['fd']:.2f} = {ev['fd_ratio']:.2f}x floor; target <= {FLOOR_TARGET:g}x -> "
-                  f"{verdict(ev['fd_ratio'] <= FLOOR_TARGET)}")
+            print(
+                f"  4. GPU full budget ({full['steps']} steps, base {args.gpu_base}, {full['wall']:.0f} s), {name}: "
+                f"FD {ev['fd']:.2f} = {ev['fd_ratio']:.2f}x floor; target <= {FLOOR_TARGET:g}x -> "
+                f"{verdict(ev['fd_ratio'] <= FLOOR_TARGET)}"
+            )
     print("=" * 100)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings, about a minute (numbers not meaningful)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="cpu",
-                   help="device of parts 1-3 ('auto': $AIGC_DEVICE, else cuda -> mps -> cpu)")
+    p.add_argument(
+        "--device", default="cpu", help="device of parts 1-3 ('auto': $AIGC_DEVICE, else cuda -> mps -> cpu)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.add_argument("--skip-quality", action="store_true", help="skip parts 1 and 2")
     p.add_argument("--skip-throughput", action="store_true", help="skip part 3")
     g = p.add_argument_group("quality (parts 1 and 2)")
-    g.add_argument("--steps", type=int, default=3000, help="the largest training budget")
-    g.add_argument("--points", type=int, nargs="+", default=None,
-                   help="training budgets of part 1, one run each (default: steps/4, steps/2, steps)")
-    g.add_argument("--base", type=int, default=12, help="U-Net width (groups = base // 4)")
+    g.add_argument("--steps", type=int, default=STANDARD["steps"], help="the largest training budget")
+    g.add_argument(
+        "--points",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training budgets of part 1, one run each (default: steps/4, steps/2, steps)",
+    )
+    g.add_argument("--base", type=int, default=STANDARD["base"], help="U-Net width (groups = base // 4)")
     g.add_argument("--n", type=int, default=200, help="samples per evaluation")
     g.add_argument("--ddim", type=int, nargs="+", default=[10, 20, 50, 100], help="DDIM step counts of part 2")
     t = p.add_argument_group("throughput (part 3)")
@@ -513,8 +648,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     u.add_argument("--gpu", action="store_true", help="run part 4 (needs CUDA; skipped cleanly without it)")
     u.add_argument("--gpu-steps", type=int, default=50, help="steps per GPU timing")
     u.add_argument("--gpu-batch", type=int, nargs="+", default=[32, 256])
-    u.add_argument("--gpu-base", type=int, default=64, help="U-Net width of the full budget")
-    u.add_argument("--gpu-full-steps", type=int, default=20_000, help="training steps of the full budget")
+    u.add_argument("--gpu-base", type=int, default=FULL["base"], help="U-Net width of the full budget")
+    u.add_argument("--gpu-full-steps", type=int, default=FULL["steps"], help="training steps of the full budget")
     u.add_argument("--gpu-n", type=int, default=1000, help="samples per set of the full budget")
     args = p.parse_args(argv)
     if args.quick:
@@ -541,16 +676,21 @@ def main(argv: list[str] | None = None) -> None:
     data = mnist5k("train")
     images, labels = data.images, data.labels  # (4000, 1, 28, 28) in [0, 1], (4000,)
     schedule = dm.linear_schedule(T)
-    print(f"data: mnist5k('train') {tuple(images.shape)}; {schedule}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + ("; --quick: numbers NOT meaningful" if args.quick else ""))
+    print(
+        f"data: mnist5k('train') {tuple(images.shape)}; {schedule}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + ("; --quick: numbers NOT meaningful" if args.quick else "")
+    )
     q = s = None
     if not args.skip_quality:
         q = quality_vs_compute(args, images, labels, schedule, device)
         s = quality_vs_steps(args, q["model"], schedule, device)
-    tp = None if args.skip_throughput else throughput(args, images, labels, schedule, device,
-                                                      q["flops_step"] if q else None)
+    tp = (
+        None
+        if args.skip_throughput
+        else throughput(args, images, labels, schedule, device, q["flops_step"] if q else None)
+    )
     gpu = gpu_part(args, images, labels, schedule)
     summary(args, device, q, s, tp, gpu)
 

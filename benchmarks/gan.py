@@ -161,39 +161,65 @@ class StepBench:
 
 def tail_mean(values: list[float]) -> float:
     """Mean of the last ~10% of a logged training metric."""
-    return statistics.fmean(values[-max(1, len(values) // 10):])
+    return statistics.fmean(values[-max(1, len(values) // 10) :])
 
 
 def quality(args: argparse.Namespace, data: Tensor, labels: Tensor, device: torch.device) -> dict:
     """Train each model with train_gan for args.steps generator updates; evaluate its samples."""
-    print(f"\n== 1. quality: {args.steps} generator updates of batch {args.batch} "
-          f"({args.steps * args.batch / len(data):.1f} passes over {len(data):,} digits), "
-          f"{args.n_eval} samples per model")
+    print(
+        f"\n== 1. quality: {args.steps} generator updates of batch {args.batch} "
+        f"({args.steps * args.batch / len(data):.1f} passes over {len(data):,} digits), "
+        f"{args.n_eval} samples per model"
+    )
     results = {}
     for name in args.models:  # warm-up: one-off library initialisation stays out of the timings
-        gan.train_gan(*build(name, args, device), data, 2, labels=labels if name == "cdcgan" else None,
-                      batch_size=args.batch, seed=args.seed, progress=False)
+        gan.train_gan(
+            *build(name, args, device),
+            data,
+            2,
+            labels=labels if name == "cdcgan" else None,
+            batch_size=args.batch,
+            seed=args.seed,
+            progress=False,
+        )
     for name in args.models:
         G, D = build(name, args, device)
         start = time.perf_counter()
-        run = gan.train_gan(G, D, data, args.steps, labels=labels if G.n_classes else None,
-                            batch_size=args.batch, seed=args.seed, progress=args.progress,
-                            desc=LABELS[name])
+        run = gan.train_gan(
+            G,
+            D,
+            data,
+            args.steps,
+            labels=labels if G.n_classes else None,
+            batch_size=args.batch,
+            seed=args.seed,
+            progress=args.progress,
+            desc=LABELS[name],
+        )
         sync(device)
         wall = time.perf_counter() - start
         samples = gan.to_unit(gan.sample(G, args.n_eval, seed=SAMPLE_SEED))
         ev = metrics.evaluate_digits(samples, device=device)
         m = run.history.metrics
-        results[name] = {"G": n_params(G), "D": n_params(D), "wall": wall,
-                         "img_s": args.steps * args.batch / wall, **ev}
-        print(f"   {LABELS[name]:<13} G {n_params(G):>9,} / D {n_params(D):>9,} params | "
-              f"{wall:6.1f} s, {results[name]['img_s']:7,.0f} img/s | FD {ev['fd']:7.2f} "
-              f"(floor {ev['fd_floor']:.2f}, {ev['fd_ratio']:.1f}x) | recognisable "
-              f"{100 * ev['recognisability']:5.1f}% | classes {100 * ev['min_class_share']:.1f}%-"
-              f"{100 * ev['max_class_share']:.1f}%")
-        print(f"   {'':<13} last 10% of training: G loss {tail_mean(m['loss']):.3f}, D loss "
-              f"{tail_mean(m['d_loss']):.3f}, D(real) {tail_mean(m['d_real']):.3f}, D(fake) "
-              f"{tail_mean(m['d_fake']):.3f}")
+        results[name] = {
+            "G": n_params(G),
+            "D": n_params(D),
+            "wall": wall,
+            "img_s": args.steps * args.batch / wall,
+            **ev,
+        }
+        print(
+            f"   {LABELS[name]:<13} G {n_params(G):>9,} / D {n_params(D):>9,} params | "
+            f"{wall:6.1f} s, {results[name]['img_s']:7,.0f} img/s | FD {ev['fd']:7.2f} "
+            f"(floor {ev['fd_floor']:.2f}, {ev['fd_ratio']:.1f}x) | recognisable "
+            f"{100 * ev['recognisability']:5.1f}% | classes {100 * ev['min_class_share']:.1f}%-"
+            f"{100 * ev['max_class_share']:.1f}%"
+        )
+        print(
+            f"   {'':<13} last 10% of training: G loss {tail_mean(m['loss']):.3f}, D loss "
+            f"{tail_mean(m['d_loss']):.3f}, D(real) {tail_mean(m['d_real']):.3f}, D(fake) "
+            f"{tail_mean(m['d_fake']):.3f}"
+        )
     return results
 
 
@@ -205,9 +231,11 @@ def throughput(args: argparse.Namespace, data: Tensor, labels: Tensor, device: t
     real, ys = data[: args.batch], labels[: args.batch]
     benches = {name: StepBench.make(*build(name, args, device), real, ys) for name in args.models}
     n = args.tp_steps
-    print(f"\n== 2. throughput of gan.gan_step on {device}: batch {args.batch}, {n} steps per timing, "
-          f"{args.repeats} interleaved repeats, matmul {args.matmul_n}^2 x {args.matmul_reps}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n== 2. throughput of gan.gan_step on {device}: batch {args.batch}, {n} steps per timing, "
+        f"{args.repeats} interleaved repeats, matmul {args.matmul_n}^2 x {args.matmul_reps}, "
+        f"{torch.get_num_threads()} threads"
+    )
     flops = {name: b.flops_per_step() for name, b in benches.items()}  # also the first warm-up step
     for b in benches.values():  # warm-up: oneDNN primitive creation, allocator
         b.run(2)
@@ -218,20 +246,23 @@ def throughput(args: argparse.Namespace, data: Tensor, labels: Tensor, device: t
         for name in order:
             times[name].append(benches[name].run(n))
         peak.append(matmul_gflops(args.matmul_n, args.matmul_reps, device))
-        print(f"   repeat {r + 1}: " + ", ".join(f"{name} {n * args.batch / t[-1]:,.0f} img/s"
-                                                for name, t in times.items())
-              + f", matmul {peak[-1]:.0f} GFLOP/s")
+        print(
+            f"   repeat {r + 1}: "
+            + ", ".join(f"{name} {n * args.batch / t[-1]:,.0f} img/s" for name, t in times.items())
+            + f", matmul {peak[-1]:.0f} GFLOP/s"
+        )
     peak_med = statistics.median(peak)
     rows = {}
     for name, t in times.items():
         steps_s = n / statistics.median(t)
         gflops = flops[name] * steps_s / 1e9
-        rows[name] = {"img_s": steps_s * args.batch, "flops": flops[name], "gflops": gflops,
-                      "share": gflops / peak_med}
+        rows[name] = {"img_s": steps_s * args.batch, "flops": flops[name], "gflops": gflops, "share": gflops / peak_med}
     print(f"   {'model':<14}{'MFLOP/step':>11}{'img/s':>9}{'GFLOP/s':>9}{'% peak':>8}")
     for name, row in rows.items():
-        print(f"   {LABELS[name]:<14}{row['flops'] / 1e6:>11.1f}{row['img_s']:>9,.0f}"
-              f"{row['gflops']:>9.2f}{100 * row['share']:>7.2f}%")
+        print(
+            f"   {LABELS[name]:<14}{row['flops'] / 1e6:>11.1f}{row['img_s']:>9,.0f}"
+            f"{row['gflops']:>9.2f}{100 * row['share']:>7.2f}%"
+        )
     return {"rows": rows, "peak": peak_med, "peak_all": peak}
 
 
@@ -250,12 +281,13 @@ def gpu_throughput(args: argparse.Namespace, data: Tensor) -> dict | None:
         print("\n== 3. GPU: skipped (torch.cuda.is_available() is False)")
         return None
     device = torch.device(GPU)
-    print(f"\n== 3. GPU ({torch.cuda.get_device_name(device)}): DCGAN (width {args.width}) gan_step, "
-          f"{args.gpu_steps} steps per timing, {args.repeats} interleaved repeats; fp32 settings: "
-          f"matmul allow_tf32={torch.backends.cuda.matmul.allow_tf32}, "
-          f"cudnn allow_tf32={torch.backends.cudnn.allow_tf32}")
-    variants = {"fp32": (False, False), "bf16 autocast": (True, False),
-                "bf16 + channels_last": (True, True)}
+    print(
+        f"\n== 3. GPU ({torch.cuda.get_device_name(device)}): DCGAN (width {args.width}) gan_step, "
+        f"{args.gpu_steps} steps per timing, {args.repeats} interleaved repeats; fp32 settings: "
+        f"matmul allow_tf32={torch.backends.cuda.matmul.allow_tf32}, "
+        f"cudnn allow_tf32={torch.backends.cudnn.allow_tf32}"
+    )
+    variants = {"fp32": (False, False), "bf16 autocast": (True, False), "bf16 + channels_last": (True, True)}
     results = {}
     for batch in args.gpu_batch:
         real = data[torch.arange(batch) % len(data)]  # (batch, 1, 28, 28)
@@ -275,8 +307,10 @@ def gpu_throughput(args: argparse.Namespace, data: Tensor) -> dict | None:
                 times[name].append(timed(*benches[name], args.gpu_steps))
         img_s = {name: args.gpu_steps * batch / statistics.median(t) for name, t in times.items()}
         results[batch] = img_s
-        print(f"   batch {batch:>5}: " + ", ".join(
-            f"{name} {v:,.0f} img/s ({v / img_s['fp32']:.2f}x)" for name, v in img_s.items()))
+        print(
+            f"   batch {batch:>5}: "
+            + ", ".join(f"{name} {v:,.0f} img/s ({v / img_s['fp32']:.2f}x)" for name, v in img_s.items())
+        )
     return results
 
 
@@ -287,12 +321,13 @@ def fmt_params(k: int) -> str:
     return f"{k / 1e6:.2f}M" if k >= 1e5 else f"{k / 1e3:.0f}k"
 
 
-def summary(args: argparse.Namespace, device: torch.device, q: dict | None, tp: dict | None,
-            gpu: dict | None) -> None:
+def summary(args: argparse.Namespace, device: torch.device, q: dict | None, tp: dict | None, gpu: dict | None) -> None:
     print("\n" + "=" * 100)
-    print(f"SUMMARY  (MNIST-5k train, {args.steps} generator updates x batch {args.batch}, "
-          f"DCGAN width {args.width}, seed {args.seed}, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads)")
+    print(
+        f"SUMMARY  (MNIST-5k train, {args.steps} generator updates x batch {args.batch}, "
+        f"DCGAN width {args.width}, seed {args.seed}, {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads)"
+    )
     if args.quick:
         print("  --quick: tiny settings, the numbers are NOT meaningful (a smoke check of the script)")
     names = list(q or (tp or {}).get("rows", {}))
@@ -300,19 +335,25 @@ def summary(args: argparse.Namespace, device: torch.device, q: dict | None, tp: 
         first = next(iter(q.values()))
         print(f"  FD floor (real vs real, n={first['n']}): {first['fd_floor']:.2f}")
     if tp:
-        print(f"  fp32 matmul peak: {tp['peak']:.0f} GFLOP/s (median of {len(tp['peak_all'])}: "
-              f"{', '.join(f'{p:.0f}' for p in tp['peak_all'])})")
+        print(
+            f"  fp32 matmul peak: {tp['peak']:.0f} GFLOP/s (median of {len(tp['peak_all'])}: "
+            f"{', '.join(f'{p:.0f}' for p in tp['peak_all'])})"
+        )
     if names:
-        print(f"  {'model':<14}{'params G/D':>14}{'FD':>8}{'FD/floor':>9}{'recog.':>8}"
-              f"{'class min/max':>16}{'train img/s':>12}{'step img/s':>11}{'GFLOP/s':>9}{'% peak':>8}")
+        print(
+            f"  {'model':<14}{'params G/D':>14}{'FD':>8}{'FD/floor':>9}{'recog.':>8}"
+            f"{'class min/max':>16}{'train img/s':>12}{'step img/s':>11}{'GFLOP/s':>9}{'% peak':>8}"
+        )
     for name in names:
         line = f"  {LABELS[name]:<14}"
         if q:
             r = q[name]
-            line += (f"{fmt_params(r['G']) + ' / ' + fmt_params(r['D']):>14}{r['fd']:>8.2f}"
-                     f"{r['fd_ratio']:>9.1f}{100 * r['recognisability']:>7.1f}%"
-                     f"{100 * r['min_class_share']:>8.1f}-{100 * r['max_class_share']:>5.1f}%"
-                     f"{r['img_s']:>12,.0f}")
+            line += (
+                f"{fmt_params(r['G']) + ' / ' + fmt_params(r['D']):>14}{r['fd']:>8.2f}"
+                f"{r['fd_ratio']:>9.1f}{100 * r['recognisability']:>7.1f}%"
+                f"{100 * r['min_class_share']:>8.1f}-{100 * r['max_class_share']:>5.1f}%"
+                f"{r['img_s']:>12,.0f}"
+            )
         else:
             line += f"{'-':>14}{'-':>8}{'-':>9}{'-':>8}{'-':>16}{'-':>12}"
         if tp:
@@ -323,35 +364,42 @@ def summary(args: argparse.Namespace, device: torch.device, q: dict | None, tp: 
         if "mlp" in q and "dcgan" in q:
             ratio = q["dcgan"]["fd"] / q["mlp"]["fd"]
             met = "MET" if ratio <= FD_RATIO_TARGET else "NOT MET"
-            print(f"  target: DCGAN FD <= {FD_RATIO_TARGET} x MLP GAN FD at equal updates: "
-                  f"{q['dcgan']['fd']:.2f} / {q['mlp']['fd']:.2f} = {ratio:.2f}x -> {met}")
+            print(
+                f"  target: DCGAN FD <= {FD_RATIO_TARGET} x MLP GAN FD at equal updates: "
+                f"{q['dcgan']['fd']:.2f} / {q['mlp']['fd']:.2f} = {ratio:.2f}x -> {met}"
+            )
         else:
             print("  target DCGAN FD <= 0.5 x MLP GAN FD: not checked (needs --models mlp dcgan)")
         lo, hi = SHARE_RANGE
         for name in ("dcgan", "cdcgan"):
             if name in q:
                 r = q[name]
-                ok = (r["recognisability"] >= RECOG_TARGET and r["min_class_share"] >= lo
-                      and r["max_class_share"] <= hi)
-                print(f"  informational: {LABELS[name]} recognisable >= {100 * RECOG_TARGET:.0f}% and "
-                      f"every class {100 * lo:.0f}%-{100 * hi:.0f}%: {'MET' if ok else 'NOT MET'}")
+                ok = r["recognisability"] >= RECOG_TARGET and r["min_class_share"] >= lo and r["max_class_share"] <= hi
+                print(
+                    f"  informational: {LABELS[name]} recognisable >= {100 * RECOG_TARGET:.0f}% and "
+                    f"every class {100 * lo:.0f}%-{100 * hi:.0f}%: {'MET' if ok else 'NOT MET'}"
+                )
     if gpu:
         for batch, img_s in gpu.items():
-            print(f"  GPU DCGAN batch {batch}: " + ", ".join(
-                f"{name} {v:,.0f} img/s ({v / img_s['fp32']:.2f}x)" for name, v in img_s.items()))
+            print(
+                f"  GPU DCGAN batch {batch}: "
+                + ", ".join(f"{name} {v:,.0f} img/s ({v / img_s['fp32']:.2f}x)" for name, v in img_s.items())
+            )
     print("=" * 100)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="tiny settings, well under a minute (numbers not meaningful)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="tiny settings, well under a minute (numbers not meaningful)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (0: torch's default; default 0, or 1 with --quick)")
-    p.add_argument("--device", default="cpu",
-                   help="device of parts 1 and 2 ('auto': $AIGC_DEVICE, else cuda -> mps -> cpu)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (0: torch's default; default 0, or 1 with --quick)"
+    )
+    p.add_argument(
+        "--device", default="cpu", help="device of parts 1 and 2 ('auto': $AIGC_DEVICE, else cuda -> mps -> cpu)"
+    )
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-gpu", action="store_true")
@@ -368,8 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--matmul-n", type=int, default=2048)
     t.add_argument("--matmul-reps", type=int, default=10)
     t.add_argument("--gpu-steps", type=int, default=100, help="gan_step calls per GPU timing")
-    t.add_argument("--gpu-batch", type=int, nargs="+", default=[64, 1024],
-                   help="batch sizes of the GPU comparison")
+    t.add_argument("--gpu-batch", type=int, nargs="+", default=[64, 1024], help="batch sizes of the GPU comparison")
     args = p.parse_args(argv)
     args.models = list(dict.fromkeys(args.models))  # each model once, in the order given
     if args.quick:
@@ -389,10 +436,12 @@ def main(argv: list[str] | None = None) -> None:
     check_load()
     train = mnist5k("train")
     data, labels = train.images * 2 - 1, train.labels  # (4000, 1, 28, 28) in [-1, 1], (4000,)
-    print(f"data: mnist5k('train') {tuple(data.shape)}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + ("; --quick: numbers NOT meaningful" if args.quick else ""))
+    print(
+        f"data: mnist5k('train') {tuple(data.shape)}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + ("; --quick: numbers NOT meaningful" if args.quick else "")
+    )
     q = None if args.skip_quality else quality(args, data, labels, device)
     tp = None if args.skip_throughput else throughput(args, data, labels, device)
     gpu = None if args.skip_gpu else gpu_throughput(args, data)

@@ -24,8 +24,15 @@ from aigc_lib.grading.isolate import SandboxUid, run_sandbox
 from aigc_lib.paths import CHAPTERS, SOLUTIONS
 
 MISTAKES = {  # forgot alpha * V; temperature on probabilities (the sources' bug E3)
-    "next_char_probs": "def next_char_probs(counts, alpha=1.0):\n    c = counts.float() + alpha\n    return c / counts.float().sum(-1, keepdim=True)",
-    "apply_temperature": "def apply_temperature(logits, temperature):\n    return torch.softmax(torch.softmax(logits, -1) / temperature, -1)",
+    "next_char_probs": (
+        "def next_char_probs(counts, alpha=1.0):\n"
+        "    c = counts.float() + alpha\n"
+        "    return c / counts.float().sum(-1, keepdim=True)"
+    ),
+    "apply_temperature": (
+        "def apply_temperature(logits, temperature):\n"
+        "    return torch.softmax(torch.softmax(logits, -1) / temperature, -1)"
+    ),
 }
 
 
@@ -66,8 +73,10 @@ def main() -> None:
         reports = grade_class(grader, submissions, Path(tmp) / "out", workers=args.workers)
         wall = time.perf_counter() - start
     scores = sorted(r["score"] for r in reports)
-    print(f"class of {len(reports)} with {args.workers} workers: {wall:.1f} s "
-          f"({wall / len(reports):.2f} s per submission, {wall * args.workers / len(reports):.2f} s of worker time each)")
+    print(
+        f"class of {len(reports)} with {args.workers} workers: {wall:.1f} s "
+        f"({wall / len(reports):.2f} s per submission, {wall * args.workers / len(reports):.2f} s of worker time each)"
+    )
     print(f"scores: min {scores[0]:g}, median {scores[len(scores) // 2]:g}, max {scores[-1]:g}")
 
 

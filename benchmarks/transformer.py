@@ -101,7 +101,7 @@ from common import DEFAULT_TEXT, TEXT_URL, Data, char_split, matmul_gflops
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from aigc_lib.rnn import generate, sample_probs
+from aigc_lib.generation import generate, sample_probs
 from aigc_lib.transformer import GPT, GPTConfig, evaluate_loss, random_windows, train_gpt
 
 REF_TFLOP, REF_VAL = 7.3, 1.88  # nanoGPT small CPU config: ~7.3 TFLOP of training -> val 1.88
@@ -109,8 +109,16 @@ HALF_TARGET, EQUAL_TARGET = 1.88, 1.75  # ours at <= REF_TFLOP / 2, and at <= RE
 KV_TARGET = 5.0  # KV-cache generation speed-up over recomputing the context
 GPU_TARGET = 1.47  # nanoGPT's GPU config val loss
 # dense bf16 TFLOP/s from the datasheets (SXM parts); the first key found in the device name wins
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
-                    "A10": 125.0, "4090": 165.0, "3090": 71.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "4090": 165.0,
+    "3090": 71.0,
+}
 
 
 @dataclass(frozen=True)
@@ -133,17 +141,23 @@ class RunSpec:
     target: float | None = None
 
     def describe(self) -> str:
-        return (f"{self.n_layer} layers x {self.n_head} heads x width {self.n_embd}, block {self.block}, "
-                f"batch {self.batch}, lr {self.lr:g} (warmup {self.warmup}, cosine to {self.min_lr_ratio:g}x), "
-                f"wd {self.weight_decay:g}, dropout {self.dropout:g}")
+        return (
+            f"{self.n_layer} layers x {self.n_head} heads x width {self.n_embd}, block {self.block}, "
+            f"batch {self.batch}, lr {self.lr:g} (warmup {self.warmup}, cosine to {self.min_lr_ratio:g}x), "
+            f"wd {self.weight_decay:g}, dropout {self.dropout:g}"
+        )
 
 
 REFERENCE = RunSpec("ref", 4, 4, 128, 64, 12, lr=1e-3, steps=2000, target=REF_VAL)
 OURS_HALF = RunSpec("half", 3, 4, 96, 64, 12, lr=4e-3, tflop=REF_TFLOP / 2, target=HALF_TARGET)
 OURS_EQUAL = RunSpec("equal", 3, 4, 96, 64, 12, lr=4e-3, tflop=REF_TFLOP, target=EQUAL_TARGET)
 GPU_REF = RunSpec("gpu", 6, 6, 384, 256, 64, lr=1e-3, dropout=0.2, steps=5000, target=GPU_TARGET)
-LABELS = {"ref": "nanoGPT CPU config (reference)", "half": "ours, <= half compute",
-          "equal": "ours, <= equal compute", "gpu": "nanoGPT GPU config"}
+LABELS = {
+    "ref": "nanoGPT CPU config (reference)",
+    "half": "ours, <= half compute",
+    "equal": "ours, <= equal compute",
+    "gpu": "nanoGPT GPU config",
+}
 
 
 # --------------------------------------------------------------------------------------- data
@@ -170,8 +184,10 @@ def _sdpa_bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
 def _attention_formulas() -> dict:
     """torch's SDPA formulas for the CPU flash-attention ops it has none for (counted as 0 otherwise)."""
     aten, out = torch.ops.aten, {}
-    for name, fn in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_fwd),
-                     ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_bwd)):
+    for name, fn in (
+        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_fwd),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_bwd),
+    ):
         if hasattr(aten, name) and getattr(aten, name) not in flop_counter.FlopCounterMode().flop_registry:
             out[getattr(aten, name)] = fn
     return out
@@ -193,8 +209,14 @@ def train_step_flops(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[int,
 
 def build(spec: RunSpec, vocab_size: int, seed: int, device: str = "cpu") -> GPT:
     torch.manual_seed(seed)
-    config = GPTConfig(vocab_size, block_size=spec.block, n_layer=spec.n_layer, n_head=spec.n_head,
-                       n_embd=spec.n_embd, dropout=spec.dropout)
+    config = GPTConfig(
+        vocab_size,
+        block_size=spec.block,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        n_embd=spec.n_embd,
+        dropout=spec.dropout,
+    )
     return GPT(config).to(device)
 
 
@@ -216,30 +238,58 @@ def train_run(spec: RunSpec, data: Data, args: argparse.Namespace, device: str =
     tokens = steps * spec.batch * spec.block
     flops = steps * p["per_step"]
     print(f"\n== {LABELS.get(spec.name, spec.name)}: {spec.describe()}")
-    print(f"   {model.num_params():,} params; {p['per_step'] / 1e9:.3f} GFLOP per training step "
-          f"(fused attention {100 * p['attn_per_step'] / p['per_step']:.1f}%), {steps} steps = "
-          f"{tokens / 1e6:.3f}M tokens ({tokens / len(data.train_ids):.2f} passes) = {flops / 1e12:.3f} TFLOP"
-          + (f" (budget {spec.tflop:g})" if spec.tflop is not None else ""))
+    print(
+        f"   {model.num_params():,} params; {p['per_step'] / 1e9:.3f} GFLOP per training step "
+        f"(fused attention {100 * p['attn_per_step'] / p['per_step']:.1f}%), {steps} steps = "
+        f"{tokens / 1e6:.3f}M tokens ({tokens / len(data.train_ids):.2f} passes) = {flops / 1e12:.3f} TFLOP"
+        + (f" (budget {spec.tflop:g})" if spec.tflop is not None else "")
+    )
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    history = train_gpt(model, data.train_ids, steps, batch_size=spec.batch, block=spec.block, lr=spec.lr,
-                        weight_decay=spec.weight_decay, warmup_steps=spec.warmup,
-                        min_lr_ratio=spec.min_lr_ratio, grad_clip=1.0, seed=args.seed,
-                        compile=args.compile and device == "cuda", progress=not args.no_progress)
+    history = train_gpt(
+        model,
+        data.train_ids,
+        steps,
+        batch_size=spec.batch,
+        block=spec.block,
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        warmup_steps=spec.warmup,
+        min_lr_ratio=spec.min_lr_ratio,
+        grad_clip=1.0,
+        seed=args.seed,
+        compile=args.compile and device == "cuda",
+        progress=not args.no_progress,
+    )
     if device == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
     start = time.perf_counter()
     val = evaluate_loss(model, data.val_ids)
     eval_s = time.perf_counter() - start
-    last = history.losses[-max(1, len(history.losses) // 20):]
-    r = {"spec": spec, "model": model, "params": model.num_params(), "steps": steps, "tokens": tokens,
-         "tflop": flops / 1e12, "attn_tflop": steps * p["attn_per_step"] / 1e12, "val": val, "wall": wall,
-         "tok_s": tokens / wall, "gflops": flops / wall / 1e9, "train_loss": statistics.fmean(last)}
-    verdict = "" if spec.target is None else f"  (target <= {spec.target}: {'MET' if val <= spec.target else 'NOT met'})"
-    print(f"   {wall:.1f} s, {r['tok_s']:,.0f} tokens/s, {r['gflops']:.1f} GFLOP/s; train loss (end) "
-          f"{r['train_loss']:.4f}; val loss {val:.4f}{verdict} (eval {eval_s:.1f} s)")
+    last = history.losses[-max(1, len(history.losses) // 20) :]
+    r = {
+        "spec": spec,
+        "model": model,
+        "params": model.num_params(),
+        "steps": steps,
+        "tokens": tokens,
+        "tflop": flops / 1e12,
+        "attn_tflop": steps * p["attn_per_step"] / 1e12,
+        "val": val,
+        "wall": wall,
+        "tok_s": tokens / wall,
+        "gflops": flops / wall / 1e9,
+        "train_loss": statistics.fmean(last),
+    }
+    verdict = (
+        "" if spec.target is None else f"  (target <= {spec.target}: {'MET' if val <= spec.target else 'NOT met'})"
+    )
+    print(
+        f"   {wall:.1f} s, {r['tok_s']:,.0f} tokens/s, {r['gflops']:.1f} GFLOP/s; train loss (end) "
+        f"{r['train_loss']:.4f}; val loss {val:.4f}{verdict} (eval {eval_s:.1f} s)"
+    )
     return r
 
 
@@ -250,12 +300,24 @@ def throughput(specs: list[RunSpec], data: Data, args: argparse.Namespace) -> di
     n = args.tp_steps
 
     def run(s: RunSpec, steps: int) -> None:
-        train_gpt(models[s.name]["model"], data.train_ids, steps, batch_size=s.batch, block=s.block, lr=s.lr,
-                  weight_decay=s.weight_decay, warmup_steps=0, seed=args.seed + 1, log_every=steps,
-                  progress=False)
+        train_gpt(
+            models[s.name]["model"],
+            data.train_ids,
+            steps,
+            batch_size=s.batch,
+            block=s.block,
+            lr=s.lr,
+            weight_decay=s.weight_decay,
+            warmup_steps=0,
+            seed=args.seed + 1,
+            log_every=steps,
+            progress=False,
+        )
 
-    print(f"\n== throughput: {n} training steps per timing, {args.repeats} interleaved repeats, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n== throughput: {n} training steps per timing, {args.repeats} interleaved repeats, "
+        f"{torch.get_num_threads()} threads"
+    )
     for s in specs:
         run(s, 2)  # warm-up
     times: dict[str, list[float]] = {s.name: [] for s in specs}
@@ -266,9 +328,11 @@ def throughput(specs: list[RunSpec], data: Data, args: argparse.Namespace) -> di
             run(s, n)
             times[s.name].append(time.perf_counter() - start)
         peak.append(matmul_gflops(args.matmul_n, args.matmul_reps))
-        print(f"   repeat {r + 1}: " + ", ".join(
-            f"{s.name} {n * s.batch * s.block / times[s.name][-1]:,.0f} tok/s" for s in specs)
-            + f", matmul {peak[-1]:.0f} GFLOP/s")
+        print(
+            f"   repeat {r + 1}: "
+            + ", ".join(f"{s.name} {n * s.batch * s.block / times[s.name][-1]:,.0f} tok/s" for s in specs)
+            + f", matmul {peak[-1]:.0f} GFLOP/s"
+        )
     peak_med = statistics.median(peak)
     rows = {}
     for s in specs:
@@ -282,8 +346,14 @@ def throughput(specs: list[RunSpec], data: Data, args: argparse.Namespace) -> di
 
 
 @torch.no_grad()
-def generate_recompute(model: GPT, prompt: list[int], n: int, temperature: float = 1.0,
-                       top_k: int | None = None, generator: torch.Generator | None = None) -> list[int]:
+def generate_recompute(
+    model: GPT,
+    prompt: list[int],
+    n: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """The no-cache baseline: every new token re-runs the model over the whole context; sampling
     exactly as `rnn.generate` does it (sample_probs, then one multinomial draw)."""
     was_training = model.training
@@ -292,7 +362,7 @@ def generate_recompute(model: GPT, prompt: list[int], n: int, temperature: float
         ctx = torch.tensor([prompt])
         out = []
         for _ in range(n):
-            logits, _ = model(ctx[:, -model.config.block_size:])
+            logits, _ = model(ctx[:, -model.config.block_size :])
             probs = sample_probs(logits[0, -1].float(), temperature, top_k)
             token = torch.multinomial(probs, 1, generator=generator)
             out.append(int(token))
@@ -321,10 +391,12 @@ def kv_generation(args: argparse.Namespace, data: Data, trained: GPT | None, spe
     n = args.kv_new
     if len(prompt) + n > model.config.block_size:
         raise SystemExit(f"--kv-prompt {len(prompt)} + --kv-new {n} exceeds --kv-block {args.kv_block}")
-    print(f"\n== KV-cache generation: {n} new tokens after a {len(prompt)}-token prompt, block "
-          f"{model.config.block_size}, {spec.n_layer} layers x width {spec.n_embd} "
-          f"({'trained weights of ' + LABELS[spec.name] if trained is not None else 'untrained weights'}), "
-          f"{args.kv_repeats} interleaved repeats, {torch.get_num_threads()} threads")
+    print(
+        f"\n== KV-cache generation: {n} new tokens after a {len(prompt)}-token prompt, block "
+        f"{model.config.block_size}, {spec.n_layer} layers x width {spec.n_embd} "
+        f"({'trained weights of ' + LABELS[spec.name] if trained is not None else 'untrained weights'}), "
+        f"{args.kv_repeats} interleaved repeats, {torch.get_num_threads()} threads"
+    )
 
     def cached(temperature=1.0, top_k=None, seed=None):
         gen = None if seed is None else torch.Generator().manual_seed(seed)
@@ -339,8 +411,10 @@ def kv_generation(args: argparse.Namespace, data: Data, trained: GPT | None, spe
     same = {"greedy": greedy[0] == greedy[1], "sampled": sampled[0] == sampled[1]}
     for kind, (a, b) in (("greedy", greedy), ("sampled", sampled)):
         first = next((i for i, (u, v) in enumerate(zip(a, b, strict=True)) if u != v), None)
-        print(f"   {kind:8}: cache and recompute give {'the same' if same[kind] else 'DIFFERENT'} {n} tokens"
-              + ("" if first is None else f" (first difference at new token {first})"))
+        print(
+            f"   {kind:8}: cache and recompute give {'the same' if same[kind] else 'DIFFERENT'} {n} tokens"
+            + ("" if first is None else f" (first difference at new token {first})")
+        )
     times: dict[str, list[float]] = {"cache": [], "recompute": []}
     for r in range(args.kv_repeats):
         for name in ("cache", "recompute") if r % 2 == 0 else ("recompute", "cache"):
@@ -351,18 +425,27 @@ def kv_generation(args: argparse.Namespace, data: Data, trained: GPT | None, spe
         print(f"   repeat {r + 1}: cache {times['cache'][-1]:.2f} s, recompute {times['recompute'][-1]:.2f} s")
     med = {k: statistics.median(v) for k, v in times.items()}
     speedup = med["recompute"] / med["cache"]
-    print(f"   median: cache {med['cache']:.3f} s ({n / med['cache']:,.0f} tokens/s), recompute "
-          f"{med['recompute']:.3f} s ({n / med['recompute']:,.0f} tokens/s): {speedup:.1f}x "
-          f"(target >= {KV_TARGET:g}x: {'MET' if speedup >= KV_TARGET else 'NOT met'})")
+    print(
+        f"   median: cache {med['cache']:.3f} s ({n / med['cache']:,.0f} tokens/s), recompute "
+        f"{med['recompute']:.3f} s ({n / med['recompute']:,.0f} tokens/s): {speedup:.1f}x "
+        f"(target >= {KV_TARGET:g}x: {'MET' if speedup >= KV_TARGET else 'NOT met'})"
+    )
     if trained is not None:  # the KV model runs past its trained positions: show the trained one
         gen = torch.Generator().manual_seed(args.seed)
-        ids = list(generate(trained, data.tokenizer.encode("ROMEO:").tolist(), 300, temperature=0.8,
-                            generator=gen))
+        ids = list(generate(trained, data.tokenizer.encode("ROMEO:").tolist(), 300, temperature=0.8, generator=gen))
         text = "ROMEO:" + data.tokenizer.decode(ids)
-        print(f"   sample of the trained model itself (block {trained.config.block_size}, T=0.8):\n"
-              + "\n".join("   | " + line for line in text.splitlines()))
-    return {"same": same, "median": med, "speedup": speedup, "n": n, "prompt": len(prompt),
-            "block": model.config.block_size}
+        print(
+            f"   sample of the trained model itself (block {trained.config.block_size}, T=0.8):\n"
+            + "\n".join("   | " + line for line in text.splitlines())
+        )
+    return {
+        "same": same,
+        "median": med,
+        "speedup": speedup,
+        "n": n,
+        "prompt": len(prompt),
+        "block": model.config.block_size,
+    }
 
 
 # --------------------------------------------------------------------------------------- part 3
@@ -374,21 +457,30 @@ def gpu_run(args: argparse.Namespace, data: Data) -> dict | None:
         return None
     spec = GPU_REF if args.gpu_steps is None else replace(GPU_REF, steps=args.gpu_steps)
     name = torch.cuda.get_device_name()
-    print(f"\n== GPU: {name}; bf16 autocast (fit), F.scaled_dot_product_attention: flash "
-          f"{torch.backends.cuda.flash_sdp_enabled()}, mem-efficient "
-          f"{torch.backends.cuda.mem_efficient_sdp_enabled()}; compile {args.compile}")
+    print(
+        f"\n== GPU: {name}; bf16 autocast (fit), F.scaled_dot_product_attention: flash "
+        f"{torch.backends.cuda.flash_sdp_enabled()}, mem-efficient "
+        f"{torch.backends.cuda.mem_efficient_sdp_enabled()}; compile {args.compile}"
+    )
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     measured = statistics.median(matmul_gflops(8192, 20, "cuda", torch.bfloat16) for _ in range(3)) / 1e3
     nominal = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     r = train_run(spec, data, args, device="cuda")
     tflops = r["gflops"] / 1e3
-    r.update(measured_peak=measured, nominal_peak=nominal, mfu_measured=tflops / measured,
-             mfu_nominal=None if nominal is None else tflops / nominal, device_name=name)
-    print(f"   {tflops:.1f} TFLOP/s achieved; bf16 matmul peak measured {measured:.0f} TFLOP/s"
-          + (f", datasheet {nominal:.0f}" if nominal else "")
-          + f"; MFU {100 * r['mfu_measured']:.1f}% of measured"
-          + (f", {100 * r['mfu_nominal']:.1f}% of datasheet" if nominal else ""))
+    r.update(
+        measured_peak=measured,
+        nominal_peak=nominal,
+        mfu_measured=tflops / measured,
+        mfu_nominal=None if nominal is None else tflops / nominal,
+        device_name=name,
+    )
+    print(
+        f"   {tflops:.1f} TFLOP/s achieved; bf16 matmul peak measured {measured:.0f} TFLOP/s"
+        + (f", datasheet {nominal:.0f}" if nominal else "")
+        + f"; MFU {100 * r['mfu_measured']:.1f}% of measured"
+        + (f", {100 * r['mfu_nominal']:.1f}% of datasheet" if nominal else "")
+    )
     r.pop("model")
     return r
 
@@ -397,65 +489,95 @@ def gpu_run(args: argparse.Namespace, data: Data) -> dict | None:
 
 
 def summary(args, data, runs: dict, tp: dict | None, kv: dict | None, gpu: dict | None, load0) -> None:
-    print("\n" + "=" * 100 + f"\nSUMMARY  ({data.source}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load average before {load0:.2f}, after {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} cores)")
+    print(
+        "\n" + "=" * 100 + f"\nSUMMARY  ({data.source}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average before {load0:.2f}, after {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} cores)"
+    )
     if runs:
-        print(f"  {'run':<32}{'params':>9}{'steps':>6}{'tokens':>8}{'TFLOP':>7}{'(attn)':>7}{'val':>8}"
-              f"{'target':>13}{'wall s':>8}{'tok/s':>8}{'GFLOP/s':>8}")
+        print(
+            f"  {'run':<32}{'params':>9}{'steps':>6}{'tokens':>8}{'TFLOP':>7}{'(attn)':>7}{'val':>8}"
+            f"{'target':>13}{'wall s':>8}{'tok/s':>8}{'GFLOP/s':>8}"
+        )
         for name, r in runs.items():
             s = r["spec"]
             t = "" if s.target is None else f"<={s.target} {'MET' if r['val'] <= s.target else 'NOT'}"
-            print(f"  {LABELS[name]:<32}{r['params']:>9,}{r['steps']:>6}{r['tokens'] / 1e6:>7.2f}M"
-                  f"{r['tflop']:>7.2f}{r['attn_tflop']:>7.2f}{r['val']:>8.4f}{t:>13}{r['wall']:>8.1f}"
-                  f"{r['tok_s']:>8,.0f}{r['gflops']:>8.1f}")
+            print(
+                f"  {LABELS[name]:<32}{r['params']:>9,}{r['steps']:>6}{r['tokens'] / 1e6:>7.2f}M"
+                f"{r['tflop']:>7.2f}{r['attn_tflop']:>7.2f}{r['val']:>8.4f}{t:>13}{r['wall']:>8.1f}"
+                f"{r['tok_s']:>8,.0f}{r['gflops']:>8.1f}"
+            )
         for name, r in runs.items():
             print(f"    {name:<6}: {r['spec'].describe()}")
         for name, r in runs.items():
             if r["spec"].tflop is not None:
                 ok = r["tflop"] <= r["spec"].tflop
-                print(f"    {name:<6}: counted {r['tflop']:.3f} TFLOP (attention included) <= budget "
-                      f"{r['spec'].tflop:g}: {'yes' if ok else 'NO'}")
+                print(
+                    f"    {name:<6}: counted {r['tflop']:.3f} TFLOP (attention included) <= budget "
+                    f"{r['spec'].tflop:g}: {'yes' if ok else 'NO'}"
+                )
     if tp is not None:
-        print(f"  fp32 matmul peak: {tp['peak']:.0f} GFLOP/s (median of {len(tp['peak_all'])}: "
-              f"{', '.join(f'{p:.0f}' for p in tp['peak_all'])})")
-        print(f"  {'throughput (interleaved medians)':<36}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}"
-              f"{'  | full run: % peak':>20}")
+        print(
+            f"  fp32 matmul peak: {tp['peak']:.0f} GFLOP/s (median of {len(tp['peak_all'])}: "
+            f"{', '.join(f'{p:.0f}' for p in tp['peak_all'])})"
+        )
+        print(
+            f"  {'throughput (interleaved medians)':<36}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}"
+            f"{'  | full run: % peak':>20}"
+        )
         for name, row in tp["rows"].items():
             full = f"{100 * runs[name]['gflops'] / tp['peak']:.1f}%" if name in runs else "-"
-            print(f"  {LABELS[name]:<36}{row['tok_s']:>10,.0f}{row['gflops']:>9.1f}{100 * row['share']:>7.1f}%"
-                  f"{full:>20}")
+            print(
+                f"  {LABELS[name]:<36}{row['tok_s']:>10,.0f}{row['gflops']:>9.1f}{100 * row['share']:>7.1f}%{full:>20}"
+            )
     if kv is not None:
-        print(f"  KV cache: {kv['n']} new tokens after {kv['prompt']} (block {kv['block']}): cache "
-              f"{kv['median']['cache']:.3f} s vs recompute {kv['median']['recompute']:.3f} s = "
-              f"{kv['speedup']:.1f}x (target >= {KV_TARGET:g}x: {'MET' if kv['speedup'] >= KV_TARGET else 'NOT met'}); "
-              f"same tokens: greedy {kv['same']['greedy']}, seeded sampling {kv['same']['sampled']}")
+        print(
+            f"  KV cache: {kv['n']} new tokens after {kv['prompt']} (block {kv['block']}): cache "
+            f"{kv['median']['cache']:.3f} s vs recompute {kv['median']['recompute']:.3f} s = "
+            f"{kv['speedup']:.1f}x (target >= {KV_TARGET:g}x: {'MET' if kv['speedup'] >= KV_TARGET else 'NOT met'}); "
+            f"same tokens: greedy {kv['same']['greedy']}, seeded sampling {kv['same']['sampled']}"
+        )
     if gpu is not None:
-        print(f"  GPU ({gpu['device_name']}): val {gpu['val']:.4f} (target <= {GPU_TARGET}: "
-              f"{'MET' if gpu['val'] <= GPU_TARGET else 'NOT met'}), {gpu['tok_s']:,.0f} tokens/s, "
-              f"MFU {100 * gpu['mfu_measured']:.1f}% of measured bf16 peak"
-              + (f", {100 * gpu['mfu_nominal']:.1f}% of datasheet" if gpu["mfu_nominal"] else ""))
+        print(
+            f"  GPU ({gpu['device_name']}): val {gpu['val']:.4f} (target <= {GPU_TARGET}: "
+            f"{'MET' if gpu['val'] <= GPU_TARGET else 'NOT met'}), {gpu['tok_s']:,.0f} tokens/s, "
+            f"MFU {100 * gpu['mfu_measured']:.1f}% of measured bf16 peak"
+            + (f", {100 * gpu['mfu_nominal']:.1f}% of datasheet" if gpu["mfu_nominal"] else "")
+        )
     print("=" * 100)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="tinyshakespeare.txt")
     p.add_argument("--quick", action="store_true", help="~1 minute smoke check (budgets / 20)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", nargs="+", choices=["ref", "half", "equal"], default=["ref", "half", "equal"],
-                   help="which part-1 runs")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=["ref", "half", "equal"],
+        default=["ref", "half", "equal"],
+        help="which part-1 runs",
+    )
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-kv", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("overrides for OUR runs (half and equal), for pilots")
-    for flag, field, typ in (("--layers", "n_layer", int), ("--heads", "n_head", int), ("--width", "n_embd", int),
-                             ("--block", "block", int), ("--batch", "batch", int), ("--lr", "lr", float),
-                             ("--warmup", "warmup", int), ("--min-lr-ratio", "min_lr_ratio", float),
-                             ("--wd", "weight_decay", float)):
+    for flag, field, typ in (
+        ("--layers", "n_layer", int),
+        ("--heads", "n_head", int),
+        ("--width", "n_embd", int),
+        ("--block", "block", int),
+        ("--batch", "batch", int),
+        ("--lr", "lr", float),
+        ("--warmup", "warmup", int),
+        ("--min-lr-ratio", "min_lr_ratio", float),
+        ("--wd", "weight_decay", float),
+    ):
         g.add_argument(flag, dest=field, type=typ, default=None)
     t = p.add_argument_group("throughput")
     t.add_argument("--repeats", type=int, default=5)
@@ -472,9 +594,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     u.add_argument("--gpu-steps", type=int, default=None, help="instead of 5000 (a shorter check)")
     u.add_argument("--compile", action="store_true", help="torch.compile the model on GPU")
     args = p.parse_args(argv)
-    args.overrides = {f: getattr(args, f) for f in ("n_layer", "n_head", "n_embd", "block", "batch", "lr",
-                                                    "warmup", "min_lr_ratio", "weight_decay")
-                      if getattr(args, f) is not None}
+    args.overrides = {
+        f: getattr(args, f)
+        for f in ("n_layer", "n_head", "n_embd", "block", "batch", "lr", "warmup", "min_lr_ratio", "weight_decay")
+        if getattr(args, f) is not None
+    }
     if args.quick:
         args.repeats, args.tp_steps, args.matmul_reps = min(args.repeats, 2), min(args.tp_steps, 3), 3
         args.kv_block, args.kv_prompt = min(args.kv_block, 256), min(args.kv_prompt, 32)
@@ -484,12 +608,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def specs_for(args: argparse.Namespace) -> dict[str, RunSpec]:
-    specs = {"ref": REFERENCE, "half": replace(OURS_HALF, **args.overrides),
-             "equal": replace(OURS_EQUAL, **args.overrides)}
+    specs = {
+        "ref": REFERENCE,
+        "half": replace(OURS_HALF, **args.overrides),
+        "equal": replace(OURS_EQUAL, **args.overrides),
+    }
     if args.quick:  # budgets / 20: a smoke check of the whole pipeline, not a result
-        specs = {k: replace(s, steps=None if s.steps is None else s.steps // 20,
-                            tflop=None if s.tflop is None else s.tflop / 20, warmup=min(s.warmup, 10))
-                 for k, s in specs.items()}
+        specs = {
+            k: replace(
+                s,
+                steps=None if s.steps is None else s.steps // 20,
+                tflop=None if s.tflop is None else s.tflop / 20,
+                warmup=min(s.warmup, 10),
+            )
+            for k, s in specs.items()
+        }
     return {k: specs[k] for k in args.only}
 
 
@@ -499,16 +632,22 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
     if load0 > 0.5:
-        print(f"WARNING: load average {load0:.1f} on {os.cpu_count()} cores before we start: other work "
-              "competes for the CPU, so timings are noisy")
+        print(
+            f"WARNING: load average {load0:.1f} on {os.cpu_count()} cores before we start: other work "
+            "competes for the CPU, so timings are noisy"
+        )
     data = load_data(args.text)
     if data is None:
-        print(f"SKIPPED: {args.text} not found. This benchmark needs tiny Shakespeare (the nanoGPT anchors are "
-              f"for that text): download {TEXT_URL} to that path, or pass --text PATH.")
+        print(
+            f"SKIPPED: {args.text} not found. This benchmark needs tiny Shakespeare (the nanoGPT anchors are "
+            f"for that text): download {TEXT_URL} to that path, or pass --text PATH."
+        )
         return
-    print(f"text: {data.source}: {len(data.train_ids):,} train / {len(data.val_ids):,} val characters, "
-          f"vocab {data.tokenizer.vocab_size}; torch {torch.__version__}, {torch.get_num_threads()} threads"
-          + ("; --quick: budgets / 20, numbers not meaningful" if args.quick else ""))
+    print(
+        f"text: {data.source}: {len(data.train_ids):,} train / {len(data.val_ids):,} val characters, "
+        f"vocab {data.tokenizer.vocab_size}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + ("; --quick: budgets / 20, numbers not meaningful" if args.quick else "")
+    )
     specs = specs_for(args)
     runs = {} if args.skip_quality else {name: train_run(s, data, args) for name, s in specs.items()}
     tp = None if args.skip_throughput else throughput(list(specs.values()), data, args)

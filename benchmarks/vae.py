@@ -18,8 +18,8 @@ Three runs on the same data (images in [0, 1], test split held out), each for th
 After every epoch: the test negative ELBO (one z per image, nats per image) of each, with
 `vae.evaluate_nelbo` (the reference's weights are copied into `VAE(kind="mlp")`, the same
 network, and scored by the same function). Throughput: training images/s of one epoch of each
-path from a fresh model, timed in interleaved repeats (medians), FLOPs per training step counted with torch.utils.flop_counter.FlopCounterMode, and the
-share of the CPU's fp32 matmul peak measured in the same run.
+path from a fresh model, timed in interleaved repeats (medians), FLOPs per training step counted with
+torch.utils.flop_counter.FlopCounterMode, and the share of the CPU's fp32 matmul peak measured in the same run.
 
 Targets (issue): ours (conv) has a lower test NELBO than the reference at equal epochs, and our
 training path is >= 1.5x the images/s of the straightforward reference implementation (same model).
@@ -77,8 +77,13 @@ def example_loss(recon_x, x, mu, logvar):
 def as_library_vae(model: ExampleVAE) -> vae.VAE:
     """The example's weights in a `vae.VAE(kind="mlp")` (the same network), to score it with `evaluate_nelbo`."""
     ours = vae.VAE(vae.VAEConfig(kind="mlp"))
-    pairs = [(ours.encoder[1], model.fc1), (ours.to_mu, model.fc21), (ours.to_logvar, model.fc22),
-             (ours.decoder[0], model.fc3), (ours.decoder[2], model.fc4)]
+    pairs = [
+        (ours.encoder[1], model.fc1),
+        (ours.to_mu, model.fc21),
+        (ours.to_logvar, model.fc22),
+        (ours.decoder[0], model.fc3),
+        (ours.decoder[2], model.fc4),
+    ]
     with torch.no_grad():
         for mine, theirs in pairs:
             mine.weight.copy_(theirs.weight), mine.bias.copy_(theirs.bias)
@@ -120,8 +125,10 @@ def flops_per_step(step) -> int:
 
 def run_dataset(name: str, train: torch.Tensor, test: torch.Tensor, epochs: int, seed: int, repeats: int) -> dict:
     steps_per_epoch = len(train) // BATCH
-    print(f"\n== {name}: {len(train):,} train / {len(test):,} test images, {epochs} epochs of {steps_per_epoch} steps "
-          f"(batch {BATCH}, Adam {LR:g})")
+    print(
+        f"\n== {name}: {len(train):,} train / {len(test):,} test images, {epochs} epochs of {steps_per_epoch} steps "
+        f"(batch {BATCH}, Adam {LR:g})"
+    )
     # reference: the example's loop
     torch.manual_seed(seed)
     ref = ExampleVAE()
@@ -137,18 +144,30 @@ def run_dataset(name: str, train: torch.Tensor, test: torch.Tensor, epochs: int,
         curves["reference"].append(vae.evaluate_nelbo(as_library_vae(ref), test)["nelbo"])
         for kind, model in ours.items():
             # `fit` resumes from the checkpoint: one more epoch per call, exactly as one long run
-            vae.train_vae(model, train, epoch * steps_per_epoch, seed=seed, progress=False,
-                          checkpoint=f"{CKPT_DIR}/{name}_{kind}.pt", log_every=steps_per_epoch)
+            vae.train_vae(
+                model,
+                train,
+                epoch * steps_per_epoch,
+                seed=seed,
+                progress=False,
+                checkpoint=f"{CKPT_DIR}/{name}_{kind}.pt",
+                log_every=steps_per_epoch,
+            )
             curves[f"ours, {kind}"].append(vae.evaluate_nelbo(model, test)["nelbo"])
-        print(f"   epoch {epoch:3d}: test -ELBO  " + "  ".join(f"{k} {v[-1]:7.2f}" for k, v in curves.items()), flush=True)
+        print(
+            f"   epoch {epoch:3d}: test -ELBO  " + "  ".join(f"{k} {v[-1]:7.2f}" for k, v in curves.items()), flush=True
+        )
     x = train[:BATCH]
     flops = {
         "reference": flops_per_step(lambda: _ref_step(ref, x)),
         "ours, mlp": flops_per_step(lambda: vae.elbo_terms(ours["mlp"], x)["loss"].backward()),
         "ours, conv": flops_per_step(lambda: vae.elbo_terms(ours["conv"], x)["loss"].backward()),
     }
-    return {"curves": curves, "img_s": throughput(train, repeats, seed),
-            "flops_per_image": {k: f / BATCH for k, f in flops.items()}}
+    return {
+        "curves": curves,
+        "img_s": throughput(train, repeats, seed),
+        "flops_per_image": {k: f / BATCH for k, f in flops.items()},
+    }
 
 
 def throughput(train: torch.Tensor, repeats: int, seed: int) -> dict[str, float]:
@@ -218,17 +237,23 @@ def main() -> None:
         print(f"  {name}: test -ELBO (nats/image) after {n_epochs[name]} epochs, training images/s, share of peak")
         for k in r["curves"]:
             gflops = r["img_s"][k] * r["flops_per_image"][k] / 1e9
-            print(f"    {k:<11} -ELBO {r['curves'][k][-1]:8.2f}   {r['img_s'][k]:9,.0f} img/s   "
-                  f"{r['flops_per_image'][k] / 1e6:6.2f} MFLOP/img   {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%}")
+            print(
+                f"    {k:<11} -ELBO {r['curves'][k][-1]:8.2f}   {r['img_s'][k]:9,.0f} img/s   "
+                f"{r['flops_per_image'][k] / 1e6:6.2f} MFLOP/img   {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%}"
+            )
         c, ref = r["curves"], r["curves"]["reference"]
         ahead = [e for e in range(len(ref)) if all(a < b for a, b in zip(c["ours, conv"][e:], ref[e:], strict=True))]
         since = f"ahead at every epoch from epoch {ahead[0] + 1} on" if ahead else "never ahead to the end"
-        print(f"    target: conv VAE lower test -ELBO than the reference after {len(ref)} epochs: "
-              f"{'MET' if c['ours, conv'][-1] < ref[-1] else 'NOT MET'} (final {c['ours, conv'][-1]:.2f} vs "
-              f"{ref[-1]:.2f}; {since})")
+        print(
+            f"    target: conv VAE lower test -ELBO than the reference after {len(ref)} epochs: "
+            f"{'MET' if c['ours, conv'][-1] < ref[-1] else 'NOT MET'} (final {c['ours, conv'][-1]:.2f} vs "
+            f"{ref[-1]:.2f}; {since})"
+        )
         speed = r["img_s"]["ours, mlp"] / r["img_s"]["reference"]
-        print(f"    target: our training path >= 1.5x the reference's images/s (same model): {speed:.2f}x "
-              f"{'MET' if speed >= 1.5 else 'NOT MET'}")
+        print(
+            f"    target: our training path >= 1.5x the reference's images/s (same model): {speed:.2f}x "
+            f"{'MET' if speed >= 1.5 else 'NOT MET'}"
+        )
     print("=" * 100)
 
 

@@ -122,7 +122,9 @@ def test_read_idx_missing_file_names_path(tmp_path):
 # --------------------------------------------------------------------------- Fashion-MNIST: Debian package
 
 
-@pytest.mark.skipif(not data.FASHION_MNIST_DEBIAN_DIR.is_dir(), reason="needs: sudo apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not data.FASHION_MNIST_DEBIAN_DIR.is_dir(), reason="needs: sudo apt-get install dataset-fashion-mnist"
+)
 def test_fashion_mnist_debian_package():
     test = fashion_mnist("test")
     _check_images(test, 10_000, 28)
@@ -220,20 +222,27 @@ def test_fashion_mnist_server_down_says_offline_and_names_url(fake_fashion):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
-    with pytest.raises(DataSourceMissing, match=rf"could not download {url}\S+\.gz .*offline.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        DataSourceMissing, match=rf"could not download {url}\S+\.gz .*offline.*apt-get install dataset-fashion-mnist"
+    ):
         fashion_mnist("test", download=True, cache_dir=cache, base_url=url)
     assert not cache.exists() or not list(cache.iterdir())
 
 
 def test_fashion_mnist_http_error_names_url(fake_fashion):
     server, _, _, cache = fake_fashion
-    with pytest.raises(DataSourceMissing, match=r"could not download http://127\.0\.0\.1:\d+/nothing-here/\S+: the server answered HTTP 404"):
+    with pytest.raises(
+        DataSourceMissing,
+        match=r"could not download http://127\.0\.0\.1:\d+/nothing-here/\S+: the server answered HTTP 404",
+    ):
         fashion_mnist("test", download=True, cache_dir=cache, base_url=server.url + "nothing-here/")
 
 
 def test_fashion_mnist_missing_without_download_names_install_commands(fake_fashion):
     server, _, _, cache = fake_fashion
-    with pytest.raises(DataSourceMissing, match=r"sudo apt-get install dataset-fashion-mnist.*fashion_mnist\(download=True\)"):
+    with pytest.raises(
+        DataSourceMissing, match=r"sudo apt-get install dataset-fashion-mnist.*fashion_mnist\(download=True\)"
+    ):
         fashion_mnist("test", cache_dir=cache)
     assert server.requests == []  # never downloads unless asked
 
@@ -248,7 +257,10 @@ def test_fashion_mnist_root_directory(fake_fashion, tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"download": "yes"}, "download: expected True or False, got 'yes'"), ({"base_url": "ftp://x/"}, "base_url: expected an http")],
+    [
+        ({"download": "yes"}, "download: expected True or False, got 'yes'"),
+        ({"base_url": "ftp://x/"}, "base_url: expected an http"),
+    ],
 )
 def test_fashion_mnist_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -331,7 +343,10 @@ def test_tang_poems():
     poems = data.tang_poems()
     assert len(poems) == 7418  # 7,423 entries less the 5 corrupt ones
     assert all(isinstance(p, str) and p.endswith("\u3002") for p in poems[:100])
-    assert poems[0] == "蕭晨騎馬出皇都，聞說埋冤在路隅。別我已為泉下土，思君猶似掌中珠。四弦品柱聲初絕，三尺孤墳草已枯。蘭質蕙心何所在，焉知過者是狂夫。"
+    assert (
+        poems[0] == "蕭晨騎馬出皇都，聞說埋冤在路隅。別我已為泉下土，思君猶似掌中珠。"
+        "四弦品柱聲初絕，三尺孤墳草已枯。蘭質蕙心何所在，焉知過者是狂夫。"
+    )
     assert data.tang_poems() is not data.tang_poems()  # a fresh list each call
 
 

@@ -40,11 +40,10 @@ from aigc_lib.diffusion import (
     v_target,
 )
 
-diffusers = pytest.importorskip("diffusers")
-
 
 def schedulers():
-    """diffusers' schedulers: a test-only reference, skipped where it is not installed."""
+    """diffusers' schedulers: a test-only reference. Only the tests that compare with it skip where it is
+    not installed (through this call); the U-Net, sampler and training tests run without it."""
     return pytest.importorskip("diffusers")
 
 
@@ -67,17 +66,23 @@ def short() -> NoiseSchedule:
 
 def diffusers_ddpm(schedule: NoiseSchedule, prediction: str = "epsilon", clip: bool = False):
     """DDPMScheduler with our schedule's alpha_bars swapped in as float64, so that its step runs in float64."""
-    sched = schedulers().DDPMScheduler(num_train_timesteps=schedule.T, prediction_type=prediction,
-                                       clip_sample=clip, variance_type="fixed_small")
+    sched = schedulers().DDPMScheduler(
+        num_train_timesteps=schedule.T, prediction_type=prediction, clip_sample=clip, variance_type="fixed_small"
+    )
     sched.betas, sched.alphas = schedule.betas.to(F64), schedule.alphas.to(F64)
     sched.alphas_cumprod, sched.one = schedule.alpha_bars.to(F64), torch.tensor(1.0, dtype=F64)
     return sched
 
 
 def diffusers_ddim(schedule: NoiseSchedule, steps: int, prediction: str = "epsilon", clip: bool = False):
-    sched = schedulers().DDIMScheduler(num_train_timesteps=schedule.T, prediction_type=prediction,
-                                       clip_sample=clip, set_alpha_to_one=True, steps_offset=0,
-                                       timestep_spacing="leading")
+    sched = schedulers().DDIMScheduler(
+        num_train_timesteps=schedule.T,
+        prediction_type=prediction,
+        clip_sample=clip,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing="leading",
+    )
     sched.betas, sched.alphas = schedule.betas.to(F64), schedule.alphas.to(F64)
     sched.alphas_cumprod = schedule.alpha_bars.to(F64)
     sched.final_alpha_cumprod = torch.tensor(1.0, dtype=F64)
@@ -110,8 +115,10 @@ def test_linear_schedule_by_hand():
     s = linear_schedule(5, 0.1, 0.5)
     assert close(s.betas.to(F64), torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=F64))
     assert close(s.alphas.to(F64), 1 - s.betas.to(F64))
-    assert close(s.alpha_bars.to(F64), torch.tensor([0.9, 0.9 * 0.8, 0.9 * 0.8 * 0.7, 0.9 * 0.8 * 0.7 * 0.6,
-                                                     0.9 * 0.8 * 0.7 * 0.6 * 0.5], dtype=F64))
+    assert close(
+        s.alpha_bars.to(F64),
+        torch.tensor([0.9, 0.9 * 0.8, 0.9 * 0.8 * 0.7, 0.9 * 0.8 * 0.7 * 0.6, 0.9 * 0.8 * 0.7 * 0.6 * 0.5], dtype=F64),
+    )
     assert close(s.alpha_bars_prev.to(F64), torch.cat([torch.ones(1, dtype=F64), s.alpha_bars.to(F64)[:-1]]))
     assert s.alpha_bars_prev[0] == 1
 
@@ -168,8 +175,14 @@ def test_noise_schedule_is_a_frozen_dataclass_and_checks_betas():
         s.betas = torch.zeros(3)
     s2 = NoiseSchedule(s.betas.clone())
     assert close(s2.alpha_bars.to(F64), s.alpha_bars.to(F64))
-    for bad in (torch.tensor([0.1, 1.0]), torch.tensor([0.0, 0.1]), torch.tensor([-0.1]), torch.zeros(2, 2),
-                torch.tensor([0.1, float("nan")]), torch.tensor([], dtype=F64)):
+    for bad in (
+        torch.tensor([0.1, 1.0]),
+        torch.tensor([0.0, 0.1]),
+        torch.tensor([-0.1]),
+        torch.zeros(2, 2),
+        torch.tensor([0.1, float("nan")]),
+        torch.tensor([], dtype=F64),
+    ):
         with pytest.raises(ValueError, match="betas"):
             NoiseSchedule(bad)
     with pytest.raises(ValueError, match="T"):
@@ -233,7 +246,7 @@ def test_q_sample_broadcasts_per_example_and_keeps_dtype():
     xt = q_sample(x0, t, eps, s)
     assert xt.dtype == torch.float32 and xt.shape == x0.shape
     for i in range(3):
-        assert torch.allclose(xt[i:i + 1], q_sample(x0[i:i + 1], t[i:i + 1], eps[i:i + 1], s), atol=1e-6)
+        assert torch.allclose(xt[i : i + 1], q_sample(x0[i : i + 1], t[i : i + 1], eps[i : i + 1], s), atol=1e-6)
     ab = s.alpha_bars[t].float()
     assert torch.allclose(xt, bcast(ab.sqrt(), x0) * x0 + bcast((1 - ab).sqrt(), x0) * eps, atol=1e-6)
 
@@ -260,8 +273,9 @@ def log_joint_quadratic(s: NoiseSchedule, x0: float, xt: float, t: int):
     ab_prev = s.alpha_bars.to(F64)[t - 1]
 
     def logp(y: torch.Tensor) -> torch.Tensor:
-        return (torch.distributions.Normal(a.sqrt() * y, b.sqrt()).log_prob(torch.tensor(xt, dtype=F64))
-                + torch.distributions.Normal(ab_prev.sqrt() * x0, (1 - ab_prev).sqrt()).log_prob(y))
+        return torch.distributions.Normal(a.sqrt() * y, b.sqrt()).log_prob(
+            torch.tensor(xt, dtype=F64)
+        ) + torch.distributions.Normal(ab_prev.sqrt() * x0, (1 - ab_prev).sqrt()).log_prob(y)
 
     h = 0.5
     lp = logp(torch.tensor([-h, 0.0, h], dtype=F64))
@@ -337,10 +351,16 @@ def test_eps_x0_v_round_trips():
     assert close(predict_x0(e2, xt, t, s, prediction="v"), ab.sqrt() * xt - (1 - ab).sqrt() * e2, tol=1e-12)
     assert close(predict_eps(e2, xt, t, s, prediction="v"), ab.sqrt() * e2 + (1 - ab).sqrt() * xt, tol=1e-12)
     for pred in ("eps", "v"):
-        assert close(predict_x0(e2, xt, 50, s, prediction=pred),
-                     predict_x0(e2, xt, torch.full((5,), 50), s, prediction=pred), tol=1e-12)
-        assert close(predict_eps(e2, xt, 50, s, prediction=pred),
-                     predict_eps(e2, xt, torch.full((5,), 50), s, prediction=pred), tol=1e-12)
+        assert close(
+            predict_x0(e2, xt, 50, s, prediction=pred),
+            predict_x0(e2, xt, torch.full((5,), 50), s, prediction=pred),
+            tol=1e-12,
+        )
+        assert close(
+            predict_eps(e2, xt, 50, s, prediction=pred),
+            predict_eps(e2, xt, torch.full((5,), 50), s, prediction=pred),
+            tol=1e-12,
+        )
     for bad in ("x0", "epsilon", None):
         with pytest.raises(ValueError, match="^prediction: "):
             predict_x0(eps, xt, t, s, prediction=bad)
@@ -367,8 +387,10 @@ def test_ddpm_step_equals_diffusers(prediction, clip):
             assert got.shape == x.shape and got.dtype == F64
             assert close(got, want, tol=1e-10), (s.T, t)
         # at t = 0 no noise is added
-        assert torch.equal(ddpm_step(out, x, 0, s, noise, prediction=prediction, clip_x0=clip),
-                           ddpm_step(out, x, 0, s, torch.zeros_like(x), prediction=prediction, clip_x0=clip))
+        assert torch.equal(
+            ddpm_step(out, x, 0, s, noise, prediction=prediction, clip_x0=clip),
+            ddpm_step(out, x, 0, s, torch.zeros_like(x), prediction=prediction, clip_x0=clip),
+        )
 
 
 def test_ddpm_step_is_the_posterior_at_the_predicted_x0():
@@ -403,8 +425,9 @@ def test_ddpm_step_draws_its_noise_when_none_is_given():
     assert torch.equal(torch.randn(3), torch.randn(3, generator=gen(6)))
 
 
-@pytest.mark.parametrize(("T", "steps"), [(1000, 50), (1000, 1), (1000, 7), (1000, 1000), (1000, 999), (10, 3),
-                                          (10, 10), (100, 30), (7, 2)])
+@pytest.mark.parametrize(
+    ("T", "steps"), [(1000, 50), (1000, 1), (1000, 7), (1000, 1000), (1000, 999), (10, 3), (10, 10), (100, 30), (7, 2)]
+)
 def test_ddim_timesteps_equal_diffusers(T, steps):
     ref = schedulers().DDIMScheduler(num_train_timesteps=T, steps_offset=0, timestep_spacing="leading")
     ref.set_timesteps(steps)
@@ -459,8 +482,11 @@ def test_ddim_with_eta_one_over_single_steps_is_ddpm():
     s = short()
     x, eps_hat, noise = randn(2, 6, 1, 1, seed=28), randn(2, 6, 1, 1, seed=29), randn(2, 6, 1, 1, seed=30)
     for t in range(s.T):
-        assert close(ddim_step(eps_hat, x, t, t - 1, s, eta=1.0, noise=noise),
-                     ddpm_step(eps_hat, x, t, s, noise, clip_x0=False), tol=1e-10), t
+        assert close(
+            ddim_step(eps_hat, x, t, t - 1, s, eta=1.0, noise=noise),
+            ddpm_step(eps_hat, x, t, s, noise, clip_x0=False),
+            tol=1e-10,
+        ), t
     # and eta = 0 is deterministic: the noise is ignored
     assert torch.equal(ddim_step(eps_hat, x, 5, 2, s, eta=0.0, noise=noise), ddim_step(eps_hat, x, 5, 2, s))
 
@@ -473,8 +499,11 @@ def test_ddim_step_by_hand():
     x0 = (x - (1 - ab).sqrt() * e) / ab.sqrt()
     assert close(ddim_step(e, x, t, tp, s), abp.sqrt() * x0 + (1 - abp).sqrt() * e, tol=1e-12)  # DDIM eq. 12
     sigma = 0.5 * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()  # eq. 16, eta = 0.5
-    assert close(ddim_step(e, x, t, tp, s, eta=0.5, noise=z),
-                 abp.sqrt() * x0 + (1 - abp - sigma**2).sqrt() * e + sigma * z, tol=1e-12)
+    assert close(
+        ddim_step(e, x, t, tp, s, eta=0.5, noise=z),
+        abp.sqrt() * x0 + (1 - abp - sigma**2).sqrt() * e + sigma * z,
+        tol=1e-12,
+    )
     assert close(ddim_step(e, x, t, -1, s), x0, tol=1e-12)  # the last step lands on x0 (alpha_bar = 1)
     assert close(ddim_step(e, x, t, -1, s, eta=1.0, noise=z), x0, tol=1e-12)
 
@@ -501,20 +530,52 @@ def test_guided_eps():
 # --------------------------------------------------------------------------- prompts
 
 
-@pytest.mark.parametrize(("prompt", "label"), [
-    ("a seven", 7), ("digit 3", 3), ("7", 7), ("七", 7), ("zero", 0), ("Nine", 9), ("the digit ONE", 1),
-    ("  5  ", 5), ("a handwritten eight", 8), ("二", 2), ("〇", 0), ("六", 6), ("six", 6), ("draw a 4", 4),
-    ("the number five", 5), ("一个七", 7), ("数字7", 7), ("７", 7),
-])
+@pytest.mark.parametrize(
+    ("prompt", "label"),
+    [
+        ("a seven", 7),
+        ("digit 3", 3),
+        ("7", 7),
+        ("七", 7),
+        ("zero", 0),
+        ("Nine", 9),
+        ("the digit ONE", 1),
+        ("  5  ", 5),
+        ("a handwritten eight", 8),
+        ("二", 2),
+        ("〇", 0),
+        ("六", 6),
+        ("six", 6),
+        ("draw a 4", 4),
+        ("the number five", 5),
+        ("一个七", 7),
+        ("数字7", 7),
+        ("７", 7),
+    ],
+)
 def test_prompt_to_label(prompt, label):
     got = prompt_to_label(prompt)
     assert got == label and type(got) is int
 
 
-@pytest.mark.parametrize("prompt", [
-    "", "   ", "a cat", "twelve", "42", "3 and 4", "seventeen", "seven eight", "十", "七八", "1.5",
-    "-1", "2.5",
-])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "",
+        "   ",
+        "a cat",
+        "twelve",
+        "42",
+        "3 and 4",
+        "seventeen",
+        "seven eight",
+        "十",
+        "七八",
+        "1.5",
+        "-1",
+        "2.5",
+    ],
+)
 def test_prompt_to_label_rejects_what_is_not_one_digit(prompt):
     with pytest.raises(ValueError, match="^prompt: .*got " + repr(prompt).replace("\\", "\\\\")):
         prompt_to_label(prompt)
@@ -611,8 +672,12 @@ def test_diffusion_loss_is_the_mse_to_the_target(prediction):
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
     ab = bcast(s.alpha_bars.to(F64)[t], x0)
     by_hand = eps if prediction == "eps" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
-    assert want.item() == pytest.approx(((model.w * (ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
-                                          + model.b * bcast(t.to(F64) / s.T, x0) - by_hand) ** 2).mean().item(), rel=1e-12)
+    assert want.item() == pytest.approx(
+        ((model.w * (ab.sqrt() * x0 + (1 - ab).sqrt() * eps) + model.b * bcast(t.to(F64) / s.T, x0) - by_hand) ** 2)
+        .mean()
+        .item(),
+        rel=1e-12,
+    )
     # the gradient is that of the MSE
     loss.backward()
     g = model.w.grad.clone()
@@ -671,8 +736,12 @@ def test_ddim_and_ddpm_with_the_oracle_recover_the_data_point(prediction):
     s = linear_schedule(100)
     x0 = point(0.2)
     oracle = Oracle(x0, s, prediction)
-    for kw in (dict(sampler="ddim", steps=10), dict(sampler="ddim", steps=7, eta=1.0), dict(sampler="ddpm"),
-               dict(sampler="ddpm", clip_x0=False)):
+    for kw in (
+        dict(sampler="ddim", steps=10),
+        dict(sampler="ddim", steps=7, eta=1.0),
+        dict(sampler="ddpm"),
+        dict(sampler="ddpm", clip_x0=False),
+    ):
         oracle.calls.clear()
         out = sample(oracle, 3, s, prediction=prediction, generator=gen(0), progress=False, **kw)
         assert out.shape == (3, 1, 28, 28) and out.dtype == torch.float32
@@ -765,8 +834,9 @@ def test_sample_with_classes_and_guidance():
         assert (out - want.float().clamp(-1, 1)).abs().max() < 1e-5, w
         assert len(oracle.calls) == 5
         if w != 1.0:  # one batched forward on [x; x] with labels [y; ∅]
-            assert all(len(t) == 8 and torch.equal(y, torch.cat([labels, torch.full((4,), 10)]))
-                       for t, y in oracle.calls)
+            assert all(
+                len(t) == 8 and torch.equal(y, torch.cat([labels, torch.full((4,), 10)])) for t, y in oracle.calls
+            )
         else:
             assert all(torch.equal(y, labels) for _, y in oracle.calls)
     # an int label for all, and no labels: the null label
@@ -811,7 +881,7 @@ def test_unet_examples_are_independent_and_time_matters():
     x, t, y = torch.randn(4, 1, 8, 8, generator=gen(1)), t_of(0, 10, 500, 999), t_of(0, 1, 2, 10)
     out = model(x, t, y)
     for i in range(4):  # GroupNorm, no BatchNorm: no example sees another
-        assert torch.allclose(model(x[i:i + 1], t[i:i + 1], y[i:i + 1]), out[i:i + 1], atol=1e-5)
+        assert torch.allclose(model(x[i : i + 1], t[i : i + 1], y[i : i + 1]), out[i : i + 1], atol=1e-5)
     x1 = x[:1].expand(4, -1, -1, -1)
     outs = model(x1, t, torch.full((4,), 3))
     for i in range(4):
@@ -846,8 +916,18 @@ def test_unet_parameter_counts():
     # one residual block by hand: GN, 3x3 conv, time projection, GN, 3x3 conv, 1x1 skip when c_in != c_out
     block = cond.down[1].res[0]
     c_in, c_out = 32, 64
-    assert n_params(block) == (2 * c_in + 9 * c_in * c_out + c_out + E * c_out + c_out + 2 * c_out
-                               + 9 * c_out * c_out + c_out + c_in * c_out + c_out)
+    assert n_params(block) == (
+        2 * c_in
+        + 9 * c_in * c_out
+        + c_out
+        + E * c_out
+        + c_out
+        + 2 * c_out
+        + 9 * c_out * c_out
+        + c_out
+        + c_in * c_out
+        + c_out
+    )
     assert n_params(tiny_unet()) < n_params(default) / 10
 
 
@@ -997,7 +1077,7 @@ def digits_like(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     images = 0.1 * torch.rand(n, 1, 8, 8, generator=g)
     for i, y in enumerate(labels.tolist()):
         r, c = divmod(y, 5)
-        images[i, 0, 1 + 4 * r: 3 + 4 * r, c: c + 3] = 0.9
+        images[i, 0, 1 + 4 * r : 3 + 4 * r, c : c + 3] = 0.9
     return images, labels
 
 

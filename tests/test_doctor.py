@@ -103,7 +103,7 @@ def test_widget_extension_missing_fails_with_fix(tmp_path, capsys):
     assert doctor.doctor(lab_check([tmp_path / "a", tmp_path / "b"])) == 1
     out = capsys.readouterr().out
     assert f"[FAIL] JupyterLab widgets: RuntimeError: {LAB_MANAGER} is in none of " in out
-    assert 'fix: ' + PYTHON + ' -m pip install --force-reinstall --no-deps "jupyterlab_widgets~=3.0"' in out
+    assert "fix: " + PYTHON + ' -m pip install --force-reinstall --no-deps "jupyterlab_widgets~=3.0"' in out
 
 
 def test_widget_extension_too_old_fails(tmp_path, capsys):
@@ -124,7 +124,8 @@ def test_widget_extension_disabled_fails(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))  # what `jupyter labextension disable` writes
     assert doctor.doctor(lab_check([tmp_path / "lab"])) == 1
     assert f"fix: {PYTHON} -m jupyterlab.labextensions enable --level=user {LAB_MANAGER}, then restart JupyterLab" in (
-        capsys.readouterr().out)
+        capsys.readouterr().out
+    )
 
 
 def test_widget_extension_found_on_the_default_path():
@@ -132,8 +133,13 @@ def test_widget_extension_found_on_the_default_path():
 
 
 def doctor_cli(**env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aigc_lib", "doctor"], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "aigc_lib", "doctor"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 def test_doctor_passes_on_this_install():

@@ -27,6 +27,7 @@ def mutant(key: str):
     def register(fn):
         MUTANTS.setdefault(key, {})[fn.__name__] = fn
         return fn
+
     return register
 
 
@@ -34,6 +35,7 @@ def correct(key: str):
     def register(fn):
         CORRECT.setdefault(key, {})[fn.__name__] = fn
         return fn
+
     return register
 
 
@@ -330,8 +332,13 @@ def backward_autograd(dh, x, h_prev, h, W_xh, W_hh):
 @correct("01.rnn_cell_backward")
 def backward_einsum(dh, x, h_prev, h, W_xh, W_hh):
     da = dh - dh * h * h
-    return (torch.einsum("bh,hd->bd", da, W_xh), torch.einsum("bh,hk->bk", da, W_hh),
-            torch.einsum("bh,bd->hd", da, x), torch.einsum("bh,bk->hk", da, h_prev), da.sum(0))
+    return (
+        torch.einsum("bh,hd->bd", da, W_xh),
+        torch.einsum("bh,hk->bk", da, W_hh),
+        torch.einsum("bh,bd->hd", da, x),
+        torch.einsum("bh,bk->hk", da, h_prev),
+        da.sum(0),
+    )
 
 
 @mutant("01.sample_probs")
@@ -411,20 +418,23 @@ def d_loss_real_term_only(real_logits, fake_logits):
 
 @mutant("02.discriminator_loss")
 def d_loss_bce_on_probabilities(real_logits, fake_logits):  # F.binary_cross_entropy clamps log(0) to -100
-    return (F.binary_cross_entropy(torch.sigmoid(real_logits), torch.ones_like(real_logits))
-            + F.binary_cross_entropy(torch.sigmoid(fake_logits), torch.zeros_like(fake_logits)))
+    return F.binary_cross_entropy(torch.sigmoid(real_logits), torch.ones_like(real_logits)) + F.binary_cross_entropy(
+        torch.sigmoid(fake_logits), torch.zeros_like(fake_logits)
+    )
 
 
 @mutant("02.discriminator_loss")
 def d_loss_log_sigmoid_plus_epsilon(real_logits, fake_logits):
-    return (-torch.log(torch.sigmoid(real_logits) + 1e-8).mean()
-            - torch.log(1 - torch.sigmoid(fake_logits) + 1e-8).mean())
+    return (
+        -torch.log(torch.sigmoid(real_logits) + 1e-8).mean() - torch.log(1 - torch.sigmoid(fake_logits) + 1e-8).mean()
+    )
 
 
 @correct("02.discriminator_loss")
 def d_loss_bce(real_logits, fake_logits):
-    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    return F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
 
 @correct("02.discriminator_loss")
@@ -506,6 +516,7 @@ def generator_bn_eval_mode(z, params):
     def bn(h, g, b):
         C = h.shape[1]
         return F.batch_norm(h, torch.zeros(C, dtype=h.dtype), torch.ones(C, dtype=h.dtype), g, b, training=False)
+
     return _generator(z, params, bn=bn)
 
 
@@ -534,8 +545,7 @@ def generator_float64_inside(z, params):
     return _generator(z.double(), {k: v.double() for k, v in params.items()}).to(z.dtype)
 
 
-def _linear_gan(g_weight, g_bias, d_weight, d_bias, real, z, lr, *, detach=True, fresh_d=True, g_loss=None,
-                sign=-1.0):
+def _linear_gan(g_weight, g_bias, d_weight, d_bias, real, z, lr, *, detach=True, fresh_d=True, g_loss=None, sign=-1.0):
     gw, gb, dw, db = (t.detach().clone().requires_grad_(True) for t in (g_weight, g_bias, d_weight, d_bias))
     fake = z @ gw.T + gb
     d_loss = F.softplus(-(real @ dw.T + db)).mean() + F.softplus(fake.detach() @ dw.T + db).mean()
@@ -597,8 +607,9 @@ def step_bce_and_backward(g_weight, g_bias, d_weight, d_bias, real, z, lr):
     gw, gb, dw, db = (t.detach().clone().requires_grad_(True) for t in (g_weight, g_bias, d_weight, d_bias))
     fake = z @ gw.T + gb
     r, f = (real @ dw.T + db).squeeze(1), (fake.detach() @ dw.T + db).squeeze(1)
-    d_loss = (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
-              + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+    d_loss = F.binary_cross_entropy_with_logits(r, torch.ones_like(r)) + F.binary_cross_entropy_with_logits(
+        f, torch.zeros_like(f)
+    )
     d_loss.backward()
     with torch.no_grad():
         dw, db = dw - lr * dw.grad, db - lr * db.grad
@@ -1098,8 +1109,7 @@ def ddim_returns_x0_hat(model_output, xt, t, t_prev, betas):
 
 @mutant("05.ddim_step")
 def ddim_off_by_one(model_output, xt, t, t_prev, betas):
-    return _ddim(model_output, xt, t, t_prev, betas,
-                 prev=lambda ab, tp: float(ab[tp + 1]))
+    return _ddim(model_output, xt, t, t_prev, betas, prev=lambda ab, tp: float(ab[tp + 1]))
 
 
 @correct("05.ddim_step")

@@ -157,9 +157,11 @@ def test_the_grading_mode_is_fixed_before_learner_code_runs():
     import subprocess
     import sys
 
-    script = ("import os\nfrom aigc_lib.exercises import check\n"
-              "os.environ.pop('NBGRADER_EXECUTION', None); os.environ.pop('AIGC_STRICT', None)\n"
-              "print(check('00.count_bigrams', lambda ids, vocab_size: ids, hidden=True))\n")
+    script = (
+        "import os\nfrom aigc_lib.exercises import check\n"
+        "os.environ.pop('NBGRADER_EXECUTION', None); os.environ.pop('AIGC_STRICT', None)\n"
+        "print(check('00.count_bigrams', lambda ids, vocab_size: ids, hidden=True))\n"
+    )
     env = {**os.environ, "NBGRADER_EXECUTION": "autograde"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "0.0", done.stderr[-500:]

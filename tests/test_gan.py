@@ -144,8 +144,11 @@ def test_losses_and_gradients_finite_for_confident_logits(dtype, big):
         "g_min": -sum(sp(x) for x in fl) / 3,
         "g_ns": sum(sp(-x) for x in fl) / 3,
     }
-    for name, fn in (("d", lambda: d_loss_minimax(r, f)), ("g_min", lambda: g_loss_minimax(f)),
-                     ("g_ns", lambda: g_loss_nonsaturating(f))):
+    for name, fn in (
+        ("d", lambda: d_loss_minimax(r, f)),
+        ("g_min", lambda: g_loss_minimax(f)),
+        ("g_ns", lambda: g_loss_nonsaturating(f)),
+    ):
         r.grad = f.grad = None
         loss = fn()
         assert torch.isfinite(loss) and loss.item() == pytest.approx(want[name], rel=1e-6)
@@ -155,7 +158,9 @@ def test_losses_and_gradients_finite_for_confident_logits(dtype, big):
     # analytic gradients: ∂softplus(−r)/∂r = −σ(−r), ∂softplus(f)/∂f = σ(f)
     r.grad = f.grad = None
     d_loss_minimax(r, f).backward()
-    assert torch.allclose(r.grad, -torch.sigmoid(-r.detach()) / 3) and torch.allclose(f.grad, torch.sigmoid(f.detach()) / 3)
+    assert torch.allclose(r.grad, -torch.sigmoid(-r.detach()) / 3) and torch.allclose(
+        f.grad, torch.sigmoid(f.detach()) / 3
+    )
     # the teaching point: when D is sure a fake is fake (f = −big) the minimax G loss has no gradient
     # there, the non-saturating one has the full −1/B
     f.grad = None
@@ -180,9 +185,13 @@ def test_losses_pass_gradcheck():
 @pytest.mark.parametrize("fn", [d_loss_minimax, hinge_d_loss, wgan_d_loss])
 def test_two_argument_losses_reject_non_logits(fn):
     ok = torch.zeros(4)
-    with pytest.raises(ValueError, match=r"real_logits: expected a 1-D floating-point tensor of logits, shape \(B,\), got \(4, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"real_logits: expected a 1-D floating-point tensor of logits, shape \(B,\), got \(4, 1\)"
+    ):
         fn(torch.zeros(4, 1), ok)
-    with pytest.raises(ValueError, match=r"fake_logits: expected a 1-D floating-point tensor of logits, shape \(B,\), got \(4, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"fake_logits: expected a 1-D floating-point tensor of logits, shape \(B,\), got \(4, 1\)"
+    ):
         fn(ok, torch.zeros(4, 1))
     with pytest.raises(ValueError, match="real_logits"):
         fn(torch.zeros(4, dtype=torch.int64), ok)
@@ -192,7 +201,9 @@ def test_two_argument_losses_reject_non_logits(fn):
 
 @pytest.mark.parametrize("fn", [g_loss_minimax, g_loss_nonsaturating, hinge_g_loss, wgan_g_loss])
 def test_generator_losses_reject_non_logits(fn):
-    with pytest.raises(ValueError, match=r"fake_logits: expected a 1-D floating-point tensor of logits, shape \(B,\), got \(3, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"fake_logits: expected a 1-D floating-point tensor of logits, shape \(B,\), got \(3, 1\)"
+    ):
         fn(torch.zeros(3, 1))
     with pytest.raises(ValueError, match=r"fake_logits: .* got \(\)"):
         fn(torch.tensor(0.5))
@@ -256,7 +267,9 @@ def test_gradient_penalty_interpolates_per_sample():
     assert close(eps, eps[:, :1].expand_as(eps), 1e-9)
     assert (eps >= 0).all() and (eps <= 1).all() and eps[:, 0].std() > 0.1  # spread over [0, 1], not one value
     assert close(gp, ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean())
-    with pytest.raises(ValueError, match=r"real, fake: expected tensors of one shape, got \(64, 2, 3\) and \(63, 2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"real, fake: expected tensors of one shape, got \(64, 2, 3\) and \(63, 2, 3\)"
+    ):
         gradient_penalty(D, real, fake[1:])
     with pytest.raises(ValueError, match="real, fake: .* got list"):
         gradient_penalty(D, [0.0], fake)
@@ -331,7 +344,11 @@ def test_mlp_gan_sizes_and_shapes():
     G, D = MLPGenerator(), MLPDiscriminator()
     lin = [(m.in_features, m.out_features) for m in G.net if isinstance(m, nn.Linear)]
     assert lin == [(100, 256), (256, 512), (512, 784)]
-    assert [(m.in_features, m.out_features) for m in D.net if isinstance(m, nn.Linear)] == [(784, 512), (512, 256), (256, 1)]
+    assert [(m.in_features, m.out_features) for m in D.net if isinstance(m, nn.Linear)] == [
+        (784, 512),
+        (512, 256),
+        (256, 1),
+    ]
     assert isinstance(G.net[-1], nn.Tanh) and isinstance(G.net[1], nn.LeakyReLU) and G.net[1].negative_slope == 0.2
     assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())  # D returns logits
     z = torch.randn(6, 100)
@@ -626,7 +643,10 @@ def test_labels_condition_the_generator_and_the_discriminator():
 
 
 BAD_LABELS = [
-    (torch.tensor([1.0, 2.0, 3.0]), r"labels: expected an int64 tensor of shape \(3,\) for a conditional model, got torch.float32 \(3,\)"),
+    (
+        torch.tensor([1.0, 2.0, 3.0]),
+        r"labels: expected an int64 tensor of shape \(3,\) for a conditional model, got torch.float32 \(3,\)",
+    ),
     (torch.tensor([1, 2, 3], dtype=torch.int32), r"got torch.int32 \(3,\)"),
     (torch.tensor([[1], [2], [3]]), r"labels: expected an int64 tensor of shape \(3,\) .* got torch.int64 \(3, 1\)"),
     (torch.tensor([1, 2]), r"labels: expected an int64 tensor of shape \(3,\) .* got torch.int64 \(2,\)"),
@@ -854,8 +874,12 @@ def test_packed_discriminator():
     x = randn(6, 2, seed=1)
     logits = D(x)
     assert logits.shape == (2,)
-    assert close(logits, inner(torch.cat([x[:3].flatten(), x[3:].flatten()]).view(2, 6)))  # packs of consecutive samples
-    with pytest.raises(ValueError, match=r"x: expected a batch \(B, \.\.\.\) with B a multiple of pack=3, got \(5, 2\)"):
+    assert close(
+        logits, inner(torch.cat([x[:3].flatten(), x[3:].flatten()]).view(2, 6))
+    )  # packs of consecutive samples
+    with pytest.raises(
+        ValueError, match=r"x: expected a batch \(B, \.\.\.\) with B a multiple of pack=3, got \(5, 2\)"
+    ):
         D(x[:5])
     with pytest.raises(ValueError, match="labels: this model is unconditional"):
         D(x, torch.zeros(6, dtype=torch.int64))
@@ -1036,7 +1060,9 @@ def test_ring_quality_perfect_collapsed_and_off_ring():
     assert ring_quality(m[:1] + torch.tensor([[2.99 * 0.05, 0.0]])).high_quality == 1.0
 
 
-@pytest.mark.parametrize("samples", [torch.zeros(10, 3), torch.zeros(10), torch.zeros(0, 2), torch.zeros(2, 2, 2), [[0.0, 0.0]]])
+@pytest.mark.parametrize(
+    "samples", [torch.zeros(10, 3), torch.zeros(10), torch.zeros(0, 2), torch.zeros(2, 2, 2), [[0.0, 0.0]]]
+)
 def test_ring_quality_bad_shapes(samples):
     with pytest.raises(ValueError, match=r"samples: expected a non-empty tensor of shape \(N, 2\)"):
         ring_quality(samples)

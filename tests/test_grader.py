@@ -23,7 +23,10 @@ LIMITS = Limits(cell_seconds=4, call_seconds=4, wall_seconds=40)
 isolated = pytest.mark.skipif(isolation_level() != "namespaces", reason="needs root and Linux namespaces")
 
 CORRECT = {
-    "count_bigrams": "def count_bigrams(ids, vocab_size):\n    return torch.bincount(ids[:-1] * vocab_size + ids[1:], minlength=vocab_size**2).reshape(vocab_size, vocab_size)",
+    "count_bigrams": (
+        "def count_bigrams(ids, vocab_size):\n"
+        "    return torch.bincount(ids[:-1] * vocab_size + ids[1:], minlength=vocab_size**2).reshape(vocab_size, vocab_size)"
+    ),
     "next_char_probs": "def next_char_probs(counts, alpha=1.0):\n    c = counts.float() + alpha\n    return c / c.sum(-1, keepdim=True)",
     "apply_temperature": "def apply_temperature(logits, temperature):\n    return torch.softmax(logits / temperature, -1)",
     "fit_pixel_model": "def fit_pixel_model(images, alpha=1.0):\n    return (images.sum(0) + alpha) / (images.shape[0] + 2 * alpha)",
@@ -50,9 +53,20 @@ def fit_pixel_model(images, alpha=1.0):
     return (images.mean(0) * len(images) + alpha) / (len(images) + 2 * alpha)""",
 }
 WRONG = {
-    "next_char_probs": "def next_char_probs(counts, alpha=1.0):\n    c = counts.float() + alpha\n    return c / counts.float().sum(-1, keepdim=True)",  # forgot alpha*V
-    "apply_temperature": "def apply_temperature(logits, temperature):\n    return torch.softmax(torch.softmax(logits, -1) / temperature, -1)",  # source bug E3
-    "fit_pixel_model": "def fit_pixel_model(images, alpha=1.0):\n    x = (images > 0.5).to(images.dtype)\n    return (x.sum(0) + alpha) / (len(x) + 2 * alpha)",  # binarises
+    "next_char_probs": (  # forgot alpha*V
+        "def next_char_probs(counts, alpha=1.0):\n"
+        "    c = counts.float() + alpha\n"
+        "    return c / counts.float().sum(-1, keepdim=True)"
+    ),
+    "apply_temperature": (  # source bug E3
+        "def apply_temperature(logits, temperature):\n"
+        "    return torch.softmax(torch.softmax(logits, -1) / temperature, -1)"
+    ),
+    "fit_pixel_model": (  # binarises
+        "def fit_pixel_model(images, alpha=1.0):\n"
+        "    x = (images > 0.5).to(images.dtype)\n"
+        "    return (x.sum(0) + alpha) / (len(x) + 2 * alpha)"
+    ),
 }
 
 
@@ -118,56 +132,93 @@ def test_tests_come_from_the_source_not_the_submission(grader, tmp_path):
 
 def test_cell_type_changed_to_markdown_still_finds_function_by_grade_id(grader, tmp_path):
     def retype(nb):
-        nb.cells = [new_markdown_cell(c.source, metadata=c.metadata) if c.metadata.get("nbgrader", {}).get(
-            "grade_id") == "count_bigrams" else c for c in nb.cells]
+        nb.cells = [
+            new_markdown_cell(c.source, metadata=c.metadata)
+            if c.metadata.get("nbgrader", {}).get("grade_id") == "count_bigrams"
+            else c
+            for c in nb.cells
+        ]
 
     assert points(grader.grade(submission(tmp_path, "retyped", CORRECT, retype)))["count_bigrams"] == 5
 
 
 HOSTILE = {
     "infinite loop": ({"count_bigrams": "while True:\n    pass"}, {"count_bigrams": 0}),
-    "slow function": ({"apply_temperature": "def apply_temperature(logits, temperature):\n    while True: pass"},
-                      {"apply_temperature": 0}),
+    "slow function": (
+        {"apply_temperature": "def apply_temperature(logits, temperature):\n    while True: pass"},
+        {"apply_temperature": 0},
+    ),
     "memory bomb": ({"next_char_probs": "x = bytearray(8 << 30)"}, {"next_char_probs": 0}),
-    "fork bomb": ({"fit_pixel_model": CORRECT["fit_pixel_model"] + "\nimport os\nfor _ in range(10_000):\n    try:\n        os.fork()\n    except OSError:\n        break"},
-                  {}),
+    "fork bomb": (
+        {
+            "fit_pixel_model": CORRECT["fit_pixel_model"]
+            + "\nimport os\nfor _ in range(10_000):\n    try:\n        os.fork()\n    except OSError:\n        break"
+        },
+        {},
+    ),
     "os._exit": ({"count_bigrams": "import os\nos._exit(3)"}, {"count_bigrams": 0}),
-    "kills its own process": ({"apply_temperature": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"},
-                              {"apply_temperature": 0}),
-    "monkeypatching": ({"count_bigrams": """
+    "kills its own process": (
+        {"apply_temperature": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"},
+        {"apply_temperature": 0},
+    ),
+    "monkeypatching": (
+        {
+            "count_bigrams": """
 import torch, torch.testing, sys, types
 torch.allclose = lambda *a, **k: True
 torch.equal = lambda *a, **k: True
 torch.testing.assert_close = lambda *a, **k: None
 sys.modules["aigc_lib"] = types.SimpleNamespace(exercises=None)
 def count_bigrams(ids, vocab_size):
-    return torch.full((vocab_size, vocab_size), 7)"""}, {"count_bigrams": 0}),
-    "always-equal objects": ({"next_char_probs": """
+    return torch.full((vocab_size, vocab_size), 7)"""
+        },
+        {"count_bigrams": 0},
+    ),
+    "always-equal objects": (
+        {
+            "next_char_probs": """
 class Eq:
     def __eq__(self, other): return True
     def __ne__(self, other): return False
 def next_char_probs(counts, alpha=1.0):
-    return Eq()""", "apply_temperature": """
+    return Eq()""",
+            "apply_temperature": """
 class T(torch.Tensor):
     def __eq__(self, other): return True
 def apply_temperature(logits, temperature):
-    return torch.softmax(logits / temperature, -1).as_subclass(T)"""}, {"next_char_probs": 0, "apply_temperature": 0}),
-    "fake output and no tracebacks": ({"count_bigrams": """
+    return torch.softmax(logits / temperature, -1).as_subclass(T)""",
+        },
+        {"next_char_probs": 0, "apply_temperature": 0},
+    ),
+    "fake output and no tracebacks": (
+        {
+            "count_bigrams": """
 import sys
 sys.tracebacklimit = 0
 sys.excepthook = lambda *a: None
 print("count_bigrams: 5/5 points\\nALL TESTS PASSED 20/20")
 print("PASS", file=sys.stderr)
 def count_bigrams(ids, vocab_size):
-    raise RuntimeError("nope")"""}, {"count_bigrams": 0}),
-    "snooping for hidden tests": ({"count_bigrams": """
+    raise RuntimeError("nope")"""
+        },
+        {"count_bigrams": 0},
+    ),
+    "snooping for hidden tests": (
+        {
+            "count_bigrams": """
 import glob
 found = glob.glob(ROOT + "/**/hidden/*.py", recursive=True) + glob.glob(ROOT + "/solutions/*.ipynb")
 secrets = [open(f).read() for f in found]
 def count_bigrams(ids, vocab_size):
     from aigc_lib.history import count_bigrams as reference   # the library is out of reach
-    return reference(ids, vocab_size)""".replace("ROOT", repr(str(ROOT)))}, {"count_bigrams": 0}),
-    "network and writing outside": ({"count_bigrams": CORRECT["count_bigrams"] + """
+    return reference(ids, vocab_size)""".replace("ROOT", repr(str(ROOT)))
+        },
+        {"count_bigrams": 0},
+    ),
+    "network and writing outside": (
+        {
+            "count_bigrams": CORRECT["count_bigrams"]
+            + """
 import socket
 try:
     socket.create_connection(("127.0.0.1", 8888), timeout=1)
@@ -177,7 +228,10 @@ for target in ["/etc/pwned", "../pwned", "/work/pwned"]:
     try:
         open(target, "w").write("x")
     except OSError:
-        pass"""}, {}),
+        pass"""
+        },
+        {},
+    ),
 }
 
 
@@ -197,7 +251,9 @@ def test_invalid_json_and_missing_notebook(grader, tmp_path):
 
 
 def test_hidden_feedback_never_shows_hidden_inputs(grader, tmp_path):
-    leak = {"count_bigrams": "def count_bigrams(ids, vocab_size):\n    raise ValueError('LEAK' + repr(ids.tolist()[:50]))"}
+    leak = {
+        "count_bigrams": "def count_bigrams(ids, vocab_size):\n    raise ValueError('LEAK' + repr(ids.tolist()[:50]))"
+    }
     report = grader.grade(submission(tmp_path, "leaky", {**CORRECT, **leak}))
     from aigc_lib.grading.reports import feedback_html, feedback_markdown
 
@@ -209,9 +265,14 @@ def test_hidden_feedback_never_shows_hidden_inputs(grader, tmp_path):
 
 
 def test_a_hidden_input_cannot_come_back_in_a_visible_message(grader, tmp_path):
-    stash = {"count_bigrams": "SEEN = []\n" + CORRECT["count_bigrams"].replace(
-        "def count_bigrams(ids, vocab_size):\n", "def count_bigrams(ids, vocab_size):\n    SEEN.append(ids.tolist()[:3])\n"),
-        "fit_pixel_model": "def fit_pixel_model(images, alpha=1.0):\n    raise ValueError('STASH' + repr(SEEN))"}
+    stash = {
+        "count_bigrams": "SEEN = []\n"
+        + CORRECT["count_bigrams"].replace(
+            "def count_bigrams(ids, vocab_size):\n",
+            "def count_bigrams(ids, vocab_size):\n    SEEN.append(ids.tolist()[:3])\n",
+        ),
+        "fit_pixel_model": "def fit_pixel_model(images, alpha=1.0):\n    raise ValueError('STASH' + repr(SEEN))",
+    }
     report = grader.grade(submission(tmp_path, "stash", {**CORRECT, **stash}))
     from aigc_lib.grading.reports import feedback_markdown
 
@@ -223,7 +284,8 @@ def _private_hidden(tmp_path):
     private.mkdir()
     (private / "ch00.py").write_text(
         "import torch\nfrom aigc_lib.exercises.core import Case\n"
-        "HIDDEN = {'00.apply_temperature': (Case('private: T = 7', lambda: {'logits': torch.arange(5.0), 'temperature': 7.0}, points=3),)}\n"
+        "HIDDEN = {'00.apply_temperature': (Case('private: T = 7', "
+        "lambda: {'logits': torch.arange(5.0), 'temperature': 7.0}, points=3),)}\n"
     )
     return private
 
@@ -240,7 +302,9 @@ def test_instructor_private_hidden_cases_replace_the_packaged_ones(tmp_path):
 def test_private_hidden_folder_is_out_of_the_sandbox_reach(tmp_path):
     private = _private_hidden(tmp_path)
     grader = Grader("00", limits=LIMITS, hidden_dir=private)
-    snoop = {"apply_temperature": CORRECT["apply_temperature"] + f"\nimport os\nassert not os.listdir({str(private)!r})"}
+    snoop = {
+        "apply_temperature": CORRECT["apply_temperature"] + f"\nimport os\nassert not os.listdir({str(private)!r})"
+    }
     subs = tmp_path / "class"
     submission(subs, "snoop", {**CORRECT, **snoop})
     (report,) = grade_class(grader, find_submissions([subs]), tmp_path / "out", workers=1, progress=False)
@@ -249,7 +313,9 @@ def test_private_hidden_folder_is_out_of_the_sandbox_reach(tmp_path):
 
 @isolated
 def test_the_sandbox_sees_no_secrets(grader, tmp_path):
-    probe = CORRECT["count_bigrams"] + f"""
+    probe = (
+        CORRECT["count_bigrams"]
+        + f"""
 import os
 assert os.getuid() != 0, "still root"
 assert not os.path.exists({str(ROOT / "aigc_lib" / "exercises" / "hidden" / "ch00.py")!r}), "hidden cases visible"
@@ -260,11 +326,15 @@ try:
 except PermissionError:
     pass
 """
+    )
     report = grader.grade(submission(tmp_path, "probe", {**CORRECT, "count_bigrams": probe}))
     assert points(report)["count_bigrams"] == 5, report["cell_errors"]
 
 
-NOISY = {"count_bigrams": CORRECT["count_bigrams"] + "\nimport sys, warnings\nwarnings.warn('deprecated!')\nprint('Traceback (most recent call last): ERROR', file=sys.stderr)"}
+NOISY = {
+    "count_bigrams": CORRECT["count_bigrams"]
+    + "\nimport sys, warnings\nwarnings.warn('deprecated!')\nprint('Traceback (most recent call last): ERROR', file=sys.stderr)"
+}
 
 
 def test_class_run_survives_everything_and_resumes(grader, tmp_path):
@@ -310,8 +380,13 @@ def test_class_run_survives_everything_and_resumes(grader, tmp_path):
 
 
 def test_grading_is_deterministic(grader, tmp_path):
-    randomised = {"count_bigrams": CORRECT["count_bigrams"] + "\n_noise = torch.rand(1)\n",
-                  "apply_temperature": "def apply_temperature(logits, temperature):\n    return torch.softmax(logits / temperature + 1e-7 * torch.rand(logits.shape), -1)"}
+    randomised = {
+        "count_bigrams": CORRECT["count_bigrams"] + "\n_noise = torch.rand(1)\n",
+        "apply_temperature": (
+            "def apply_temperature(logits, temperature):\n"
+            "    return torch.softmax(logits / temperature + 1e-7 * torch.rand(logits.shape), -1)"
+        ),
+    }
     path = submission(tmp_path, "r", {**CORRECT, **randomised})
     first, second = grader.grade(path), grader.grade(path)
     assert first["exercises"] == second["exercises"]
@@ -320,19 +395,40 @@ def test_grading_is_deterministic(grader, tmp_path):
 VISIBILITY = {"enum": ["hidden", "after_due_date", "after_published", "visible"]}
 FORMAT = {"enum": ["text", "html", "simple_format", "md", "ansi"]}
 GRADESCOPE_SCHEMA = {  # Gradescope's autograder specification for results.json, field by field
-    "type": "object", "additionalProperties": False,
+    "type": "object",
+    "additionalProperties": False,
     "properties": {
-        "score": {"type": "number"}, "execution_time": {"type": "number"}, "output": {"type": "string"},
-        "output_format": FORMAT, "test_output_format": FORMAT, "test_name_format": FORMAT,
-        "visibility": VISIBILITY, "stdout_visibility": VISIBILITY, "extra_data": {"type": "object"},
+        "score": {"type": "number"},
+        "execution_time": {"type": "number"},
+        "output": {"type": "string"},
+        "output_format": FORMAT,
+        "test_output_format": FORMAT,
+        "test_name_format": FORMAT,
+        "visibility": VISIBILITY,
+        "stdout_visibility": VISIBILITY,
+        "extra_data": {"type": "object"},
         "leaderboard": {"type": "array"},
-        "tests": {"type": "array", "items": {
-            "type": "object", "additionalProperties": False, "required": ["name"],
-            "properties": {"score": {"type": "number"}, "max_score": {"type": "number"},
-                           "status": {"enum": ["passed", "failed"]}, "name": {"type": "string"},
-                           "name_format": FORMAT, "number": {"type": "string"}, "output": {"type": "string"},
-                           "output_format": FORMAT, "tags": {"type": "array", "items": {"type": "string"}},
-                           "visibility": VISIBILITY, "extra_data": {"type": "object"}}}},
+        "tests": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {
+                    "score": {"type": "number"},
+                    "max_score": {"type": "number"},
+                    "status": {"enum": ["passed", "failed"]},
+                    "name": {"type": "string"},
+                    "name_format": FORMAT,
+                    "number": {"type": "string"},
+                    "output": {"type": "string"},
+                    "output_format": FORMAT,
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "visibility": VISIBILITY,
+                    "extra_data": {"type": "object"},
+                },
+            },
+        },
     },
 }
 
@@ -349,8 +445,21 @@ def gradescope(tmp_path, name, files: dict) -> dict:
         else:
             nbformat.write(content, upload / filename)
     results = tmp_path / name / "results" / "results.json"
-    assert main([str(upload), "--chapter", "00", "--out", str(tmp_path / name / "reports"),
-                 "--gradescope", str(results), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                str(upload),
+                "--chapter",
+                "00",
+                "--out",
+                str(tmp_path / name / "reports"),
+                "--gradescope",
+                str(results),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = json.loads(results.read_text())
     jsonschema.validate(data, GRADESCOPE_SCHEMA)
     return data
@@ -367,14 +476,23 @@ def test_gradescope_results_follow_the_specification(tmp_path):
     assert hidden and all(t["visibility"] == "after_published" for t in hidden)  # not before grades are out
     assert all(t["visibility"] == "visible" for t in data["tests"] if t not in hidden)
 
-    broken = gradescope(tmp_path, "syntax", {"00_history.ipynb": notebook(
-        {**CORRECT, "count_bigrams": "def count_bigrams(ids, vocab_size)\n    return ids"})})
+    broken = gradescope(
+        tmp_path,
+        "syntax",
+        {
+            "00_history.ipynb": notebook(
+                {**CORRECT, "count_bigrams": "def count_bigrams(ids, vocab_size)\n    return ids"}
+            )
+        },
+    )
     assert broken["score"] == 15 and "SyntaxError" in broken["output"]  # the real error, not "no function named"
 
     extra = gradescope(tmp_path, "extra", {"00_history.ipynb": notebook(CORRECT), "scratch.ipynb": notebook({})})
     assert extra["score"] == 20  # the chapter's notebook is graded; another notebook beside it is ignored
-    for name, files in {"two": {"mine.ipynb": notebook(CORRECT), "copy.ipynb": notebook(CORRECT)},
-                        "none": {"answers.py": "print(1)"}}.items():
+    for name, files in {
+        "two": {"mine.ipynb": notebook(CORRECT), "copy.ipynb": notebook(CORRECT)},
+        "none": {"answers.py": "print(1)"},
+    }.items():
         upload = gradescope(tmp_path, name, files)
         assert upload["score"] == 0 and "00_history.ipynb" in upload["output"] and "resubmit" in upload["output"]
 
@@ -400,5 +518,11 @@ def test_the_gradescope_autograder_zip(tmp_path):
         names = set(z.namelist())
         run = z.read("run_autograder").decode()
         assert z.getinfo("run_autograder").external_attr >> 16 & 0o111
-    assert {"setup.sh", "run_autograder", "requirements.txt", "aigc_lib/grading/cli.py", "solutions/00_history.ipynb"} <= names
+    assert {
+        "setup.sh",
+        "run_autograder",
+        "requirements.txt",
+        "aigc_lib/grading/cli.py",
+        "solutions/00_history.ipynb",
+    } <= names
     assert "CHAPTER=00" in run and "--gradescope /autograder/results/results.json" in run

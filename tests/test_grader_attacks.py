@@ -174,14 +174,22 @@ def test_the_harness_survives_what_learner_code_does_to_it(tmp_path):
     submission(subs, "frame", with_code("count_bigrams", DEEP_FRAME))
     submission(subs, "shm", {**CORRECT, "count_bigrams": code(SHARED_MEMORY)})
     big = CORRECT["next_char_probs"] + "\n" + ("# padding " * 10 + "\n") * 1000  # more than a pipe holds
-    submission(subs, "stopper", {**CORRECT, "count_bigrams": CORRECT["count_bigrams"] + "\n" + code(STOPPER),
-                                 "next_char_probs": big})
+    submission(
+        subs,
+        "stopper",
+        {**CORRECT, "count_bigrams": CORRECT["count_bigrams"] + "\n" + code(STOPPER), "next_char_probs": big},
+    )
     start = time.monotonic()
-    reports = {r["student"]: r for r in grade_class(grader, find_submissions([subs]), tmp_path / "out", workers=2,
-                                                      progress=False)}
+    reports = {
+        r["student"]: r
+        for r in grade_class(grader, find_submissions([subs]), tmp_path / "out", workers=2, progress=False)
+    }
     assert time.monotonic() - start < 180
     assert {k: (r["status"], r["score"]) for k, r in reports.items() if k != "stopper"} == {
-        "alice": ("graded", 20), "frame": ("graded", 15), "shm": ("graded", 15)}
+        "alice": ("graded", 20),
+        "frame": ("graded", 15),
+        "shm": ("graded", 15),
+    }
     # the stopper broke its own harness: every later step stops, and it keeps what it earned before
     assert reports["stopper"]["status"] == "graded" and reports["stopper"]["score"] < 20
     assert no_sandbox_left()
@@ -293,7 +301,8 @@ def test_private_hidden_inputs_never_reach_visible_feedback(tmp_path):
     (private / "ch00.py").write_text(
         "import torch\nfrom aigc_lib.exercises.core import Case\n"
         "HIDDEN = {'00.apply_temperature': (Case('private', lambda: {'logits': torch.arange(5.0) * 123.25, "
-        "'temperature': 7.0}),)}\n")
+        "'temperature': 7.0}),)}\n"
+    )
     grader = Grader("00", limits=LIMITS, hidden_dir=private)
     leaky = code("""
         import gc, os
@@ -309,7 +318,9 @@ def test_private_hidden_inputs_never_reach_visible_feedback(tmp_path):
             stash = open("/tmp/stash").read() if os.path.exists("/tmp/stash") else ""
             raise ValueError("STASH" + repr(SEEN) + stash)
         """)
-    report = grader.grade(submission(tmp_path, "leaky", {**CORRECT, "apply_temperature": leaky, "fit_pixel_model": shower}))
+    report = grader.grade(
+        submission(tmp_path, "leaky", {**CORRECT, "apply_temperature": leaky, "fit_pixel_model": shower})
+    )
     from aigc_lib.grading.reports import feedback_html, feedback_markdown, gradescope_results
 
     shown = feedback_markdown(report) + feedback_html(report) + gradescope_results(report)
@@ -324,9 +335,18 @@ EXOTIC = {
     "expanded": "def count_bigrams(ids, vocab_size):\n    return torch.zeros(1, dtype=torch.int64).expand(vocab_size, vocab_size)",
     "nested": "def count_bigrams(ids, vocab_size):\n    return torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])",
     "meta": "def count_bigrams(ids, vocab_size):\n    return torch.empty(vocab_size, vocab_size, device='meta')",
-    "quantized": "def count_bigrams(ids, vocab_size):\n    return torch.quantize_per_tensor(torch.zeros(vocab_size, vocab_size), 0.1, 0, torch.qint8)",
+    "quantized": (
+        "def count_bigrams(ids, vocab_size):\n"
+        "    return torch.quantize_per_tensor(torch.zeros(vocab_size, vocab_size), 0.1, 0, torch.qint8)"
+    ),
     "huge": "def count_bigrams(ids, vocab_size):\n    return torch.zeros(300_000_000, dtype=torch.int8)",
-    "hostile str": "class E(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\ndef count_bigrams(ids, vocab_size):\n    raise E()",
+    "hostile str": (
+        "class E(Exception):\n"
+        "    def __str__(self):\n"
+        "        raise RuntimeError('no')\n"
+        "def count_bigrams(ids, vocab_size):\n"
+        "    raise E()"
+    ),
     "weird name": "def count_bigrams(ids, vocab_size):\n    return type('\\x00evil\\ud800', (), {})()",
     "deep tuple": "def count_bigrams(ids, vocab_size):\n    x = ()\n    for _ in range(10_000):\n        x = (x,)\n    return x",
 }
@@ -391,8 +411,10 @@ def test_links_fifos_and_huge_files_are_refused_unread(grader, tmp_path):
         f.truncate(200 << 20)  # sparse: 200 MB that costs nothing on disk
     submission(subs, "alice", CORRECT)
     start = time.monotonic()
-    reports = {r["student"]: r for r in grade_class(grader, find_submissions([subs]), tmp_path / "out", workers=2,
-                                                      progress=False)}
+    reports = {
+        r["student"]: r
+        for r in grade_class(grader, find_submissions([subs]), tmp_path / "out", workers=2, progress=False)
+    }
     assert time.monotonic() - start < 60
     assert reports["alice"]["score"] == 20
     for name in ["to_solution", "to_zero", "linked_folder", "fifo", "huge"]:
@@ -403,12 +425,12 @@ def test_links_fifos_and_huge_files_are_refused_unread(grader, tmp_path):
 
 HANGS = {
     "setsid and no alarm": "import os, signal\nos.setsid() if os.getpid() != os.getsid(0) else None\n"
-                           "signal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass",
+    "signal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass",
     "sleeps": "import time\ntime.sleep(1000)",
     "stops itself": "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)",
     "reads its channel": "import os\nos.read(3, 1)",
     "vfork": "import ctypes\nlibc = ctypes.CDLL(None)\nif libc.syscall(58) == 0:  # vfork: the parent waits in D state\n"
-             "    libc.pause()",
+    "    libc.pause()",
 }
 
 
@@ -429,7 +451,8 @@ def test_hangs_cost_seconds_not_minutes(tmp_path):
 
 
 def test_memory_is_bounded_for_the_whole_sandbox_and_the_grader(tmp_path):
-    bomb = code("""
+    bomb = (
+        code("""
         import os
         def hold(mb):
             x = bytearray(mb << 20)
@@ -447,7 +470,10 @@ def test_memory_is_bounded_for_the_whole_sandbox_and_the_grader(tmp_path):
         status = [os.waitpid(pid, 0)[1] for pid in children]
         if any(status):
             raise MemoryError(f"a process was killed: {status}")
-        """) + "\n" + CORRECT["fit_pixel_model"]
+        """)
+        + "\n"
+        + CORRECT["fit_pixel_model"]
+    )
     printer = code("""
         import sys
         chunk = "x" * (1 << 20)
@@ -458,15 +484,17 @@ def test_memory_is_bounded_for_the_whole_sandbox_and_the_grader(tmp_path):
     subs = tmp_path / "class"
     submission(subs, "bomb", {**CORRECT, "fit_pixel_model": bomb})
     submission(subs, "printer", with_code("next_char_probs", printer))
-    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-              "from aigc_lib.grading import Grader, find_submissions, grade_class\nfrom test_grader import LIMITS\n"
-              "import dataclasses, resource, json, pathlib\n"
-              # writing 2 GiB of output is CPU work: a loaded machine needs more than the usual 4 s
-              "limits = dataclasses.replace(LIMITS, cell_seconds=40, wall_seconds=120)\n"
-              f"r = grade_class(Grader('00', limits=limits), find_submissions([pathlib.Path({str(subs)!r})]), "
-              f"pathlib.Path({str(tmp_path / 'out')!r}), workers=2, progress=False)\n"
-              "print(json.dumps({x['student']: x['score'] for x in r}))\n"
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    script = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from aigc_lib.grading import Grader, find_submissions, grade_class\nfrom test_grader import LIMITS\n"
+        "import dataclasses, resource, json, pathlib\n"
+        # writing 2 GiB of output is CPU work: a loaded machine needs more than the usual 4 s
+        "limits = dataclasses.replace(LIMITS, cell_seconds=40, wall_seconds=120)\n"
+        f"r = grade_class(Grader('00', limits=limits), find_submissions([pathlib.Path({str(subs)!r})]), "
+        f"pathlib.Path({str(tmp_path / 'out')!r}), workers=2, progress=False)\n"
+        "print(json.dumps({x['student']: x['score'] for x in r}))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     scores, peak_kib = done.stdout.strip().splitlines()[-2:]
@@ -479,14 +507,18 @@ def test_memory_is_bounded_for_the_whole_sandbox_and_the_grader(tmp_path):
 
 def test_a_killed_grader_leaves_no_sandbox_behind(tmp_path):
     subs = tmp_path / "class"
-    survivor = "import os, signal\nif os.fork() == 0:\n    os.setsid()\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" \
-               "    while True:\n        pass\nwhile True:\n    pass"
+    survivor = (
+        "import os, signal\nif os.fork() == 0:\n    os.setsid()\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "    while True:\n        pass\nwhile True:\n    pass"
+    )
     for i in range(2):
         submission(subs, f"s{i}", with_code("count_bigrams", survivor))
-    script = (f"import sys, pathlib; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-              "from aigc_lib.grading import Grader, Limits, find_submissions, grade_class\n"
-              f"grade_class(Grader('00', limits=Limits(cell_seconds=60)), find_submissions([pathlib.Path({str(subs)!r})]), "
-              f"pathlib.Path({str(tmp_path / 'out')!r}), workers=2, progress=False)\n")
+    script = (
+        f"import sys, pathlib; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from aigc_lib.grading import Grader, Limits, find_submissions, grade_class\n"
+        f"grade_class(Grader('00', limits=Limits(cell_seconds=60)), find_submissions([pathlib.Path({str(subs)!r})]), "
+        f"pathlib.Path({str(tmp_path / 'out')!r}), workers=2, progress=False)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 60
     while len(sandbox_processes()) < 4 and time.monotonic() < deadline:  # the canary, then both learners
@@ -498,11 +530,16 @@ def test_a_killed_grader_leaves_no_sandbox_behind(tmp_path):
     from aigc_lib.grading.isolate import CGROUP, SandboxUid
 
     SandboxUid.sweep()  # the next grader removes the empty cgroups the killed one left
-    assert not [p for d in (CGROUP, CGROUP / "memory", CGROUP / "pids") for p in d.glob("aigc-sandbox-[0-9]*")
-                if int(p.name.split("-")[2]) in uid_range()]
+    assert not [
+        p
+        for d in (CGROUP, CGROUP / "memory", CGROUP / "pids")
+        for p in d.glob("aigc-sandbox-[0-9]*")
+        if int(p.name.split("-")[2]) in uid_range()
+    ]
 
 
 # --- 5. infrastructure failures are never scores ------------------------------------------------
+
 
 def test_a_broken_sandbox_refuses_to_grade_instead_of_giving_zeros(tmp_path, monkeypatch):
     """An environment fault (here: torch not importable in the sandbox) must stop the class run
@@ -530,11 +567,14 @@ def test_a_virtualenv_reached_through_a_symlink_still_grades(tmp_path):
     link = tmp_path / "venv-link"
     link.symlink_to(Path(sys.prefix))
     path = submission(tmp_path, "alice", CORRECT)
-    script = ("from aigc_lib.grading import Grader, Limits\nimport sys\n"
-              f"r = Grader('00', limits=Limits(cell_seconds=4, call_seconds=4)).grade({str(path)!r})\n"
-              "print(r['score'], r['notes'])\n")
-    done = subprocess.run([str(link / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    script = (
+        "from aigc_lib.grading import Grader, Limits\nimport sys\n"
+        f"r = Grader('00', limits=Limits(cell_seconds=4, call_seconds=4)).grade({str(path)!r})\n"
+        "print(r['score'], r['notes'])\n"
+    )
+    done = subprocess.run(
+        [str(link / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[0] == "20.0", done.stdout
 
@@ -605,10 +645,14 @@ def _limits_only(tmp_path: Path, public: Path) -> None:
     copier = f"classmate = open({str(subs / 'alice' / '00_history.ipynb')!r}).read()\n" + CORRECT["count_bigrams"]
     submission(subs, "copier", {**CORRECT, "count_bigrams": copier})
     submission(subs, "forger", with_code("count_bigrams", GRANDCHILD.format(out=str(out))))
-    stash = ("def apply_temperature(logits, temperature):\n    open('/tmp/.stash', 'a').write('SECRET%r' % logits.tolist())\n"
-             "    return torch.softmax(logits / temperature, -1)")
+    stash = (
+        "def apply_temperature(logits, temperature):\n    open('/tmp/.stash', 'a').write('SECRET%r' % logits.tolist())\n"
+        "    return torch.softmax(logits / temperature, -1)"
+    )
     submission(subs, "a_stasher", {**CORRECT, "apply_temperature": stash})
-    shows = "import os\ndef fit_pixel_model(images, alpha=1.0):\n    raise ValueError('SHOW' + open('/tmp/.stash').read())"
+    shows = (
+        "import os\ndef fit_pixel_model(images, alpha=1.0):\n    raise ValueError('SHOW' + open('/tmp/.stash').read())"
+    )
     submission(subs, "z_shower", {**CORRECT, "fit_pixel_model": shows})
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
@@ -616,31 +660,46 @@ def _limits_only(tmp_path: Path, public: Path) -> None:
     setup = ["set -e", "mount --make-rprivate /"]
     if not os.stat(top).st_mode & 0o001:  # e.g. /root: keep only the interpreter's folder reachable
         inner = Path(sys.base_prefix).resolve().relative_to(top).parts[0]
-        setup += [f"mkdir {private}/hold", f"mount --bind {top / inner} {private}/hold",
-                  f"mount -t tmpfs -o mode=0755 tmpfs {top}", f"mkdir {top / inner}",
-                  f"mount --move {private}/hold {top / inner}"]
+        setup += [
+            f"mkdir {private}/hold",
+            f"mount --bind {top / inner} {private}/hold",
+            f"mount -t tmpfs -o mode=0755 tmpfs {top}",
+            f"mkdir {top / inner}",
+            f"mount --move {private}/hold {top / inner}",
+        ]
     from aigc_lib.grading.isolate import host_survey
 
     for copy in host_survey()[1]:  # other checkouts on this machine (a developer's): out of this test's view
         if ROOT not in Path(copy).resolve().parents and public not in Path(copy).resolve().parents:
             setup.append(f"mount -t tmpfs -o mode=0700 tmpfs {copy}")
     for name in ["aigc_lib", "solutions"]:
-        setup += [f"cp -a {ROOT / name} {private}/{name}", f"chmod 700 {private}/{name}",
-                  f"mount --bind {private}/{name} {ROOT / name}"]
+        setup += [
+            f"cp -a {ROOT / name} {private}/{name}",
+            f"chmod 700 {private}/{name}",
+            f"mount --bind {private}/{name} {ROOT / name}",
+        ]
     for name in ["tests", ".git"]:
         setup += [f"mkdir -m 700 {private}/{name}-copy", f"mount --bind {private}/{name}-copy {ROOT / name}"]
     script = LIMITS_ONLY_SCRIPT.format(subs=str(subs), out=str(out))
     setup.append(f'exec {sys.executable} -c "$1"')
-    done = subprocess.run(["unshare", "--mount", "sh", "-c", "\n".join(setup), "sh", script],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", "\n".join(setup), "sh", script], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "refusing to grade" in result["refused"] and str(subs) in result["refused"]
     assert str(public / "backup" / "solutions") in result["refused"]
     assert result["isolation"] == "limits-only"
     assert result["isolation"] == "limits-only", result
-    assert result["scores"] == {"alice": 20, "carol": 0, "thief": 15, "copier": 15, "forger": 20, "a_stasher": 20,
-                                "z_shower": 15}
+    assert result["scores"] == {
+        "alice": 20,
+        "carol": 0,
+        "thief": 15,
+        "copier": 15,
+        "forger": 20,
+        "a_stasher": 20,
+        "z_shower": 15,
+    }
     assert "SECRET" not in (out / "learners" / "z_shower" / "feedback.md").read_text()  # nothing crosses runs
     assert "forged" not in result["grades"] and "forged" not in (out / "grades.csv").read_text()
     assert no_sandbox_left(timeout=2), sandbox_processes()

@@ -37,7 +37,9 @@ def test_apply_temperature_closed_form_and_limits():
     z = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
     for T in [0.5, 1.0, 3.0]:
         e = [math.exp(v / T) for v in z.tolist()]
-        assert torch.allclose(history.apply_temperature(z, T), torch.tensor([v / sum(e) for v in e], dtype=torch.float64))
+        assert torch.allclose(
+            history.apply_temperature(z, T), torch.tensor([v / sum(e) for v in e], dtype=torch.float64)
+        )
     assert history.apply_temperature(z, 1e-3)[0] == pytest.approx(1.0)
     assert torch.allclose(history.apply_temperature(z, 1e4), torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-4)
     with pytest.raises(ValueError, match="temperature: expected > 0, got 0"):

@@ -132,9 +132,7 @@ def test_asset_metadata_and_size():
     assert blob["arch_version"] == M.ARCH_VERSION
     assert blob["seed"] == M.TRAIN_SEED
     assert blob["test_accuracy"] >= 0.985
-    assert all(
-        v.dtype == torch.float32 for v in blob["state_dict"].values() if v.is_floating_point()
-    )
+    assert all(v.dtype == torch.float32 for v in blob["state_dict"].values() if v.is_floating_point())
 
 
 def test_classifier_loads_once_frozen_and_accurate(test_set):
@@ -142,9 +140,7 @@ def test_classifier_loads_once_frozen_and_accurate(test_set):
     assert M.load_digit_classifier("cpu") is model  # cached per device
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     acc = M.accuracy(model, test_set.images, test_set.labels)
-    assert acc >= 0.985, (
-        f"shipped classifier reaches only {acc:.4f} on mnist5k('test')"
-    )  # 0.991 when shipped
+    assert acc >= 0.985, f"shipped classifier reaches only {acc:.4f} on mnist5k('test')"  # 0.991 when shipped
     assert acc == pytest.approx(M.read_asset()["test_accuracy"], abs=1e-9)
     # the same architecture with random weights is near chance: the test above needs the trained asset
     torch.manual_seed(0)
@@ -164,9 +160,7 @@ def test_features_accept_three_layouts_and_any_batch_size(test_set):
     assert f.shape == (50, 128) and f.dtype == torch.float32
     torch.testing.assert_close(M.digit_features(x[:, 0], device="cpu"), f)
     torch.testing.assert_close(M.digit_features(x.reshape(50, 784).numpy(), device="cpu"), f)
-    torch.testing.assert_close(
-        M.digit_features(x, batch_size=7, device="cpu"), f, atol=1e-5, rtol=1e-5
-    )
+    torch.testing.assert_close(M.digit_features(x, batch_size=7, device="cpu"), f, atol=1e-5, rtol=1e-5)
 
 
 def test_recognisability_real_vs_noise(test_set, noise):
@@ -210,9 +204,7 @@ def test_real_floor_against_bad_generators(noise):
 def test_frechet_digit_distance_with_explicit_reference(test_set):
     a, b = test_set.images[:500], test_set.images[500:]
     fd = M.frechet_digit_distance(a, b)
-    assert fd == pytest.approx(
-        M.frechet_distance(M.digit_features(a), M.digit_features(b)), rel=1e-12
-    )
+    assert fd == pytest.approx(M.frechet_distance(M.digit_features(a), M.digit_features(b)), rel=1e-12)
     assert M.frechet_digit_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -291,9 +283,7 @@ def test_cuda_features_match_cpu(test_set):
     torch.testing.assert_close(
         M.digit_features(x, device="cuda"), M.digit_features(x, device="cpu"), atol=1e-3, rtol=1e-3
     )
-    assert M.real_floor(1000, device="cuda") == pytest.approx(
-        M.real_floor(1000, device="cpu"), rel=1e-2
-    )
+    assert M.real_floor(1000, device="cuda") == pytest.approx(M.real_floor(1000, device="cpu"), rel=1e-2)
 
 
 # ----------------------------------------------------------------------------------------------

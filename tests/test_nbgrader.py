@@ -29,8 +29,9 @@ c.ExecutePreprocessor.timeout = 120  # seconds per cell: training cells at the s
 
 def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("AIGC_BUDGET", "AIGC_STRICT")}  # nbgrader's defaults
-    done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0 or args[0] == "validate", done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
@@ -52,8 +53,11 @@ def solution_cells(chapter: str) -> dict[str, str]:
     """The authored answers, as a learner who solved everything would hand them in."""
     [path] = SOLUTIONS.glob(f"{chapter}_*.ipynb")
     cells = nbformat.read(path, as_version=4).cells
-    return {c.metadata["nbgrader"]["grade_id"]: "\n".join(line for line in c.source.splitlines() if "### " not in line)
-            for c in cells if c.metadata.get("nbgrader", {}).get("solution")}
+    return {
+        c.metadata["nbgrader"]["grade_id"]: "\n".join(line for line in c.source.splitlines() if "### " not in line)
+        for c in cells
+        if c.metadata.get("nbgrader", {}).get("solution")
+    }
 
 
 def library_score(chapter: str, answers: dict[str, str]) -> float:
@@ -76,8 +80,11 @@ CH03_MISTAKES = {  # the typical wrong answers: the variance for the std, KL ave
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("chapter", "mistakes"), [("00", WRONG), ("03", CH03_MISTAKES)],
-                         ids=["ch00 (exercises only)", "ch03 (trains models)"])
+@pytest.mark.parametrize(
+    ("chapter", "mistakes"),
+    [("00", WRONG), ("03", CH03_MISTAKES)],
+    ids=["ch00 (exercises only)", "ch03 (trains models)"],
+)
 def test_nbgrader_scores_like_the_course_grader(tmp_path, chapter, mistakes):
     course = tmp_path / "course"
     (course / "source" / f"ch{chapter}").mkdir(parents=True)

@@ -24,7 +24,7 @@ def test_student_edition_hides_solutions_and_hidden_tests(src):
         assert marker not in text
     nb = json.loads(text)
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
-    assert text.count('raise NotImplementedError') == sum(
+    assert text.count("raise NotImplementedError") == sum(
         "### BEGIN SOLUTION" in "".join(c["source"]) for c in nbformat.read(src, as_version=4).cells
     )
 
@@ -117,7 +117,8 @@ def test_each_chapter_says_how_long_it_runs_and_where(src):
     nb = nbformat.read(src, as_version=4)
     intro = nb.cells[0].source
     assert "**Running time**" in intro and "standard budget" in intro and "AIGC_BUDGET=smoke" in intro
-    sections = {m.group(1) for c in nb.cells if c.cell_type == "markdown"
-                for m in re.finditer(r"^## (\d+)\. ", c.source, re.M)}
+    sections = {
+        m.group(1) for c in nb.cells if c.cell_type == "markdown" for m in re.finditer(r"^## (\d+)\. ", c.source, re.M)
+    }
     named = set(re.findall(r"§(\d+)", intro))
     assert named <= sections, f"the intro names sections {sorted(named - sections)} that {src.name} does not have"

@@ -42,9 +42,7 @@ def test_image_grid_writes_png(tmp_path, images):
 
 def test_image_grid_layout_labels_and_ranges(tmp_path):
     x = torch.linspace(-1, 1, 12 * 8 * 8).reshape(12, 1, 8, 8)
-    fig = image_grid(
-        x, nrow=4, value_range=(-1, 1), labels=list(range(12)), save=tmp_path / "g.png"
-    )
+    fig = image_grid(x, nrow=4, value_range=(-1, 1), labels=list(range(12)), save=tmp_path / "g.png")
     ax = fig.axes[0]
     assert ax.images[0].get_array().shape == (
         3 * 9 + 1,
@@ -136,9 +134,7 @@ def test_loss_curve_rejects_bad_inputs(history, kwargs, message):
 
 
 def test_ema_is_bias_corrected():
-    assert np.allclose(
-        ema(np.full(5, 3.0), 0.9), 3.0
-    )  # a constant stays constant from the first point
+    assert np.allclose(ema(np.full(5, 3.0), 0.9), 3.0)  # a constant stays constant from the first point
 
 
 def test_live_loss_curve_replaces_one_display_in_place(monkeypatch):

@@ -565,7 +565,9 @@ def test_teaching_path_bad_inputs():
         lstm_params_from_torch(nn.GRU(D, H))
     with pytest.raises(ValueError, match="rnn: expected nonlinearity='tanh'"):
         rnn_params_from_torch(nn.RNN(D, H, nonlinearity="relu"))
-    with pytest.raises(ValueError, match="layer 0 of the module has input size 3 and hidden size 5, but params have input size 4"):
+    with pytest.raises(
+        ValueError, match="layer 0 of the module has input size 3 and hidden size 5, but params have input size 4"
+    ):
         lstm_params_to_torch(q, nn.LSTM(3, H).to(F64))
 
 

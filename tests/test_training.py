@@ -46,9 +46,7 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 def straight_run(steps: int = 20, batches=random_batch, loss_fn=mse) -> tuple[nn.Module, History]:
     model, opt, sched = make()
     torch.manual_seed(123)
-    return model, fit(
-        model, opt, batches, loss_fn, steps, scheduler=sched, log_every=3, progress=False
-    )
+    return model, fit(model, opt, batches, loss_fn, steps, scheduler=sched, log_every=3, progress=False)
 
 
 def test_regression_learns():
@@ -95,9 +93,7 @@ def test_grad_clip_bounds_the_gradient_norm():
     seen = []
     # The norm of the gradients the optimizer actually applies.
     opt.register_step_pre_hook(
-        lambda o, args, kwargs: seen.append(
-            torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
-        )
+        lambda o, args, kwargs: seen.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())
     )
     hist = fit(model, opt, lambda step: (X, 100 * Y), mse, 10, grad_clip=0.5, progress=False)
     assert max(seen) <= 0.5 * (1 + 1e-5)
@@ -146,9 +142,7 @@ def test_nan_guard_leaves_checkpoint_untouched(tmp_path):
 def test_non_finite_weights_are_never_saved(tmp_path):
     ckpt = tmp_path / "run.pt"
     model = nn.Linear(4, 1)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=float("inf")
-    )  # the step-0 loss is fine, the weights are not
+    opt = torch.optim.SGD(model.parameters(), lr=float("inf"))  # the step-0 loss is fine, the weights are not
     with pytest.raises(NonFiniteLossError, match="weights hold nan/inf"):
         fit(model, opt, random_batch, mse, 5, checkpoint=ckpt, ckpt_every=1, progress=False)
     assert not ckpt.exists()
@@ -168,9 +162,7 @@ class InterruptAt:
         return loss
 
 
-@pytest.mark.parametrize(
-    "batches", [random_batch, [random_batch(i) for i in range(7)]], ids=["callable", "list"]
-)
+@pytest.mark.parametrize("batches", [random_batch, [random_batch(i) for i in range(7)]], ids=["callable", "list"])
 def test_interrupt_saves_and_resume_is_exact(tmp_path, capsys, batches):
     ref_model, ref_hist = straight_run(20, batches)
 
@@ -236,8 +228,7 @@ def test_more_steps_continue_a_finished_run(tmp_path):
 
 
 @pytest.mark.skipif(
-    threading.current_thread() is not threading.main_thread()
-    or not callable(signal.getsignal(signal.SIGINT)),
+    threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGINT)),
     reason="needs Python's Ctrl-C handler in the main thread",
 )
 @pytest.mark.parametrize(("where", "saved_step"), [("forward", 8), ("update", 9)])
@@ -301,9 +292,7 @@ def test_finished_run_returns_immediately(tmp_path):
         raise AssertionError("a finished run must not train again")
 
     fresh, opt, sched = make(seed=3)
-    again = fit(
-        fresh, opt, random_batch, never, 10, scheduler=sched, checkpoint=ckpt, progress=False
-    )
+    again = fit(fresh, opt, random_batch, never, 10, scheduler=sched, checkpoint=ckpt, progress=False)
     assert again == first
     assert_same_weights(fresh, model)  # the trained weights were loaded
 
@@ -336,9 +325,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
             random_batch,
             mse,
             8,
-            scheduler=torch.optim.lr_scheduler.StepLR(
-                torch.optim.SGD(other.parameters(), lr=0.1), 1
-            ),
+            scheduler=torch.optim.lr_scheduler.StepLR(torch.optim.SGD(other.parameters(), lr=0.1), 1),
             checkpoint=ckpt,
             extra_state={"opt_d": extra},
             progress=False,
@@ -348,18 +335,16 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
 def gan_setup(seed: int = 1):
     """The GAN pattern from fit's docstring: loss_fn steps D, fit steps G, opt_d rides in extra_state."""
     torch.manual_seed(seed)
-    gan = nn.ModuleDict(
-        {"G": nn.Linear(2, 4), "D": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))}
-    )
+    gan = nn.ModuleDict({"G": nn.Linear(2, 4), "D": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))})
     opt_g = torch.optim.Adam(gan["G"].parameters(), lr=1e-2)
     opt_d = torch.optim.Adam(gan["D"].parameters(), lr=1e-2)
 
     def gan_loss(gan, real):
         fake = gan["G"](torch.randn(len(real), 2))
         ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
-        d_loss = F.binary_cross_entropy_with_logits(
-            gan["D"](real), ones
-        ) + F.binary_cross_entropy_with_logits(gan["D"](fake.detach()), zeros)
+        d_loss = F.binary_cross_entropy_with_logits(gan["D"](real), ones) + F.binary_cross_entropy_with_logits(
+            gan["D"](fake.detach()), zeros
+        )
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
@@ -523,9 +508,7 @@ def test_cuda_bf16_autocast_without_per_step_syncs(monkeypatch):
     monkeypatch.setattr(training, "_to_host", allowed_sync)
     Xc, Yc = X.to(device), Y.to(device)
     idx = torch.randint(0, len(X), (300, 32), device=device)
-    fit(
-        model, opt, lambda s: (Xc[idx[s % 300]], Yc[idx[s % 300]]), loss_fn, 1, progress=False
-    )  # warm up lazy init
+    fit(model, opt, lambda s: (Xc[idx[s % 300]], Yc[idx[s % 300]]), loss_fn, 1, progress=False)  # warm up lazy init
     torch.cuda.set_sync_debug_mode("error")
     try:
         hist = fit(
@@ -547,8 +530,9 @@ def test_cuda_bf16_autocast_without_per_step_syncs(monkeypatch):
 def test_on_log_sees_the_history_after_every_flush():
     seen = []
     model, opt, _ = make()
-    hist = fit(model, opt, random_batch, mse, 12, log_every=5, progress=False,
-               on_log=lambda h: seen.append(list(h.steps)))
+    hist = fit(
+        model, opt, random_batch, mse, 12, log_every=5, progress=False, on_log=lambda h: seen.append(list(h.steps))
+    )
     assert seen == [list(range(5)), list(range(10)), list(range(12))]
     assert hist.steps == list(range(12))
     with pytest.raises(ValueError, match="on_log"):
@@ -569,8 +553,16 @@ def test_on_log_is_shown_the_history_of_a_finished_run_that_is_loaded(tmp_path):
     model, opt, _ = make()
     fit(model, opt, random_batch, mse, 6, log_every=5, progress=False, checkpoint=tmp_path / "run.pt")
     seen = []
-    fit(model, opt, random_batch, mse, 6, progress=False, checkpoint=tmp_path / "run.pt",
-        on_log=lambda h: seen.append(list(h.steps)))
+    fit(
+        model,
+        opt,
+        random_batch,
+        mse,
+        6,
+        progress=False,
+        checkpoint=tmp_path / "run.pt",
+        on_log=lambda h: seen.append(list(h.steps)),
+    )
     assert seen == [list(range(6))]
 
 
@@ -603,13 +595,35 @@ def test_on_step_runs_after_every_update_and_its_state_resumes_exactly(tmp_path)
     model, opt, sched = make()
     avg = Average(model)
     torch.manual_seed(123)
-    fit(model, opt, random_batch, mse, 7, scheduler=sched, on_step=avg, extra_state={"avg": avg},
-        checkpoint=ckpt, ckpt_every=7, progress=False)
+    fit(
+        model,
+        opt,
+        random_batch,
+        mse,
+        7,
+        scheduler=sched,
+        on_step=avg,
+        extra_state={"avg": avg},
+        checkpoint=ckpt,
+        ckpt_every=7,
+        progress=False,
+    )
     model, opt, sched = make(seed=2)
     avg = Average(model)
     torch.manual_seed(999)
-    fit(model, opt, random_batch, mse, 12, scheduler=sched, on_step=avg, extra_state={"avg": avg},
-        checkpoint=ckpt, ckpt_every=7, progress=False)
+    fit(
+        model,
+        opt,
+        random_batch,
+        mse,
+        12,
+        scheduler=sched,
+        on_step=avg,
+        extra_state={"avg": avg},
+        checkpoint=ckpt,
+        ckpt_every=7,
+        progress=False,
+    )
     assert avg.seen == list(range(8, 13))
     for a, b in zip(avg.mean, ref.mean, strict=True):
         assert torch.equal(a, b)

@@ -36,6 +36,7 @@ from aigc_lib.transformer import (
     train_gpt,
     train_seq2seq,
 )
+from aigc_lib.transformer import gpt as gpt_module
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
@@ -65,9 +66,11 @@ def params_equal(a: nn.Module, b: nn.Module) -> bool:
 
 
 def qkv(B=2, H=3, T=4, S=4, dk=5, dv=6, seed=0, requires_grad=False):
-    return (randn(B, H, T, dk, seed=seed, requires_grad=requires_grad),
-            randn(B, H, S, dk, seed=seed + 1, requires_grad=requires_grad),
-            randn(B, H, S, dv, seed=seed + 2, requires_grad=requires_grad))
+    return (
+        randn(B, H, T, dk, seed=seed, requires_grad=requires_grad),
+        randn(B, H, S, dk, seed=seed + 1, requires_grad=requires_grad),
+        randn(B, H, S, dv, seed=seed + 2, requires_grad=requires_grad),
+    )
 
 
 def padding_mask(B: int, S: int) -> torch.Tensor:
@@ -188,7 +191,10 @@ def test_attention_gradcheck(masked):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 3), torch.zeros(2, 3)), r"q: expected a floating-point tensor"),
+        (
+            (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 3), torch.zeros(2, 3)),
+            r"q: expected a floating-point tensor",
+        ),
         ((torch.zeros(2, 3), torch.zeros(3), torch.zeros(2, 3)), r"k: expected a floating-point tensor .*got \(3,\)"),
         ((torch.zeros(2, 3), torch.zeros(2, 3), [[0.0]]), r"v: expected a floating-point tensor .*got list"),
         ((torch.zeros(2, 3), torch.zeros(4, 5), torch.zeros(4, 2)), r"q, k, v: expected q \(\.\.\., T, d_k\)"),
@@ -274,7 +280,9 @@ def test_sinusoidal_positions_formula():
             assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-15)
             assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-15)
     assert pe[0].tolist() == [0.0, 1.0] * 3
-    assert sinusoidal_positions(3, 2, base=1.0, dtype=F64)[:, 0].tolist() == pytest.approx([0, math.sin(1), math.sin(2)])
+    assert sinusoidal_positions(3, 2, base=1.0, dtype=F64)[:, 0].tolist() == pytest.approx(
+        [0, math.sin(1), math.sin(2)]
+    )
 
 
 def test_sinusoidal_rows_have_norm_sqrt_d_over_2():
@@ -324,8 +332,14 @@ def test_mha_equals_nn_multihead_attention(case):
     causal = "causal" in case
     kp = torch.tensor([[True] * 5, [True, True, True, False, False]]) if "padding" in case else None
     y, (k, v) = ours(x, causal=causal, key_padding=kp)
-    want, _ = ref(x, x, x, need_weights=False, attn_mask=~causal_mask(T) if causal else None,
-                  key_padding_mask=None if kp is None else ~kp)
+    want, _ = ref(
+        x,
+        x,
+        x,
+        need_weights=False,
+        attn_mask=~causal_mask(T) if causal else None,
+        key_padding_mask=None if kp is None else ~kp,
+    )
     assert y.shape == (B, T, C) and close(y, want)
     q_, k_, v_ = (split_heads(t, 3) for t in ours.qkv(x).chunk(3, -1))
     assert close(k, k_) and close(v, v_) and k.shape == (B, 3, T, 4)
@@ -459,8 +473,10 @@ def manual_gpt_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     x = model.tok.weight[idx] + pos
     for blk in model.blocks:
         h = F.layer_norm(x, (c.n_embd,), blk.ln1.weight, blk.ln1.bias)
-        q, k, v = (split_heads(h @ w.T + b, c.n_head)
-                   for w, b in zip(blk.attn.qkv.weight.chunk(3), blk.attn.qkv.bias.chunk(3), strict=True))
+        q, k, v = (
+            split_heads(h @ w.T + b, c.n_head)
+            for w, b in zip(blk.attn.qkv.weight.chunk(3), blk.attn.qkv.bias.chunk(3), strict=True)
+        )
         x = x + merge_heads(attention(q, k, v, causal_mask(T))) @ blk.attn.proj.weight.T + blk.attn.proj.bias
         h = F.layer_norm(x, (c.n_embd,), blk.ln2.weight, blk.ln2.bias)
         m1, m2 = blk.mlp[0], blk.mlp[2]
@@ -527,7 +543,9 @@ def test_gpt_positions_matter(positions):
     model = tiny_gpt(positions=positions)
     _, cache = model(tokens(1, 3, seed=5))
     a, _ = model(torch.tensor([[4]]), cache)
-    b, _ = model(torch.tensor([[4]]), KVCache(keys=cache.keys, values=cache.values, tokens=torch.zeros(1, 3, dtype=torch.long)))
+    b, _ = model(
+        torch.tensor([[4]]), KVCache(keys=cache.keys, values=cache.values, tokens=torch.zeros(1, 3, dtype=torch.long))
+    )
     assert close(a, b)  # only the cached keys/values and the length are used for new tokens
     c, _ = model(torch.tensor([[4]]))
     assert not close(a, c, 1e-3)
@@ -553,7 +571,9 @@ def test_gpt_cache_slides_beyond_block_size(positions):
 
 def test_gpt_bad_inputs():
     model = tiny_gpt(scramble=False)
-    with pytest.raises(ValueError, match=r"idx: expected an int64 tensor of shape \(B, T\), got torch.float32 \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"idx: expected an int64 tensor of shape \(B, T\), got torch.float32 \(2, 3\)"
+    ):
         model(torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"idx: expected an int64 tensor of shape \(B, T\), got torch.int32 \(2, 3\)"):
         model(torch.zeros(2, 3, dtype=torch.int32))
@@ -591,8 +611,9 @@ def test_gpt_config_validation(kwargs, message):
 # --------------------------------------------------------------------------- generation (rnn.generate)
 
 
-def reference_generate(model: GPT, prompt: list[int], n: int, temperature: float, top_k: int | None,
-                       seed: int) -> list[int]:
+def reference_generate(
+    model: GPT, prompt: list[int], n: int, temperature: float, top_k: int | None, seed: int
+) -> list[int]:
     """The slow way: recompute the whole (cropped) context for every new token, no cache."""
     g, ctx, bs = gen(seed), list(prompt), model.config.block_size
     with torch.no_grad():
@@ -741,7 +762,7 @@ def test_train_gpt_resumes_exactly_after_an_interrupt(tmp_path, monkeypatch):
     kw = dict(warmup_steps=2, lr=3e-3, **RUN)
     straight = small_gpt(dropout=0.1)  # dropout: the torch RNG must be restored too
     h_straight = train_gpt(straight, ABC, 10, **kw)
-    real = transformer.random_windows
+    real = gpt_module._random_windows
 
     def interrupted(*args, **kwargs):
         draw = real(*args, **kwargs)
@@ -754,10 +775,10 @@ def test_train_gpt_resumes_exactly_after_an_interrupt(tmp_path, monkeypatch):
         return batch
 
     path = tmp_path / "gpt.pt"
-    monkeypatch.setattr(transformer, "random_windows", interrupted)
+    monkeypatch.setattr(gpt_module, "_random_windows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_gpt(small_gpt(dropout=0.1), ABC, 10, checkpoint=path, **kw)
-    monkeypatch.setattr(transformer, "random_windows", real)
+    monkeypatch.setattr(gpt_module, "_random_windows", real)
     torch.manual_seed(99)
     resumed = small_gpt(dropout=0.1)
     h = train_gpt(resumed, ABC, 10, checkpoint=path, **kw)
@@ -1001,14 +1022,18 @@ def test_cross_attention_maps_ignore_source_padding_and_match_the_decoder():
     block = model.decoder[0]
     x = model.tgt_tok(tgt_in) + model.pos_table[:6]
     mid = x + block.self_attn(block.ln1(x), causal=True)[0]
-    assert close(_through_proj(block.cross_attn, maps[0], block.ln2(mid), memory),
-                 block.cross_attn(block.ln2(mid), memory=memory, key_padding=padding)[0])
+    assert close(
+        _through_proj(block.cross_attn, maps[0], block.ln2(mid), memory),
+        block.cross_attn(block.ln2(mid), memory=memory, key_padding=padding)[0],
+    )
 
 
 def test_generate_without_cache_samples_the_same_tokens_as_the_cached_generator():
     model = GPT(GPTConfig(**{**TINY, "block_size": 32})).double()
     cached = list(rnn.generate(model, [1, 2, 3], 20, temperature=0.9, top_k=5, generator=gen(9)))
-    assert transformer.generate_without_cache(model, [1, 2, 3], 20, temperature=0.9, top_k=5, generator=gen(9)) == cached
+    assert (
+        transformer.generate_without_cache(model, [1, 2, 3], 20, temperature=0.9, top_k=5, generator=gen(9)) == cached
+    )
     assert model.training  # restored
     with pytest.raises(ValueError, match="temperature"):
         transformer.generate_without_cache(model, [1], 3, temperature=0.0)

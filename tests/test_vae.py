@@ -80,7 +80,8 @@ def test_gaussian_kl_equals_torch_distributions():
     # one dimension by hand: KL(N(2, 1) || N(0, 1)) = 2, KL(N(0, e) || N(0, 1)) = (e - 2) / 2
     assert gaussian_kl(torch.tensor([[2.0]], dtype=F64), torch.zeros(1, 1, dtype=F64)).item() == 2.0
     assert gaussian_kl(torch.zeros(1, 1, dtype=F64), torch.ones(1, 1, dtype=F64)).item() == pytest.approx(
-        (math.e - 2) / 2, rel=1e-14)
+        (math.e - 2) / 2, rel=1e-14
+    )
 
 
 def test_gaussian_kl_equals_a_monte_carlo_estimate():
@@ -98,8 +99,9 @@ def test_gaussian_kl_equals_a_monte_carlo_estimate():
 
 def test_gaussian_kl_zero_at_the_prior_and_nonnegative():
     assert torch.equal(gaussian_kl(torch.zeros(3, D), torch.zeros(3, D)), torch.zeros(3))
-    assert torch.equal(gaussian_kl(torch.zeros(3, D, dtype=F64), torch.zeros(3, D, dtype=F64)),
-                       torch.zeros(3, dtype=F64))
+    assert torch.equal(
+        gaussian_kl(torch.zeros(3, D, dtype=F64), torch.zeros(3, D, dtype=F64)), torch.zeros(3, dtype=F64)
+    )
     mu, logvar = 3 * randn(1000, 8, seed=4), 3 * randn(1000, 8, seed=5)
     kl = gaussian_kl(mu, logvar)
     assert (kl >= 0).all() and (kl > 0).all()  # 0 only at q = p
@@ -184,10 +186,19 @@ def test_reparameterize_gradients_flow_to_mu_and_logvar():
     ("args", "message"),
     [
         ((torch.zeros(2, 3), torch.zeros(2, 4)), r"mu, logvar: expected the same shape, got \(2, 3\) and \(2, 4\)"),
-        ((torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 2)), r"mu, eps: expected the same shape, got \(2, 3\) and \(3, 2\)"),
-        ((torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 3)), r"mu: expected a floating-point tensor, got \(2, 3\)"),
+        (
+            (torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 2)),
+            r"mu, eps: expected the same shape, got \(2, 3\) and \(3, 2\)",
+        ),
+        (
+            (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 3)),
+            r"mu: expected a floating-point tensor, got \(2, 3\)",
+        ),
         ((torch.zeros(2, 3), [[0.0] * 3] * 2), "logvar: expected a floating-point tensor, got list"),
-        ((torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int64)), "eps: expected a floating-point tensor"),
+        (
+            (torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int64)),
+            "eps: expected a floating-point tensor",
+        ),
     ],
 )
 def test_reparameterize_bad_inputs(args, message):
@@ -225,16 +236,19 @@ def test_bernoulli_log_likelihood_on_grey_pixels_is_the_formula():
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_bernoulli_log_likelihood_finite_for_confident_logits(dtype):
-    logits = torch.tensor([[100.0, -100.0, 100.0, -100.0], [100.0, 100.0, -100.0, 3.0]], dtype=dtype,
-                          requires_grad=True)
+    logits = torch.tensor(
+        [[100.0, -100.0, 100.0, -100.0], [100.0, 100.0, -100.0, 3.0]], dtype=dtype, requires_grad=True
+    )
     x = torch.tensor([[1.0, 0.0, 0.3, 0.7], [1.0, 0.0, 1.0, 0.5]], dtype=dtype)
     with torch.no_grad():  # the case is meaningful: the naive formula is nan / -inf here
         s = torch.sigmoid(logits)
         naive = (x * torch.log(s) + (1 - x) * torch.log(1 - s)).sum(1)
         assert not torch.isfinite(naive).any()
     ll = bernoulli_log_likelihood(logits, x)
-    want = [-sum(xi * softplus(-li) + (1 - xi) * softplus(li) for li, xi in zip(lr, xr, strict=True))
-            for lr, xr in zip(logits.tolist(), x.tolist(), strict=True)]
+    want = [
+        -sum(xi * softplus(-li) + (1 - xi) * softplus(li) for li, xi in zip(lr, xr, strict=True))
+        for lr, xr in zip(logits.tolist(), x.tolist(), strict=True)
+    ]
     assert torch.isfinite(ll).all()
     assert ll.tolist() == pytest.approx(want, rel=1e-6)
     assert ll[0].item() == pytest.approx(-140.0, rel=1e-6)
@@ -255,8 +269,11 @@ def test_bernoulli_log_likelihood_bad_inputs():
 @pytest.mark.parametrize("kind", ["float", "0-d tensor", "per-pixel tensor"])
 def test_gaussian_log_likelihood_equals_torch(kind):
     mean, x = randn(B, 1, 4, 5, seed=1), rand(B, 1, 4, 5, seed=2)
-    log_scale = {"float": -0.7, "0-d tensor": torch.tensor(0.3, dtype=F64),
-                 "per-pixel tensor": 0.5 * randn(1, 4, 5, seed=3)}[kind]
+    log_scale = {
+        "float": -0.7,
+        "0-d tensor": torch.tensor(0.3, dtype=F64),
+        "per-pixel tensor": 0.5 * randn(1, 4, 5, seed=3),
+    }[kind]
     ll = gaussian_log_likelihood(mean, x, log_scale)
     scale = torch.exp(torch.as_tensor(log_scale, dtype=F64))
     want = Normal(mean, scale).log_prob(x).flatten(1).sum(1)
@@ -364,16 +381,24 @@ def test_conv_vae_layer_shapes(channels, hidden):
     ch, b = channels, 2
     x = images(b)
     assert layer_shapes(model.encoder, x) == [
-        ("Conv2d", (b, ch, 14, 14)), ("ReLU", (b, ch, 14, 14)),
-        ("Conv2d", (b, 2 * ch, 7, 7)), ("ReLU", (b, 2 * ch, 7, 7)),
-        ("Flatten", (b, 2 * ch * 49)), ("Linear", (b, hidden)), ("ReLU", (b, hidden)),
+        ("Conv2d", (b, ch, 14, 14)),
+        ("ReLU", (b, ch, 14, 14)),
+        ("Conv2d", (b, 2 * ch, 7, 7)),
+        ("ReLU", (b, 2 * ch, 7, 7)),
+        ("Flatten", (b, 2 * ch * 49)),
+        ("Linear", (b, hidden)),
+        ("ReLU", (b, hidden)),
     ]
     assert linear_sizes(model.to_mu) == linear_sizes(model.to_logvar) == [(hidden, 3)]
     z = randn(b, 3, seed=1, dtype=torch.float32)
     assert layer_shapes(model.decoder, z) == [
-        ("Linear", (b, hidden)), ("ReLU", (b, hidden)),
-        ("Linear", (b, 2 * ch * 49)), ("ReLU", (b, 2 * ch * 49)), ("Unflatten", (b, 2 * ch, 7, 7)),
-        ("ConvTranspose2d", (b, ch, 14, 14)), ("ReLU", (b, ch, 14, 14)),
+        ("Linear", (b, hidden)),
+        ("ReLU", (b, hidden)),
+        ("Linear", (b, 2 * ch * 49)),
+        ("ReLU", (b, 2 * ch * 49)),
+        ("Unflatten", (b, 2 * ch, 7, 7)),
+        ("ConvTranspose2d", (b, ch, 14, 14)),
+        ("ReLU", (b, ch, 14, 14)),
         ("ConvTranspose2d", (b, 1, 28, 28)),
     ]
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
@@ -384,8 +409,14 @@ def test_conv_vae_layer_shapes(channels, hidden):
 
 
 @pytest.mark.parametrize(
-    "cfg", [dict(kind="mlp"), dict(kind="conv", channels=4), dict(kind="mlp", image_shape=(3, 5, 7)),
-            dict(kind="conv", channels=4, image_shape=(3, 28, 28))])
+    "cfg",
+    [
+        dict(kind="mlp"),
+        dict(kind="conv", channels=4),
+        dict(kind="mlp", image_shape=(3, 5, 7)),
+        dict(kind="conv", channels=4, image_shape=(3, 28, 28)),
+    ],
+)
 def test_encode_decode_forward_shapes(cfg):
     model = tiny_vae(**cfg)
     shape = model.config.image_shape
@@ -444,7 +475,12 @@ def test_autoencoder_shapes_and_determinism():
         assert not hasattr(ae, "to_mu") and not hasattr(ae, "log_scale")
         assert linear_sizes(ae.to_z) == [(16, 2)]
     ae = tiny_ae(**{"hidden": 400, "latent_dim": 20})
-    assert linear_sizes(ae.encoder) + linear_sizes(ae.to_z) + linear_sizes(ae.decoder) == [(784, 400), (400, 20), (20, 400), (400, 784)]
+    assert linear_sizes(ae.encoder) + linear_sizes(ae.to_z) + linear_sizes(ae.decoder) == [
+        (784, 400),
+        (400, 20),
+        (20, 400),
+        (400, 784),
+    ]
 
 
 def test_gaussian_likelihood_model_has_a_learnable_log_scale():
@@ -481,7 +517,10 @@ def test_gaussian_likelihood_model_has_a_learnable_log_scale():
         (dict(image_shape=(28, 28)), "image_shape: expected (C, H, W) of positive ints, got (28, 28)"),
         (dict(image_shape=(1, 28, 0)), "image_shape: expected (C, H, W) of positive ints, got (1, 28, 0)"),
         (dict(image_shape=(1, 28.0, 28)), "image_shape: expected (C, H, W) of positive ints"),
-        (dict(kind="conv", image_shape=(1, 32, 32)), "image_shape: the conv model is built for 28×28 images, got (1, 32, 32)"),
+        (
+            dict(kind="conv", image_shape=(1, 32, 32)),
+            "image_shape: the conv model is built for 28×28 images, got (1, 32, 32)",
+        ),
         (dict(kind="conv", image_shape=(3, 28, 14)), "image_shape: the conv model is built for 28×28 images"),
     ],
 )
@@ -773,7 +812,9 @@ def test_train_vae_beta_weights_the_kl():
     torch.manual_seed(0)
     model = VAE(VAEConfig(**TINY))
     h = train_vae(model, images(32), 4, beta=0.25, **RUN)
-    assert all(lo == pytest.approx(r + 0.25 * k, rel=1e-5) for lo, r, k in zip(h["loss"], h["recon"], h["kl"], strict=True))
+    assert all(
+        lo == pytest.approx(r + 0.25 * k, rel=1e-5) for lo, r, k in zip(h["loss"], h["recon"], h["kl"], strict=True)
+    )
     assert any(abs(lo - r - k) > 1e-3 for lo, r, k in zip(h["loss"], h["recon"], h["kl"], strict=True))
 
 
@@ -846,15 +887,21 @@ def test_train_autoencoder_lowers_its_loss(likelihood):
     x = data[:16]
     with torch.no_grad():
         out = ae(x)
-        want = (-bernoulli_log_likelihood(out, x) if likelihood == "bernoulli"
-                else (out - x).pow(2).flatten(1).sum(1)).mean().item()
+        want = (
+            (-bernoulli_log_likelihood(out, x) if likelihood == "bernoulli" else (out - x).pow(2).flatten(1).sum(1))
+            .mean()
+            .item()
+        )
     h = train_autoencoder(ae, data, 30, **RUN)
     assert set(h.metrics) == {"loss"} and len(h) == 30
     assert sum(h["loss"][-5:]) / 5 < sum(h["loss"][:5]) / 5, h["loss"]
     with torch.no_grad():  # and on the data it was trained on, not just in the log
         out = ae(x)
-        after = (-bernoulli_log_likelihood(out, x) if likelihood == "bernoulli"
-                 else (out - x).pow(2).flatten(1).sum(1)).mean().item()
+        after = (
+            (-bernoulli_log_likelihood(out, x) if likelihood == "bernoulli" else (out - x).pow(2).flatten(1).sum(1))
+            .mean()
+            .item()
+        )
     assert after < want, (after, want)
 
 
@@ -864,8 +911,15 @@ def test_train_autoencoder_first_loss_is_the_reconstruction_loss():
         ae = tiny_ae(likelihood=likelihood)
         with torch.no_grad():  # one batch = the whole (shuffled) data set: the mean does not depend on the order
             out = ae(data)
-            want = (-bernoulli_log_likelihood(out, data) if likelihood == "bernoulli"
-                    else F.mse_loss(out, data, reduction="none").flatten(1).sum(1)).mean().item()
+            want = (
+                (
+                    -bernoulli_log_likelihood(out, data)
+                    if likelihood == "bernoulli"
+                    else F.mse_loss(out, data, reduction="none").flatten(1).sum(1)
+                )
+                .mean()
+                .item()
+            )
         h = train_autoencoder(ae, data, 1, batch_size=16, progress=False)
         assert h["loss"][0] == pytest.approx(want, rel=1e-5)
 
@@ -1002,7 +1056,8 @@ def test_vae_on_cuda():
     # the CPU model with the same weights agrees with the GPU (fp32 here, no autocast outside training)
     cpu = copy.deepcopy(model).cpu()
     assert iwae_bound(cpu, data, k=1, batch_size=64, seed=0) == pytest.approx(
-        iwae_bound(model, data, k=1, batch_size=64, seed=0), rel=0.01)
+        iwae_bound(model, data, k=1, batch_size=64, seed=0), rel=0.01
+    )
     # a conv VAE trains there too
     torch.manual_seed(0)
     conv = VAE(VAEConfig(kind="conv", channels=8, hidden=32, latent_dim=2)).to(device)

@@ -77,8 +77,11 @@ def find_chromium(explicit: str | None = None) -> tuple[str | None, str]:
         path = shutil.which(name)
         if path:
             return path, f"{name} on PATH"
-    return None, ("no Chromium/Chrome found (looked for " + ", ".join(BROWSER_NAMES)
-                  + " on PATH and $AIGC_CHROMIUM); install one, e.g. `sudo apt-get install chromium`")
+    return None, (
+        "no Chromium/Chrome found (looked for "
+        + ", ".join(BROWSER_NAMES)
+        + " on PATH and $AIGC_CHROMIUM); install one, e.g. `sudo apt-get install chromium`"
+    )
 
 
 def find_playwright() -> tuple[bool, str]:
@@ -143,20 +146,36 @@ class LabServer:
         notif = self.state / "settings" / "@jupyterlab" / "apputils-extension"
         notif.mkdir(parents=True, exist_ok=True)
         (notif / "notification.jupyterlab-settings").write_text(
-            json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+            json.dumps({"fetchNews": "false", "checkForUpdates": False})
+        )
         self.env["JUPYTER_RUNTIME_DIR"] = str(self.state / "runtime")
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-               f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
-               "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: to find cells, kernel state
-               f"--LabApp.user_settings_dir={self.state / 'settings'}",
-               f"--LabApp.workspaces_dir={self.state / 'lab-workspaces'}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: to find cells, kernel state
+            f"--LabApp.user_settings_dir={self.state / 'settings'}",
+            f"--LabApp.workspaces_dir={self.state / 'lab-workspaces'}",
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--ServerApp.allow_root=True")
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -179,8 +198,9 @@ class LabServer:
         return "\n".join("    " + line for line in lines[-n:])
 
     def _api(self, method: str, path: str, timeout: float = 5):
-        req = urllib.request.Request(f"{self.url}{path}", method=method,
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             body = r.read()
         return json.loads(body) if body else None
@@ -353,17 +373,23 @@ def extension_diagnosis(ext: dict) -> str:
     """Why the widget extension is not working, from the page's own record of its extensions."""
     name = WIDGET_EXTENSION
     if any(d == name or d.startswith(name + ":") for d in ext.get("disabled", [])):
-        return (f"the ipywidgets JupyterLab extension {name} is DISABLED in this JupyterLab "
-                f"(see `jupyter labextension list`); fix: `jupyter labextension enable {name}`, then reload")
+        return (
+            f"the ipywidgets JupyterLab extension {name} is DISABLED in this JupyterLab "
+            f"(see `jupyter labextension list`); fix: `jupyter labextension enable {name}`, then reload"
+        )
     if name not in ext.get("federated", []) and not ext.get("plugins"):
-        return (f"the ipywidgets JupyterLab extension {name} is MISSING: JupyterLab "
-                f"{ext.get('version', '?')} did not load it (it is not among the page's extensions "
-                f"{sorted(ext.get('federated', []))}); fix: `pip install jupyterlab_widgets` (it comes "
-                "with `pip install -r requirements.txt`) in the environment that runs `jupyter lab`, "
-                "restart JupyterLab and reload the page")
+        return (
+            f"the ipywidgets JupyterLab extension {name} is MISSING: JupyterLab "
+            f"{ext.get('version', '?')} did not load it (it is not among the page's extensions "
+            f"{sorted(ext.get('federated', []))}); fix: `pip install jupyterlab_widgets` (it comes "
+            "with `pip install -r requirements.txt`) in the environment that runs `jupyter lab`, "
+            "restart JupyterLab and reload the page"
+        )
     if not ext.get("activated"):
-        return (f"the ipywidgets JupyterLab extension {name} is installed but none of its plugins "
-                f"was activated (plugins {ext.get('plugins')}); see the browser console log below")
+        return (
+            f"the ipywidgets JupyterLab extension {name} is installed but none of its plugins "
+            f"was activated (plugins {ext.get('plugins')}); see the browser console log below"
+        )
     return f"the widget extension {name} is loaded (plugins {ext.get('activated')})"
 
 
@@ -424,7 +450,10 @@ def run_check(args) -> tuple[int, list[str]]:
                 raise CannotRun(f"could not start {chromium}: {str(e).splitlines()[0]}") from e
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+                page.on(
+                    "console",
+                    lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None,
+                )
                 page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
                 note(f"browser {browser.version} ({chromium}, {how})")
 
@@ -437,8 +466,10 @@ def run_check(args) -> tuple[int, list[str]]:
                 page.goto(f"{server.url}/lab/tree/{name}?token={server.token}", timeout=120_000)
                 page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=120_000)
                 page.evaluate(JS_HELPERS)
-                page.wait_for_function(f"() => window.__aigc.panel({name!r}) && window.__aigc.state({name!r}, 0).kernel === 'idle'",
-                                       timeout=120_000)
+                page.wait_for_function(
+                    f"() => window.__aigc.panel({name!r}) && window.__aigc.state({name!r}, 0).kernel === 'idle'",
+                    timeout=120_000,
+                )
                 ext = page.evaluate("() => window.__aigc.extensions()")
                 note(f"JupyterLab {ext['version']}; widget plugins active: {ext['activated'] or 'NONE'}")
                 info = page.evaluate(f"() => window.__aigc.cellInfo({name!r}, {idx})")
@@ -458,14 +489,19 @@ def run_check(args) -> tuple[int, list[str]]:
                         break
                     if time.monotonic() > deadline:
                         shot("timeout")
-                        raise CheckFailed(f"cells 0..{idx} did not finish within {args.run_timeout:.0f} s "
-                                          f"(kernel {st['kernel']}, {st['unexecuted']} cells not run)")
+                        raise CheckFailed(
+                            f"cells 0..{idx} did not finish within {args.run_timeout:.0f} s "
+                            f"(kernel {st['kernel']}, {st['unexecuted']} cells not run)"
+                        )
                     if time.monotonic() - last_report > 30:
                         last_report = time.monotonic()
                         print(f"    ... kernel {st['kernel']}, {st['unexecuted']} code cells to go", flush=True)
                     time.sleep(0.5)
-                note(f"cells 0..{idx} ran (kernel {st['kernel']})" if not st["errors"] else
-                     f"stopped: cell {st['errors'][0]['cell']} raised an error")
+                note(
+                    f"cells 0..{idx} ran (kernel {st['kernel']})"
+                    if not st["errors"]
+                    else f"stopped: cell {st['errors'][0]['cell']} raised an error"
+                )
                 page.evaluate(f"() => window.__aigc.mark({name!r}, {idx})")
                 cell = page.locator("[data-aigc-check=widget-cell]")
                 cell.scroll_into_view_if_needed()
@@ -482,37 +518,49 @@ def run_check(args) -> tuple[int, list[str]]:
                     try:
                         page.wait_for_function(  # drawn, or drawn as text / an error: no need to wait longer
                             f"(bad) => {{ const v = ({view_js})(); return (v.sliders > 0 && v.drawn) || "
-                            f"bad.some(t => v.text.includes(t)); }}", arg=list(BAD_TEXT),
-                            timeout=args.widget_timeout * 1000)
+                            f"bad.some(t => v.text.includes(t)); }}",
+                            arg=list(BAD_TEXT),
+                            timeout=args.widget_timeout * 1000,
+                        )
                     except PlaywrightError:
                         pass
                     view = page.evaluate(view_js)
                     shot("widget_cell", cell)
                     shot("page_after_run")
                     if view["sliders"] == 0:
-                        why = ("it was drawn as text: " + view["text"].strip()[:90] + "..."
-                               if "interactive(children=" in view["text"] else
-                               f"the cell's output: {view['text'].strip()[:200]!r}")
+                        why = (
+                            "it was drawn as text: " + view["text"].strip()[:90] + "..."
+                            if "interactive(children=" in view["text"]
+                            else f"the cell's output: {view['text'].strip()[:200]!r}"
+                        )
                         failures.append(f"no widget rendered in cell {idx} ({why}); {extension_diagnosis(ext)}")
                     else:
-                        note(f"widget rendered: {view['sliders']} sliders (readouts {view['readouts']}), "
-                             f"{view['widgets']} .jupyter-widgets nodes")
+                        note(
+                            f"widget rendered: {view['sliders']} sliders (readouts {view['readouts']}), "
+                            f"{view['widgets']} .jupyter-widgets nodes"
+                        )
                         if not view["drawn"]:
-                            failures.append("the widget drew nothing: no figure (loaded <img>) and no text in its output")
+                            failures.append(
+                                "the widget drew nothing: no figure (loaded <img>) and no text in its output"
+                            )
                         else:
-                            note("the widget drew " + ("a matplotlib figure" if view["imgOk"] else
-                                                       f"text: {view['out'].strip()[:60]!r}..."))
+                            note(
+                                "the widget drew "
+                                + ("a matplotlib figure" if view["imgOk"] else f"text: {view['out'].strip()[:60]!r}...")
+                            )
 
                     for o in page.evaluate(f"() => window.__aigc.outputs({name!r}, {idx})"):
                         for text, what in BAD_TEXT.items():
                             if text in o["text"]:
                                 at = o["text"].index(text)
-                                failures.append(f"cell {o['cell']} output: {what}: {o['text'][at:at + 90]!r}...")
+                                failures.append(f"cell {o['cell']} output: {what}: {o['text'][at : at + 90]!r}...")
                     images = page.evaluate(f"() => window.__aigc.images({name!r}, {idx})")
                     plots = [i for i in images if not i["inWidget"]]
                     broken = [i for i in images if not i["ok"]]
-                    note(f"matplotlib images: {sum(i['ok'] for i in plots)} figures in cells "
-                         f"{sorted({i['cell'] for i in plots if i['ok']})}, {len(broken)} broken")
+                    note(
+                        f"matplotlib images: {sum(i['ok'] for i in plots)} figures in cells "
+                        f"{sorted({i['cell'] for i in plots if i['ok']})}, {len(broken)} broken"
+                    )
                     if not any(i["ok"] for i in plots):
                         failures.append("no matplotlib figure rendered as an image in the cells above the widget")
                     for i in broken:
@@ -539,26 +587,39 @@ def run_check(args) -> tuple[int, list[str]]:
                                 f"([src, out, r]) => {{ const v = ({view_js})(); return v.drawn && v.readouts[0] !== r "
                                 f"&& (src ? v.imgOk && v.imgSrc !== src : v.out !== out); }}",
                                 arg=[view["imgSrc"] if view["imgOk"] else None, view["out"], view["readouts"][0]],
-                                timeout=args.widget_timeout * 1000)
-                            page.wait_for_function(f"() => window.__aigc.state({name!r}, 0).kernel === 'idle'",
-                                                   timeout=args.widget_timeout * 1000)
+                                timeout=args.widget_timeout * 1000,
+                            )
+                            page.wait_for_function(
+                                f"() => window.__aigc.state({name!r}, 0).kernel === 'idle'",
+                                timeout=args.widget_timeout * 1000,
+                            )
                             time.sleep(1.0)  # let the last continuous update land
                         except PlaywrightError:
                             pass
                         after = page.evaluate(view_js)
                         shot("widget_after_slider", cell)
                         if after["readouts"][:1] == view["readouts"][:1]:
-                            failures.append(f"dragging the first slider did not change its value ({view['readouts'][0]})")
-                        elif (after["imgSrc"] == view["imgSrc"] or not after["imgOk"]) if view["imgOk"] else after["out"] == view["out"]:
-                            failures.append(f"slider moved {view['readouts'][0]} -> {after['readouts'][0]}, "
-                                            f"but the widget's {'figure' if view['imgOk'] else 'output'} was not redrawn")
+                            failures.append(
+                                f"dragging the first slider did not change its value ({view['readouts'][0]})"
+                            )
+                        elif (
+                            (after["imgSrc"] == view["imgSrc"] or not after["imgOk"])
+                            if view["imgOk"]
+                            else after["out"] == view["out"]
+                        ):
+                            failures.append(
+                                f"slider moved {view['readouts'][0]} -> {after['readouts'][0]}, "
+                                f"but the widget's {'figure' if view['imgOk'] else 'output'} was not redrawn"
+                            )
                         else:
-                            note(f"slider dragged {view['readouts'][0]} -> {after['readouts'][0]}: "
-                                 f"{'figure' if view['imgOk'] else 'output'} redrawn")
+                            note(
+                                f"slider dragged {view['readouts'][0]} -> {after['readouts'][0]}: "
+                                f"{'figure' if view['imgOk'] else 'output'} redrawn"
+                            )
                         for text, what in BAD_TEXT.items():
                             if text in after["text"]:
                                 at = after["text"].index(text)
-                                failures.append(f"after the slider moved, {what}: {after['text'][at:at + 120]!r}")
+                                failures.append(f"after the slider moved, {what}: {after['text'][at : at + 120]!r}")
             finally:
                 browser.close()
     finally:
@@ -579,20 +640,29 @@ def run_check(args) -> tuple[int, list[str]]:
         summary.append("FAIL:")
         summary += [f"  - {f}" for f in dict.fromkeys(failures)]
         return EXIT_FAIL, summary
-    summary.append(f"PASS: {name} works in JupyterLab in Chromium (widget rendered, dragging a slider "
-                   f"redraws it, figures render, no tracebacks) in {time.monotonic() - t0:.0f} s")
+    summary.append(
+        f"PASS: {name} works in JupyterLab in Chromium (widget rendered, dragging a slider "
+        f"redraws it, figures render, no tracebacks) in {time.monotonic() - t0:.0f} s"
+    )
     return EXIT_PASS, summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chapter", default="03", help="chapter number whose first widget cell is checked (default 03)")
-    parser.add_argument("--out", default="build/lab-check", help="folder for the screenshots (default build/lab-check/, git-ignored)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--chapter", default="03", help="chapter number whose first widget cell is checked (default 03)"
+    )
+    parser.add_argument(
+        "--out", default="build/lab-check", help="folder for the screenshots (default build/lab-check/, git-ignored)"
+    )
     parser.add_argument("--chromium", help="browser executable (default: $AIGC_CHROMIUM, else chromium/chrome on PATH)")
     parser.add_argument("--budget", default="smoke", help="AIGC_BUDGET for the kernel (default smoke)")
     parser.add_argument("--run-timeout", type=float, default=600, help="seconds for the cells to run (default 600)")
-    parser.add_argument("--widget-timeout", type=float, default=60, help="seconds for a widget to draw/redraw (default 60)")
+    parser.add_argument(
+        "--widget-timeout", type=float, default=60, help="seconds for a widget to draw/redraw (default 60)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace and server log")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))  # aigc_lib, when run from a checkout without an install
@@ -603,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
         code, summary = run_check(args)
     except SystemExit as e:
         if isinstance(e.code, int) and e.code > 128:
-            print(f"INTERRUPTED (signal {e.code - 128}): JupyterLab, its kernel and the browser were stopped", flush=True)
+            print(
+                f"INTERRUPTED (signal {e.code - 128}): JupyterLab, its kernel and the browser were stopped", flush=True
+            )
         raise
     except CannotRun as e:
         print(f"CANNOT RUN: {e}", flush=True)

@@ -130,7 +130,9 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) 
         )
     if type(expected) in (tuple, list):
         if type(got) is not type(expected):
-            return Verdict(False, f"expected a {type(expected).__name__} of {len(expected)} items, got {_describe(got)}")
+            return Verdict(
+                False, f"expected a {type(expected).__name__} of {len(expected)} items, got {_describe(got)}"
+            )
         if len(got) != len(expected):
             return Verdict(False, f"expected {len(expected)} items, got {len(got)}")
         for i, (g, e) in enumerate(zip(got, expected, strict=True)):
@@ -183,8 +185,10 @@ def judge(case: Case, outcome: Any, expected: Any, *, hidden: bool = False, chan
         msg = f"raised {outcome.type_name}: {outcome.message}"
         return CaseResult(case.name, 0.0, case.points, "error", msg, case.hint, hidden)
     if changed:
-        msg = (f"changed its input `{changed}` in place (e.g. +=, add_, or writing into a slice of it); "
-               "compute new tensors and leave the inputs as they were")
+        msg = (
+            f"changed its input `{changed}` in place (e.g. +=, add_, or writing into a slice of it); "
+            "compute new tensors and leave the inputs as they were"
+        )
         return CaseResult(case.name, 0.0, case.points, "fail", msg, case.hint, hidden)
     try:
         verdict = compare(outcome, expected, rtol=case.rtol, atol=case.atol)
@@ -216,9 +220,15 @@ def map_tensors(fn: Callable[[torch.Tensor], Any], x: Any) -> Any:
 
 def _same(a: Any, b: Any) -> bool:
     if type(b) is torch.Tensor:  # equal values, NaN included
-        return (type(a) is torch.Tensor and a.shape == b.shape and a.dtype == b.dtype
-                and (torch.equal(a, b) or (b.is_floating_point()
-                                           and bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all()))))
+        return (
+            type(a) is torch.Tensor
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and (
+                torch.equal(a, b)
+                or (b.is_floating_point() and bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all()))
+            )
+        )
     if type(b) is dict:
         return type(a) is dict and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in b)
     if type(b) in (tuple, list):
@@ -270,9 +280,11 @@ def computed_in_float64(reference: Callable[..., Any]) -> Callable[..., Any]:
     For a reference whose own low-precision arithmetic is less accurate than a careful answer:
     the expected value is then the correctly rounded one, and tolerances need not cover the
     reference's rounding."""
+
     @functools.wraps(reference)
     def expected(*args: Any, **kwargs: Any) -> Any:
         return cast_like(reference(*to_float64(args), **to_float64(kwargs)), reference(*args, **kwargs))
+
     return expected
 
 
@@ -299,13 +311,16 @@ def _hint_lines(exercise: Exercise, attempt: int | None) -> list[str]:
     if attempt >= FULL_HINT_AFTER:
         return [f"  hint 2 of 2 (the full recipe): {exercise.hint}"]
     left = FULL_HINT_AFTER - attempt
-    return [f"  hint 1 of 2: {exercise.nudge}",
-            f"  (Have another go. If this check fails {left} more time{'s' if left > 1 else ''}, "
-            "it shows the full recipe: hint 2 of 2.)"]
+    return [
+        f"  hint 1 of 2: {exercise.nudge}",
+        f"  (Have another go. If this check fails {left} more time{'s' if left > 1 else ''}, "
+        "it shows the full recipe: hint 2 of 2.)",
+    ]
 
 
-def format_results(exercise: Exercise, results: list[CaseResult], *, reveal: bool = True,
-                   attempt: int | None = None) -> str:
+def format_results(
+    exercise: Exercise, results: list[CaseResult], *, reveal: bool = True, attempt: int | None = None
+) -> str:
     """Readable feedback. With `reveal=False` (hidden cases) no values or messages are shown.
 
     `attempt`: the learner's failing checks of this exercise so far, for graduated hints; None
@@ -368,5 +383,7 @@ def hidden_summary(exercise: Exercise) -> str:
     visible = sum(c.points for c in exercise.cases)
     hidden = sum(c.points for c in exercise.hidden)
     kinds = "; ".join(c.name.removeprefix("hidden: ") for c in exercise.hidden)
-    return (f"  The grade is out of {visible + hidden:g}: {visible:g} points for these visible tests and "
-            f"{hidden:g} for hidden tests that check: {kinds}.")
+    return (
+        f"  The grade is out of {visible + hidden:g}: {visible:g} points for these visible tests and "
+        f"{hidden:g} for hidden tests that check: {kinds}."
+    )

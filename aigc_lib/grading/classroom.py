@@ -163,8 +163,11 @@ def _previous(path: Path, key: bytes, fingerprint: str) -> dict | None:
         report = json.loads(read_bytes(path, 16 << 20))
     except Exception:  # noqa: BLE001 - missing, damaged or planted: graded again
         return None
-    if isinstance(report, dict) and report.get("fingerprint") == fingerprint and \
-            hmac.compare_digest(str(report.get("signature", "")), _sign(key, report)):
+    if (
+        isinstance(report, dict)
+        and report.get("fingerprint") == fingerprint
+        and hmac.compare_digest(str(report.get("signature", "")), _sign(key, report))
+    ):
         return report
     return None
 
@@ -172,15 +175,28 @@ def _previous(path: Path, key: bytes, fingerprint: str) -> dict | None:
 def _failed(grader: Grader, student: str, path: Path, err: BaseException) -> dict:
     """The report of a learner the grader could not grade: not a score, and not saved, so a re-run retries."""
     reason = f"grader error, not graded (re-run to retry): {type(err).__name__}: {printable(str(err), 300)}"
-    return {"student": student, "chapter": grader.chapter, "notebook": printable(str(path), 500),
-            "max_score": grader.max_score, "isolation": grader.level, "guarantees": [], "status": "error",
-            "reason": reason, "cell_errors": {}, "notes": [], "score": 0,
-            "exercises": [{"key": e.key, "function": e.function, "hint": e.hint, "points": 0, "max_points": e.points,
-                           "cases": []} for e in grader.exercises]}
+    return {
+        "student": student,
+        "chapter": grader.chapter,
+        "notebook": printable(str(path), 500),
+        "max_score": grader.max_score,
+        "isolation": grader.level,
+        "guarantees": [],
+        "status": "error",
+        "reason": reason,
+        "cell_errors": {},
+        "notes": [],
+        "score": 0,
+        "exercises": [
+            {"key": e.key, "function": e.function, "hint": e.hint, "points": 0, "max_points": e.points, "cases": []}
+            for e in grader.exercises
+        ],
+    }
 
 
-def grade_class(grader: Grader, submissions: list[tuple[str, Path]], out: Path, *, workers: int = 2,
-                progress: bool = True) -> list[dict]:
+def grade_class(
+    grader: Grader, submissions: list[tuple[str, Path]], out: Path, *, workers: int = 2, progress: bool = True
+) -> list[dict]:
     """Prove the sandbox, grade every submission (reusing finished, signed results), write all reports."""
     out = Path(out)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new reports folder is private
@@ -223,8 +239,9 @@ def grade_class(grader: Grader, submissions: list[tuple[str, Path]], out: Path, 
             return report
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            reports = list(tqdm(pool.map(one, submissions), total=len(submissions), desc="grading",
-                                disable=not progress))
+            reports = list(
+                tqdm(pool.map(one, submissions), total=len(submissions), desc="grading", disable=not progress)
+            )
     finally:
         for uid in held:
             uid.release()

@@ -34,8 +34,9 @@ def _gradescope_upload(args) -> list[tuple[str, Path]] | None:
     results.json telling the learner what to upload (and return None)."""
     if not args.chapter:
         raise SystemExit("--gradescope needs --chapter NN")
-    notebooks = sorted(p for folder in args.submissions for p in Path(folder).rglob("*.ipynb")
-                       if ".ipynb_checkpoints" not in p.parts)
+    notebooks = sorted(
+        p for folder in args.submissions for p in Path(folder).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
+    )
     named = [p for p in notebooks if p.name.startswith(f"{args.chapter}_")]
     chosen = named if len(named) == 1 else notebooks if len(notebooks) == 1 else []
     if len(chosen) == 1:
@@ -44,8 +45,10 @@ def _gradescope_upload(args) -> list[tuple[str, Path]] | None:
 
     expected = next(iter(sorted(SOLUTIONS.glob(f"{args.chapter}_*.ipynb"))), Path(f"{args.chapter}_*.ipynb")).name
     found = ", ".join(p.name for p in notebooks) or "no notebook"
-    message = (f"We could not tell which notebook to grade: your upload has {found}. Upload the chapter's "
-               f"notebook, {expected}, on its own (other files are fine, other notebooks are not), then resubmit.")
+    message = (
+        f"We could not tell which notebook to grade: your upload has {found}. Upload the chapter's "
+        f"notebook, {expected}, on its own (other files are fine, other notebooks are not), then resubmit."
+    )
     max_score = sum(ex.points for ex in exercises_for(args.chapter).values())
     write_atomic(args.gradescope, gradescope_upload_problem(message, max_score))
     print(message)
@@ -62,15 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="submissions graded in parallel")
     parser.add_argument("--cell-timeout", type=float, default=Limits.cell_seconds, help="seconds per learner cell")
     parser.add_argument("--call-timeout", type=float, default=Limits.call_seconds, help="seconds per test call")
-    parser.add_argument("--call-idle", type=float, default=Limits.idle_seconds,
-                        help="seconds a cell or call may sleep or block before it is stopped")
-    parser.add_argument("--wall-timeout", type=float, default=Limits.wall_seconds,
-                        help="wall-clock seconds per cell or call (a backstop; the limits above are CPU time)")
+    parser.add_argument(
+        "--call-idle",
+        type=float,
+        default=Limits.idle_seconds,
+        help="seconds a cell or call may sleep or block before it is stopped",
+    )
+    parser.add_argument(
+        "--wall-timeout",
+        type=float,
+        default=Limits.wall_seconds,
+        help="wall-clock seconds per cell or call (a backstop; the limits above are CPU time)",
+    )
     parser.add_argument("--memory-mb", type=int, default=Limits.memory_bytes >> 20, help="memory per sandbox")
     parser.add_argument("--gradescope", type=Path, help="also write Gradescope's results.json (one submission)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--insecure", action="store_true",
-                        help="without root: run learner code as you, with no isolation (your own notebook only)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="without root: run learner code as you, with no isolation (your own notebook only)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers: expected >= 1, got {args.workers}")
@@ -80,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if inside and sys.path and os.path.realpath(sys.path[0] or ".") == str(here):
         # `python -m` put this folder first on sys.path: a learner's tqdm.py or torch.py would
         # already have run as you
-        parser.error(f"run the grader from outside the submissions ({inside[0]}), or use `aigc-grade` "
-                     "or `python -P -m aigc_lib grade`: files there must never be importable by the grader")
+        parser.error(
+            f"run the grader from outside the submissions ({inside[0]}), or use `aigc-grade` "
+            "or `python -P -m aigc_lib grade`: files there must never be importable by the grader"
+        )
     if args.gradescope:
         submissions = _gradescope_upload(args)
         if submissions is None:
@@ -90,16 +106,27 @@ def main(argv: list[str] | None = None) -> int:
         submissions = find_submissions(args.submissions)
     if not submissions:
         parser.error("no submissions found")
-    limits = Limits(cell_seconds=args.cell_timeout, call_seconds=args.call_timeout, idle_seconds=args.call_idle,
-                    wall_seconds=args.wall_timeout, memory_bytes=args.memory_mb << 20)
+    limits = Limits(
+        cell_seconds=args.cell_timeout,
+        call_seconds=args.call_timeout,
+        idle_seconds=args.call_idle,
+        wall_seconds=args.wall_timeout,
+        memory_bytes=args.memory_mb << 20,
+    )
     try:
-        grader = Grader(_chapter(submissions, args.chapter), limits=limits, hidden_dir=args.hidden,
-                        source=args.source, insecure=args.insecure)
+        grader = Grader(
+            _chapter(submissions, args.chapter),
+            limits=limits,
+            hidden_dir=args.hidden,
+            source=args.source,
+            insecure=args.insecure,
+        )
         if args.gradescope and grader.level != "namespaces":
             args.gradescope.parent.mkdir(parents=True, exist_ok=True)
             if writable_by_others(args.gradescope.parent):
-                raise SandboxBroken(f"{args.gradescope.parent} is writable by others: learner code could replace "
-                                    "results.json")
+                raise SandboxBroken(
+                    f"{args.gradescope.parent} is writable by others: learner code could replace results.json"
+                )
         print(f"grading {len(submissions)} submission(s) of chapter {grader.chapter}; isolation: {grader.level}")
         reports = grade_class(grader, submissions, args.out, workers=args.workers, progress=not args.quiet)
     except SandboxBroken as err:  # an infrastructure failure must never become a learner's score

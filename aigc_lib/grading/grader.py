@@ -41,11 +41,13 @@ from aigc_lib.paths import ROOT, SOLUTIONS
 # What a learner's solution cell may rely on: the grader runs only solution cells, not the notebook.
 PREAMBLE = "import math\nimport random\n\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n"
 
-STOPPED = {"cpu": ("TimeLimit", "ran past its {cpu:g} s of CPU time"),
-           "idle": ("TimeLimit", "slept, blocked or stopped for more than {idle:g} s"),
-           "wall": ("TimeLimit", "ran past the {wall:g} s wall-clock limit"),
-           "died": ("Crashed", "the process died (memory or process limit, a signal, os._exit)"),
-           "protocol": ("Crashed", "the process wrote into the grader's channel")}
+STOPPED = {
+    "cpu": ("TimeLimit", "ran past its {cpu:g} s of CPU time"),
+    "idle": ("TimeLimit", "slept, blocked or stopped for more than {idle:g} s"),
+    "wall": ("TimeLimit", "ran past the {wall:g} s wall-clock limit"),
+    "died": ("Crashed", "the process died (memory or process limit, a signal, os._exit)"),
+    "protocol": ("Crashed", "the process wrote into the grader's channel"),
+}
 
 
 def protected_paths(*extra: Path | None) -> list[Path]:
@@ -97,7 +99,8 @@ class Grader:
         if self.level == "none" and not self.insecure:
             raise SandboxBroken(
                 "refusing to grade: without root on Linux, learner code would run as you, with your files "
-                "and network. Grade as root (namespaces isolation), or pass --insecure to check your own notebook.")
+                "and network. Grade as root (namespaces isolation), or pass --insecure to check your own notebook."
+            )
         self.exercises: list[Exercise] = list(exercises_for(self.chapter, self.hidden_dir).values())
         if self.source is None:
             found = sorted(SOLUTIONS.glob(f"{self.chapter}_*.ipynb"))
@@ -105,8 +108,11 @@ class Grader:
         self.ids = solution_ids(read_cells(self.source)) if self.source is not None else {}
         # every visible case runs before any hidden one: a learner function cannot stash a hidden
         # input and show it in a visible case's error message
-        numbered = [(f"{ex.key}/{i}", ex, case, i >= len(ex.cases)) for ex in self.exercises
-                    for i, case in enumerate(ex.all_cases())]
+        numbered = [
+            (f"{ex.key}/{i}", ex, case, i >= len(ex.cases))
+            for ex in self.exercises
+            for i, case in enumerate(ex.all_cases())
+        ]
         self.slots = [(slot, ex, case) for slot, ex, case, hidden in sorted(numbered, key=lambda s: s[3])]
         self.hidden = {slot for slot, _, _, hidden in numbered if hidden}
         self.expected = {slot: ex.reference(**case.inputs()) for slot, ex, case in self.slots}
@@ -114,8 +120,16 @@ class Grader:
         for slot, ex, case in self.slots:
             own = bytearray()
             tree = wire.pack(case.inputs(), own, 1 << 30)
-            calls.append({"slot": slot, "function": ex.function, "inputs": tree, "blob": [len(blob), len(blob) + len(own)],
-                          "seed": zlib.crc32(slot.encode()), "max_bytes": 4 * _nbytes(self.expected[slot]) + len(own) + (1 << 20)})
+            calls.append(
+                {
+                    "slot": slot,
+                    "function": ex.function,
+                    "inputs": tree,
+                    "blob": [len(blob), len(blob) + len(own)],
+                    "seed": zlib.crc32(slot.encode()),
+                    "max_bytes": 4 * _nbytes(self.expected[slot]) + len(own) + (1 << 20),
+                }
+            )
             blob += own
         self.calls, self.blob = calls, bytes(blob)
 
@@ -125,8 +139,13 @@ class Grader:
 
     def fingerprint(self) -> str:
         """Changes whenever the grade of an unchanged submission could change."""
-        parts = [aigc_lib.__version__, self.chapter, repr(self.limits), self.level,
-                 *(f"{slot}:{case.points}:{case.rtol}:{case.atol}" for slot, _, case in self.slots)]
+        parts = [
+            aigc_lib.__version__,
+            self.chapter,
+            repr(self.limits),
+            self.level,
+            *(f"{slot}:{case.points}:{case.rtol}:{case.atol}" for slot, _, case in self.slots),
+        ]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def run(self, cells: list, uid: SandboxUid) -> tuple[dict[str, CaseResult], dict[str, str], list[str]]:
@@ -151,7 +170,9 @@ class Grader:
                     cell_errors[cell] = f"{name}: {text}; the cell was skipped on restart"
                 elif isinstance(event.get("error"), dict) and cell not in cell_errors:
                     error = event["error"]
-                    cell_errors[cell] = f"{wire.printable(error.get('type'), 80)}: {wire.printable(error.get('message', ''), 300)}"
+                    cell_errors[cell] = (
+                        f"{wire.printable(error.get('type'), 80)}: {wire.printable(error.get('message', ''), 300)}"
+                    )
             elif kind == "result" and event.get("slot") in cases and event["slot"] not in verdicts:
                 slot = event["slot"]
                 if event.get("stopped"):
@@ -188,17 +209,26 @@ class Grader:
         try:
             return judge(case, outcome, self.expected[slot], hidden=hidden, changed=changed)
         except Exception:  # noqa: BLE001 - an outcome we cannot judge earns nothing and stops nothing
-            return CaseResult(case.name, 0.0, case.points, "error", "the grader could not judge this value",
-                              case.hint, hidden)
+            return CaseResult(
+                case.name, 0.0, case.points, "error", "the grader could not judge this value", case.hint, hidden
+            )
 
     def grade(self, path: Path, *, student: str | None = None, uid: SandboxUid | None = None) -> dict:
         """The full report of one submission (the file is only read). Raises SandboxBroken on an
         infrastructure failure: that must never become a learner's score."""
         path = Path(path)
-        report: dict[str, Any] = {"student": wire.printable(student or path.stem, 200), "chapter": self.chapter,
-                                  "notebook": wire.printable(str(path), 500), "max_score": self.max_score,
-                                  "isolation": self.level, "guarantees": guarantees(self.level), "status": "graded",
-                                  "reason": "", "cell_errors": {}, "notes": []}
+        report: dict[str, Any] = {
+            "student": wire.printable(student or path.stem, 200),
+            "chapter": self.chapter,
+            "notebook": wire.printable(str(path), 500),
+            "max_score": self.max_score,
+            "isolation": self.level,
+            "guarantees": guarantees(self.level),
+            "status": "graded",
+            "reason": "",
+            "cell_errors": {},
+            "notes": [],
+        }
         own = uid is None
         uid = uid or SandboxUid()
         try:
@@ -216,9 +246,16 @@ class Grader:
         exercises = []
         for ex in self.exercises:
             results = [verdicts[f"{ex.key}/{i}"] for i in range(len(ex.all_cases()))]
-            exercises.append({"key": ex.key, "function": ex.function, "hint": ex.hint,
-                              "points": sum(r.points for r in results), "max_points": ex.points,
-                              "cases": [public_case(r) for r in results]})
+            exercises.append(
+                {
+                    "key": ex.key,
+                    "function": ex.function,
+                    "hint": ex.hint,
+                    "points": sum(r.points for r in results),
+                    "max_points": ex.points,
+                    "cases": [public_case(r) for r in results],
+                }
+            )
         report["exercises"] = exercises
         report["score"] = sum(e["points"] for e in exercises)
         return report
@@ -230,29 +267,38 @@ class Grader:
         """Prove the sandbox before a class is graded: the course's own solution must get full marks,
         and learner code must reach none of `protected`. Raises SandboxBroken, loudly, otherwise."""
         if self.level == "limits-only":
-            copies = [Path(c) for c in host_survey()[1]
-                      if not any(p == Path(c).resolve() or p in Path(c).resolve().parents for p in protected)]
+            copies = [
+                Path(c)
+                for c in host_survey()[1]
+                if not any(p == Path(c).resolve() or p in Path(c).resolve().parents for p in protected)
+            ]
             exposed = exposed_paths(protected, uid.uid) + copies
             if exposed:
                 listing = " ".join(f"'{p}'" for p in exposed)
                 raise SandboxBroken(
                     f"refusing to grade: isolation is limits-only (no namespaces), and learner code (uid {uid.uid}) "
-                    f"could read: {listing}. Make them unreadable to others first, e.g. chmod -R o-rwx {listing}")
+                    f"could read: {listing}. Make them unreadable to others first, e.g. chmod -R o-rwx {listing}"
+                )
         if self.source is None:
             raise SandboxBroken(f"no solutions notebook for chapter {self.chapter}: the sandbox cannot be proven")
-        probe = ("import os\n_seen = [p for p in %r if os.path.exists(p) and os.access(p, os.R_OK)]\n"
-                 "if _seen:\n    raise RuntimeError('VISIBLE ' + repr(_seen))\n") % [str(p) for p in protected]
+        probe = (
+            "import os\n_seen = [p for p in %r if os.path.exists(p) and os.access(p, os.R_OK)]\n"
+            "if _seen:\n    raise RuntimeError('VISIBLE ' + repr(_seen))\n"
+        ) % [str(p) for p in protected]
         cells = learner_cells(read_cells(self.source), self.exercises, self.ids)
         cells.append(type(cells[0])("aigc-canary-probe", probe) if cells else None)
         verdicts, cell_errors, notes = self.run([c for c in cells if c is not None], uid)
         if self.level != "none" and "aigc-canary-probe" in cell_errors:
-            raise SandboxBroken(f"refusing to grade: learner code could see protected paths: {cell_errors['aigc-canary-probe']}")
+            raise SandboxBroken(
+                f"refusing to grade: learner code could see protected paths: {cell_errors['aigc-canary-probe']}"
+            )
         lost = [f"{slot}: {r.status} {r.message}" for slot, r in verdicts.items() if not r.passed]
         if lost or notes:
             raise SandboxBroken(
                 f"refusing to grade: the course's own solution ({self.source.name}) did not get full marks in the "
                 f"sandbox (isolation {self.level}), so learners' scores would be wrong. First problems: "
-                + "; ".join([*notes, *lost, *(f"cell {k}: {v}" for k, v in cell_errors.items())][:4]))
+                + "; ".join([*notes, *lost, *(f"cell {k}: {v}" for k, v in cell_errors.items())][:4])
+            )
 
 
 def public_case(r: CaseResult) -> dict:

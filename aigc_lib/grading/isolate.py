@@ -43,11 +43,22 @@ UIDS_ENV = "AIGC_SANDBOX_UIDS"  # "FIRST:COUNT" overrides the range (tests keep 
 def uid_range() -> range:
     first, count = os.environ.get(UIDS_ENV, f"{BASE_UID}:{UID_RANGE}").split(":")
     return range(int(first), int(first) + int(count))
+
+
 LOCKS = Path("/run/aigc_lib-sandbox")  # root-only: which sandbox uid each running grader holds
 COURSE_PACKAGES = ["aigc_lib"]  # left out of the sandbox's view of the installed packages
 COURSE_MARKERS = ["aigc_lib", "exercises/hidden"]  # a folder holding one of these is a copy of the course
-SYSTEM = ["/lib", "/lib32", "/lib64", "/libx32", "/usr/lib64", "/usr/lib32", "/usr/lib/locale",
-          "/sys/devices/system/cpu", *(f"/etc/{name}" for name in wire.ETC)]  # the loader and its cache
+SYSTEM = [
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/usr/lib64",
+    "/usr/lib32",
+    "/usr/lib/locale",
+    "/sys/devices/system/cpu",
+    *(f"/etc/{name}" for name in wire.ETC),
+]  # the loader and its cache
 PROBE = """
 import importlib, os, sys
 import numpy, torch
@@ -79,9 +90,15 @@ class Limits:
         return {"cpu": cpu, "idle": self.idle_seconds, "wall": self.wall_seconds}
 
     def rlimits(self, cpu_budget: float) -> dict[str, int]:
-        return {"RLIMIT_AS": self.memory_bytes, "RLIMIT_CPU": int(cpu_budget) + 1, "RLIMIT_NPROC": self.processes,
-                "RLIMIT_FSIZE": self.file_bytes, "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0,
-                "RLIMIT_MSGQUEUE": 0}  # no POSIX message queues: they outlive processes, unseen
+        return {
+            "RLIMIT_AS": self.memory_bytes,
+            "RLIMIT_CPU": int(cpu_budget) + 1,
+            "RLIMIT_NPROC": self.processes,
+            "RLIMIT_FSIZE": self.file_bytes,
+            "RLIMIT_NOFILE": 256,
+            "RLIMIT_CORE": 0,
+            "RLIMIT_MSGQUEUE": 0,
+        }  # no POSIX message queues: they outlive processes, unseen
 
 
 @lru_cache(maxsize=1)
@@ -92,31 +109,47 @@ def isolation_level() -> str:
     unshare = shutil.which("unshare")
     if unshare is None:
         return "limits-only"
-    probe = subprocess.run([unshare, "--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "true"],
-                           capture_output=True, timeout=30)
+    probe = subprocess.run(
+        [unshare, "--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "true"],
+        capture_output=True,
+        timeout=30,
+    )
     return "namespaces" if probe.returncode == 0 else "limits-only"
 
 
 def guarantees(level: str) -> list[str]:
     """What held for a run at `level`, in words for the report."""
-    common = ["verdicts computed by the grader from plain data (no unpickling), never by learner code",
-              "each test's inputs reach learner code only while that test runs"]
+    common = [
+        "verdicts computed by the grader from plain data (no unpickling), never by learner code",
+        "each test's inputs reach learner code only while that test runs",
+    ]
     if level == "none":
         return [*common, "NO ISOLATION: learner code ran as the grading user, with its files and network"]
-    held = [*common, "learner code ran as an unprivileged uid of its own, killed entirely after each run",
-            "per-step CPU, idle and wall limits; memory, process and file-size limits"]
-    held.append("whole-sandbox memory and process limits (cgroup)" if cgroups_available()
-                else "memory limited per process only (no cgroup on this host)")
+    held = [
+        *common,
+        "learner code ran as an unprivileged uid of its own, killed entirely after each run",
+        "per-step CPU, idle and wall limits; memory, process and file-size limits",
+    ]
+    held.append(
+        "whole-sandbox memory and process limits (cgroup)"
+        if cgroups_available()
+        else "memory limited per process only (no cgroup on this host)"
+    )
     if level == "namespaces":
-        held += ["no network; a filesystem built from an allow-list (interpreter, system libraries, packages "
-                 "without the course), read-only, with a private /tmp"]
+        held += [
+            "no network; a filesystem built from an allow-list (interpreter, system libraries, packages "
+            "without the course), read-only, with a private /tmp"
+        ]
     else:
-        held += ["the course package, solutions, hidden tests, reports and submissions checked unreadable to the "
-                 "sandbox uid; other files on this host are not hidden (no namespaces); the network is reachable"]
+        held += [
+            "the course package, solutions, hidden tests, reports and submissions checked unreadable to the "
+            "sandbox uid; other files on this host are not hidden (no namespaces); the network is reachable"
+        ]
     return held
 
 
 # --- sandbox uids, locked per worker ----------------------------------------------------------
+
 
 def _lock_dir() -> Path:
     LOCKS.mkdir(mode=0o700, exist_ok=True)
@@ -160,8 +193,12 @@ class SandboxUid:
         uid no running grader holds, kill its processes and remove it."""
         if os.geteuid() != 0:
             return
-        names = [p.name for d in (CGROUP, CGROUP / "memory", CGROUP / "pids") if d.is_dir()
-                 for p in d.glob("aigc-sandbox-[0-9]*")]
+        names = [
+            p.name
+            for d in (CGROUP, CGROUP / "memory", CGROUP / "pids")
+            if d.is_dir()
+            for p in d.glob("aigc-sandbox-[0-9]*")
+        ]
         names += [p.name for p in Path(tempfile.gettempdir()).glob("aigc-sandbox-[0-9]*")]
         for uid in sorted({int(n.split("-")[2]) for n in names if n.split("-")[2].isdigit()}):
             fd = os.open(_lock_dir() / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -266,6 +303,7 @@ class Cgroup:
 
 # --- what the sandbox may see --------------------------------------------------------------------
 
+
 @lru_cache(maxsize=1)
 def python_paths() -> tuple[list[str], list[str], list[str]]:
     """(stdlib folders, package folders, other folders the interpreter needs), all real paths:
@@ -284,8 +322,11 @@ def python_paths() -> tuple[list[str], list[str], list[str]]:
     sites += [str(Path(m.__file__).resolve().parents[1]) for m in (torch, numpy)]
     packages = [real(p) for p in dict.fromkeys(sites) if os.path.isdir(p)]
     # other Pythons' package folders under the system tree: the course may be installed there too
-    system = [real(p) for pattern in ("/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages")
-              for p in glob.glob(pattern)]
+    system = [
+        real(p)
+        for pattern in ("/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages")
+        for p in glob.glob(pattern)
+    ]
     packages = list(dict.fromkeys([*packages, *system]))
     return stdlib, packages, _libraries(stdlib, packages)
 
@@ -350,8 +391,12 @@ def host_survey() -> tuple[tuple[str, ...], tuple[str, ...]]:
         except OSError:
             continue
         names = {e.name for e in entries}
-        if os.path.basename(folder) == "solutions" and any(re.fullmatch(r"\d\d_\w+\.ipynb", n) for n in names) \
-                or os.path.basename(folder) == "exercises" and "hidden" in names:
+        if (
+            os.path.basename(folder) == "solutions"
+            and any(re.fullmatch(r"\d\d_\w+\.ipynb", n) for n in names)
+            or os.path.basename(folder) == "exercises"
+            and "hidden" in names
+        ):
             if os.stat(folder).st_mode & 0o004:
                 copies.append(folder)
         for entry in entries:
@@ -383,6 +428,7 @@ def writable_by_others(path: Path) -> bool:
 
 # --- running it ----------------------------------------------------------------------------------
 
+
 @dataclass
 class SandboxRun:
     level: str
@@ -390,18 +436,33 @@ class SandboxRun:
     stderr_tail: str = ""
 
 
-def run_sandbox(plan: dict, blob: bytes, limits: Limits, uid: SandboxUid, on_event, *, level: str | None = None) -> SandboxRun:
+def run_sandbox(
+    plan: dict, blob: bytes, limits: Limits, uid: SandboxUid, on_event, *, level: str | None = None
+) -> SandboxRun:
     """Run `plan` (cells, calls) in a sandbox; `on_event(event, blob)` sees each event as it comes.
     Returns only once every process of the sandbox is gone."""
     level = level or isolation_level()
     stdlib, packages, allow = python_paths()
     cpu_budget = len(plan["cells"]) * limits.cell_seconds + len(plan["calls"]) * limits.call_seconds
-    full = {**plan, "uid": uid.uid, "isolate": level == "namespaces", "python": os.path.realpath(sys.executable),
-            "path": worker_path(), "rlimits": limits.rlimits(cpu_budget * (1 + limits.max_restarts) + 120),
-            "cell_limits": limits.step(limits.cell_seconds), "call_limits": limits.step(limits.call_seconds),
-            "max_restarts": limits.max_restarts, "tmp_bytes": 256 << 20,
-            "new_root": str(SANDBOX.parent), "allow": allow, "stdlib": stdlib, "package_dirs": packages,
-            "course": COURSE_PACKAGES, "course_markers": COURSE_MARKERS, "stdlib_names": sorted(sys.stdlib_module_names)}
+    full = {
+        **plan,
+        "uid": uid.uid,
+        "isolate": level == "namespaces",
+        "python": os.path.realpath(sys.executable),
+        "path": worker_path(),
+        "rlimits": limits.rlimits(cpu_budget * (1 + limits.max_restarts) + 120),
+        "cell_limits": limits.step(limits.cell_seconds),
+        "call_limits": limits.step(limits.call_seconds),
+        "max_restarts": limits.max_restarts,
+        "tmp_bytes": 256 << 20,
+        "new_root": str(SANDBOX.parent),
+        "allow": allow,
+        "stdlib": stdlib,
+        "package_dirs": packages,
+        "course": COURSE_PACKAGES,
+        "course_markers": COURSE_MARKERS,
+        "stdlib_names": sorted(sys.stdlib_module_names),
+    }
     command = [os.path.realpath(sys.executable), "-I", "-S", "-B", str(SANDBOX), "supervisor"]
     home = None
     if level == "namespaces":
@@ -419,12 +480,21 @@ def run_sandbox(plan: dict, blob: bytes, limits: Limits, uid: SandboxUid, on_eve
     run = SandboxRun(level)
     steps = len(plan["cells"]) + len(plan["calls"]) + 1
     deadline = time.monotonic() + 300 + steps * (limits.wall_seconds + 5) * (1 + limits.max_restarts)
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, cwd="/", start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd="/",
+        start_new_session=True,
+    )
     try:
         try:
             wire.write_frame(proc.stdin.fileno(), full, blob)
-            _read_events(proc, run, on_event, deadline, max(c["max_bytes"] for c in plan["calls"]) if plan["calls"] else 0)
+            _read_events(
+                proc, run, on_event, deadline, max(c["max_bytes"] for c in plan["calls"]) if plan["calls"] else 0
+            )
         except (OSError, EOFError, wire.WireError, ValueError, RecursionError) as err:
             run.broken = run.broken or f"the sandbox stopped unexpectedly ({type(err).__name__}: {err})"
     finally:
@@ -492,8 +562,16 @@ def kill_uid(uid: int, timeout: float = 10.0) -> None:
     hid (a new session, a double fork). Run as a fresh process: forking this threaded one is unsafe."""
     deadline = time.monotonic() + timeout
     while wire.processes_of(uid):
-        subprocess.run(["/bin/sh", "-c", "kill -9 -1"],
-                       user=uid, group=uid, extra_groups=[], env={}, cwd="/", capture_output=True, timeout=30)
+        subprocess.run(
+            ["/bin/sh", "-c", "kill -9 -1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            env={},
+            cwd="/",
+            capture_output=True,
+            timeout=30,
+        )
         if time.monotonic() > deadline:
             raise SandboxBroken(f"processes of sandbox uid {uid} survive SIGKILL")
         time.sleep(0.01)

@@ -14,8 +14,12 @@ import os
 import re
 from pathlib import Path
 
-STATUS_WORDS = {"pass": "passed", "fail": "wrong result", "error": "raised an error",
-                "not implemented": "not implemented yet"}
+STATUS_WORDS = {
+    "pass": "passed",
+    "fail": "wrong result",
+    "error": "raised an error",
+    "not implemented": "not implemented yet",
+}
 
 
 def md(text) -> str:
@@ -47,8 +51,12 @@ def feedback_markdown(report: dict) -> str:
     lines = [f"# Feedback: {md(report['student'])} — chapter {report['chapter']}", ""]
     if report["reason"]:
         lines += [f"**Your notebook could not be graded:** {md(report['reason'])}.", ""]
-    lines += [f"**Score: {report['score']:g} / {report['max_score']:g}**", "",
-              "| exercise | points | tests passed |", "|---|---|---|"]
+    lines += [
+        f"**Score: {report['score']:g} / {report['max_score']:g}**",
+        "",
+        "| exercise | points | tests passed |",
+        "|---|---|---|",
+    ]
     for e in report["exercises"]:
         passed = sum(c["status"] == "pass" for c in e["cases"])
         lines.append(f"| `{e['function']}` | {e['points']:g} / {e['max_points']:g} | {passed} / {len(e['cases'])} |")
@@ -62,7 +70,9 @@ def feedback_markdown(report: dict) -> str:
             continue
         for c in bad:
             detail = md(c["message"]) if not c["hidden"] else ""
-            lines.append(f"- {md(c['case'])}: {STATUS_WORDS.get(c['status'], c['status'])}" + (f" — {detail}" if detail else ""))
+            lines.append(
+                f"- {md(c['case'])}: {STATUS_WORDS.get(c['status'], c['status'])}" + (f" — {detail}" if detail else "")
+            )
         lines += ["", f"Hint: {e['hint']}"]
     if report["cell_errors"]:
         lines += ["", "## Cells that raised errors", ""]
@@ -81,22 +91,37 @@ def feedback_html(report: dict) -> str:
         f"<h2><code>{html.escape(e['function'])}</code></h2><ul>"
         + "".join(
             f"<li>{html.escape(c['case'])}: {html.escape(STATUS_WORDS.get(c['status'], c['status']))}"
-            + (f" — {html.escape(c['message'])}" if c["message"] and not c["hidden"] else "") + "</li>"
-            for c in e["cases"] if c["status"] != "pass"
+            + (f" — {html.escape(c['message'])}" if c["message"] and not c["hidden"] else "")
+            + "</li>"
+            for c in e["cases"]
+            if c["status"] != "pass"
         )
         + f"</ul><p>Hint: {html.escape(e['hint'])}</p>"
-        for e in report["exercises"] if any(c["status"] != "pass" for c in e["cases"])
+        for e in report["exercises"]
+        if any(c["status"] != "pass" for c in e["cases"])
     )
-    reason = f"<p><b>Your notebook could not be graded:</b> {html.escape(report['reason'])}</p>" if report["reason"] else ""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Feedback {html.escape(report['student'])}</title>"
-            "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto}td,th{padding:.2em .8em}</style>"
-            f"</head><body><h1>Feedback: {html.escape(report['student'])} — chapter {html.escape(report['chapter'])}</h1>"
-            f"{reason}<p><b>Score: {report['score']:g} / {report['max_score']:g}</b></p>"
-            f"<table><tr><th>exercise</th><th>points</th><th>tests passed</th></tr>{rows}</table>{details}</body></html>\n")
+    reason = (
+        f"<p><b>Your notebook could not be graded:</b> {html.escape(report['reason'])}</p>" if report["reason"] else ""
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Feedback {html.escape(report['student'])}</title>"
+        "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto}td,th{padding:.2em .8em}</style>"
+        f"</head><body><h1>Feedback: {html.escape(report['student'])} — chapter {html.escape(report['chapter'])}</h1>"
+        f"{reason}<p><b>Score: {report['score']:g} / {report['max_score']:g}</b></p>"
+        f"<table><tr><th>exercise</th><th>points</th><th>tests passed</th></tr>{rows}</table>{details}</body></html>\n"
+    )
 
 
-GRADEBOOK_COLUMNS = ["assignment", "student_id", "timestamp", "status", "raw_score", "late_submission_penalty",
-                     "score", "max_score"]
+GRADEBOOK_COLUMNS = [
+    "assignment",
+    "student_id",
+    "timestamp",
+    "status",
+    "raw_score",
+    "late_submission_penalty",
+    "score",
+    "max_score",
+]
 
 
 def gradebook_csv(reports: list[dict], assignment: str) -> str:
@@ -109,8 +134,9 @@ def gradebook_csv(reports: list[dict], assignment: str) -> str:
         points = {e["function"]: e["points"] for e in r["exercises"]}
         numbers = [r["score"], 0, r["score"], r["max_score"], *(points.get(f, 0) for f in functions)]
         shown = [f"{x:g}" for x in numbers] if r["status"] != "error" else ["" for _ in numbers]  # not a zero
-        writer.writerow([cell(assignment), cell(r["student"]), r.get("graded_at", ""), r["status"], *shown,
-                         cell(r["reason"])])
+        writer.writerow(
+            [cell(assignment), cell(r["student"]), r.get("graded_at", ""), r["status"], *shown, cell(r["reason"])]
+        )
     return buf.getvalue()
 
 
@@ -122,8 +148,11 @@ def gradescope_results(report: dict) -> str:
     for e in report["exercises"]:
         visible = [c for c in e["cases"] if not c["hidden"]]
         hidden = [c for c in e["cases"] if c["hidden"]]
-        lines = [f"{'PASS' if c['status'] == 'pass' else 'FAIL'} {c['case']}"
-                 + (f": {c['message']}" if c["message"] and c["status"] != "pass" else "") for c in visible]
+        lines = [
+            f"{'PASS' if c['status'] == 'pass' else 'FAIL'} {c['case']}"
+            + (f": {c['message']}" if c["message"] and c["status"] != "pass" else "")
+            for c in visible
+        ]
         earned = sum(c["points"] for c in visible)
         if earned < sum(c["max_points"] for c in visible):
             lines.append(f"Hint: {e['hint']}")
@@ -138,27 +167,61 @@ def gradescope_results(report: dict) -> str:
         output.append("Errors in your cells (fix these first: a function defined after an error does not exist):")
         output += [f"- {cell}: {error}" for cell, error in report["cell_errors"].items()]
     output.append(f"Graded with isolation: {report['isolation']}.")
-    return json.dumps({"score": report["score"], "tests": tests, "output": "\n".join(output),
-                       "visibility": "visible", "stdout_visibility": "hidden"}, indent=1)
+    return json.dumps(
+        {
+            "score": report["score"],
+            "tests": tests,
+            "output": "\n".join(output),
+            "visibility": "visible",
+            "stdout_visibility": "hidden",
+        },
+        indent=1,
+    )
 
 
 def _gradescope_test(name: str, cases: list[dict], output: str, visibility: str) -> dict:
     score, max_score = sum(c["points"] for c in cases), sum(c["max_points"] for c in cases)
-    return {"name": name, "score": score, "max_score": max_score, "status": "passed" if score == max_score else "failed",
-            "output": output, "visibility": visibility}
+    return {
+        "name": name,
+        "score": score,
+        "max_score": max_score,
+        "status": "passed" if score == max_score else "failed",
+        "output": output,
+        "visibility": visibility,
+    }
 
 
 def gradescope_upload_problem(message: str, max_score: float) -> str:
     """results.json for an upload the grader cannot take (no notebook, several): what to do instead."""
-    return json.dumps({"score": 0, "output": message, "tests": [{"name": "upload", "score": 0, "max_score": max_score,
-                       "status": "failed", "output": message, "visibility": "visible"}]}, indent=1)
+    return json.dumps(
+        {
+            "score": 0,
+            "output": message,
+            "tests": [
+                {
+                    "name": "upload",
+                    "score": 0,
+                    "max_score": max_score,
+                    "status": "failed",
+                    "output": message,
+                    "visibility": "visible",
+                }
+            ],
+        },
+        indent=1,
+    )
 
 
 def summary_markdown(reports: list[dict], assignment: str) -> str:
     graded = [r for r in reports if r["status"] == "graded"]
     failed = [r for r in reports if r["status"] != "graded"]
-    lines = [f"# Grading summary — {assignment}", "", f"- submissions: {len(reports)}",
-             f"- graded: {len(graded)}", f"- could not be graded: {len(failed)}"]
+    lines = [
+        f"# Grading summary — {assignment}",
+        "",
+        f"- submissions: {len(reports)}",
+        f"- graded: {len(graded)}",
+        f"- could not be graded: {len(failed)}",
+    ]
     if graded:
         lines += [f"- isolation: {graded[0]['isolation']}", *(f"  - {g}" for g in graded[0].get("guarantees", []))]
     if graded:
@@ -189,8 +252,13 @@ def gradescope_autograder_zip(chapter: str, target: Path) -> None:
             info = zipfile.ZipInfo(name)
             info.external_attr = 0o755 << 16
             z.writestr(info, (ROOT / "gradescope" / name).read_text().replace("__CHAPTER__", chapter))
-        files = [ROOT / "requirements.txt", ROOT / "pyproject.toml", ROOT / "README.md",
-                 *sorted((ROOT / "aigc_lib").rglob("*")), *sorted((ROOT / "solutions").glob("*.ipynb"))]
+        files = [
+            ROOT / "requirements.txt",
+            ROOT / "pyproject.toml",
+            ROOT / "README.md",
+            *sorted((ROOT / "aigc_lib").rglob("*")),
+            *sorted((ROOT / "solutions").glob("*.ipynb")),
+        ]
         for path in files:
             if path.is_file() and "__pycache__" not in path.parts:
                 z.write(path, path.relative_to(ROOT).as_posix())

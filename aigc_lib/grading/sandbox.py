@@ -42,8 +42,20 @@ import time
 # ---------------------------------------------------------------------------------------------
 
 _FRAME = struct.Struct(">IQ")
-DTYPES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128",
-          "uint8", "int8", "int16", "int32", "int64", "bool")
+DTYPES = (
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "bool",
+)
 MAX_DEPTH, MAX_ITEMS, MAX_STR = 8, 256, 10_000
 
 
@@ -55,7 +67,7 @@ def write_frame(fd: int, header: dict, blob: bytes = b"") -> None:
     data = json.dumps(header).encode()
     view = memoryview(_FRAME.pack(len(data), len(blob)) + data + blob)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def read_exact(fd: int, n: int) -> bytes:
@@ -111,7 +123,11 @@ def pack(value, blob: bytearray, max_bytes: int, depth: int = 0):
         if value.requires_grad:  # a forgotten .detach() must reach the judge as it would in the notebook
             tree["grad"] = True
         return tree
-    name = "Tensor (sparse, quantized or another layout)" if isinstance(value, torch.Tensor) and kind is torch.Tensor else kind.__name__
+    name = (
+        "Tensor (sparse, quantized or another layout)"
+        if isinstance(value, torch.Tensor) and kind is torch.Tensor
+        else kind.__name__
+    )
     return {"other": str(name)[:80]}
 
 
@@ -133,15 +149,21 @@ def unpack(tree, blob: bytes, depth: int = 0):
         raise WireError("malformed value")
     if "tensor" in tree:
         (start, end), dtype, shape = tree["tensor"], tree.get("dtype"), tree.get("shape")
-        if dtype not in DTYPES or not isinstance(shape, list) or len(shape) > 16 \
-                or not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
+        if (
+            dtype not in DTYPES
+            or not isinstance(shape, list)
+            or len(shape) > 16
+            or not all(type(n) is int and 0 <= n < 1 << 40 for n in shape)
+        ):
             raise WireError("malformed tensor")
         numel = 1
         for n in shape:
             numel *= n
         dt = getattr(torch, dtype)
-        if not (type(start) is int and type(end) is int and 0 <= start <= end <= len(blob)) \
-                or end - start != numel * dt.itemsize:
+        if (
+            not (type(start) is int and type(end) is int and 0 <= start <= end <= len(blob))
+            or end - start != numel * dt.itemsize
+        ):
             raise WireError("tensor bytes do not match its shape")
         if numel == 0:
             t = torch.empty(shape, dtype=dt)
@@ -150,7 +172,7 @@ def unpack(tree, blob: bytes, depth: int = 0):
         if tree.get("grad") is True and (t.is_floating_point() or t.is_complex()):
             t.requires_grad_(True)
         return t
-    (key, value), = tree.items()
+    ((key, value),) = tree.items()
     if key == "none":
         return None
     if key in ("bool", "int", "float", "str") and type(value).__name__ == key:
@@ -226,7 +248,10 @@ def worker_main() -> None:
                 raise NameError(f"no function named {request['function']!r} is defined")
             value = fn(**inputs)
             # the inputs go back too, so the grader sees what the function changed in place
-            response = {"value": pack(value, out, request["max_bytes"]), "inputs": pack(inputs, out, request["max_bytes"])}
+            response = {
+                "value": pack(value, out, request["max_bytes"]),
+                "inputs": pack(inputs, out, request["max_bytes"]),
+            }
         except WireError as err:
             out = bytearray()
             response = {"error": {"type": "ResultTooLarge", "message": str(err)}}
@@ -243,7 +268,16 @@ def worker_main() -> None:
 # ---------------------------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1,
+    2,
+    4,
+    8,
+    32,
+    4096,
+    16384,
+    1 << 18,
+)
 MNT_DETACH, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 2, 38, 1
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
 DEVICES = ("null", "zero", "random", "urandom")
@@ -297,8 +331,10 @@ def build_root(new_root: str, plan: dict) -> None:
     course, markers, names = plan["course"], plan["course_markers"], set(plan["stdlib_names"])
 
     def not_course(entry: str, source: str) -> bool:
-        if any(entry == c or entry.startswith((c + "-", c + ".")) or (entry.startswith("__editable__") and c in entry)
-               for c in course):
+        if any(
+            entry == c or entry.startswith((c + "-", c + ".")) or (entry.startswith("__editable__") and c in entry)
+            for c in course
+        ):
             return False
         return not (os.path.isdir(source) and any(os.path.exists(os.path.join(source, m)) for m in markers))
 
@@ -437,7 +473,9 @@ class Worker:
             try:
                 null = os.open("/dev/null", os.O_RDWR)
                 high = [os.dup(fd) for fd in (req_r, resp_w, err_w, null)]  # no dup2 below clobbers another
-                for target, fd in zip((REQUESTS, RESPONSES, 1, 2, 0), (high[0], high[1], high[2], high[2], high[3]), strict=True):
+                for target, fd in zip(
+                    (REQUESTS, RESPONSES, 1, 2, 0), (high[0], high[1], high[2], high[2], high[3]), strict=True
+                ):
                     os.dup2(fd, target)
                 os.closerange(RESPONSES + 1, 1 << 16)
                 os.setsid()
@@ -450,8 +488,16 @@ class Worker:
                 _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
                 for name, value in limits.items():
                     resource.setrlimit(getattr(resource, name), (value, value))
-                env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
-                       "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+                env = {
+                    "PATH": "/usr/bin:/bin",
+                    "HOME": home,
+                    "TMPDIR": home,
+                    "LANG": "C.UTF-8",
+                    "PYTHONHASHSEED": "0",
+                    "OMP_NUM_THREADS": "1",
+                    "MKL_NUM_THREADS": "1",
+                    "MPLBACKEND": "Agg",
+                }
                 os.execve(plan["python"], [plan["python"], "-I", "-S", "-B", "-c", plan["source"], "worker"], env)
             except BaseException as err:  # noqa: BLE001 - say why on stderr, which the supervisor keeps
                 os.write(2, f"starting the worker failed: {err!r}\n".encode())
@@ -471,7 +517,7 @@ class Worker:
         the format or its limits, or carries more than one frame."""
         if len(inbox) < _FRAME.size:
             return None
-        header_len, blob_len = _FRAME.unpack(inbox[:_FRAME.size])
+        header_len, blob_len = _FRAME.unpack(inbox[: _FRAME.size])
         if header_len > MAX_EVENT_HEADER or blob_len > max_blob:
             return "protocol"
         end = _FRAME.size + header_len + blob_len
@@ -480,12 +526,12 @@ class Worker:
         if len(inbox) > end:
             return "protocol"
         try:
-            header = json.loads(bytes(inbox[_FRAME.size:_FRAME.size + header_len]))
+            header = json.loads(bytes(inbox[_FRAME.size : _FRAME.size + header_len]))
         except Exception:  # noqa: BLE001 - RecursionError, bad UTF-8, ...: the learner wrote it
             return "protocol"
         if not isinstance(header, dict):
             return "protocol"
-        return header, bytes(inbox[_FRAME.size + header_len:end])
+        return header, bytes(inbox[_FRAME.size + header_len : end])
 
     def members(self) -> list[int]:
         """The worker's processes: all of the sandbox uid; without root, those of its session."""
@@ -521,7 +567,7 @@ class Worker:
                 raise GraderGone()
             if writable:
                 try:
-                    pending = pending[os.write(self.req_w, pending):]
+                    pending = pending[os.write(self.req_w, pending) :]
                 except BlockingIOError:
                     pass
                 except OSError:
@@ -726,8 +772,13 @@ def _supervise() -> None:
             if restarts == 0:  # before any learner code ran: the environment is at fault
                 write_frame(1, {"event": "broken", "message": "the sandbox could not start Python and torch " + why})
                 return
-            write_frame(1, {"event": "gave_up", "message": "the sandbox could not restart after the learner's code "
-                            "ran " + printable(why, 300)})
+            write_frame(
+                1,
+                {
+                    "event": "gave_up",
+                    "message": "the sandbox could not restart after the learner's code ran " + printable(why, 300),
+                },
+            )
             break
         crashed = None
         for cell in plan["cells"]:
@@ -745,15 +796,28 @@ def _supervise() -> None:
             call = calls[next_call]
             next_call += 1
             start, end = call["blob"]
-            header = {"op": "call", "function": call["function"], "inputs": call["inputs"], "seed": call["seed"],
-                      "max_bytes": call["max_bytes"]}
+            header = {
+                "op": "call",
+                "function": call["function"],
+                "inputs": call["inputs"],
+                "seed": call["seed"],
+                "max_bytes": call["max_bytes"],
+            }
             status, answer, data = worker.step(header, blob[start:end], plan["call_limits"], call["max_bytes"])
             if status != "ok":
                 crashed = status
                 write_frame(1, {"event": "result", "slot": call["slot"], "stopped": status})
             else:
-                _forward({"event": "result", "slot": call["slot"], "value": answer.get("value"),
-                      "inputs": answer.get("inputs"), "error": answer.get("error")}, data)
+                _forward(
+                    {
+                        "event": "result",
+                        "slot": call["slot"],
+                        "value": answer.get("value"),
+                        "inputs": answer.get("inputs"),
+                        "error": answer.get("error"),
+                    },
+                    data,
+                )
         worker.stop()
         if crashed is None or next_call >= len(calls):
             break

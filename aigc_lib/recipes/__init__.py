@@ -5,7 +5,7 @@ A chapter that reuses another's model (chapter 03 scores chapter 02's DCGAN) ask
 name instead of retyping it, so both load the same checkpoint:
 
     from aigc_lib import recipes
-    dcgan = recipes.get("02.dcgan").run(train_images, device=rt.device)   # trains, or loads the checkpoint
+    G, D, run = recipes.get("02.dcgan").run(data.mnist5k("train"), device=rt.device)  # trains, or loads
 
 Each chapter's recipes live in `recipes/chNN.py` as a tuple `RECIPES`; this module collects them.
 Layering: recipes import the chapter modules, never the reverse.
@@ -25,7 +25,8 @@ from aigc_lib.runtime import current_budget
 @dataclass(frozen=True)
 class Recipe:
     """A trained model's definition. `sizes[budget]` holds the numbers that change with the budget
-    (width, steps, ...); `train(sizes, data, device, **run_options)` builds the model from a fixed
+    (width, steps, ...); `train(sizes, data, device, **run_options)` (`data`: the chapter's dataset,
+    e.g. `data.mnist5k("train")`) builds the model from a fixed
     seed, trains it with `training.fit` through the chapter's trainer (checkpointed under
     `checkpoint.format(budget=..., **sizes)`) and returns what the chapter uses (a model, or a tuple)."""
 

@@ -7,19 +7,22 @@ from typing import Any
 import torch
 
 from aigc_lib import gan
+from aigc_lib.data import ImageData
 from aigc_lib.recipes import Recipe
 
 STEPS = {"smoke": 10, "standard": 3_000, "full": 10_000}
 WIDTH = {"smoke": 8, "standard": 32, "full": 64}
 
 
-def train_dcgan(sizes: dict[str, Any], images: torch.Tensor, device: Any, **run: Any) -> tuple[gan.DCGANGenerator, gan.DCGANDiscriminator, gan.GANRun]:
-    """`images` in [0, 1] (as `data.mnist5k` gives them); G, D and the run (history, snapshots)."""
+def train_dcgan(
+    sizes: dict[str, Any], data: ImageData, device: Any, **run: Any
+) -> tuple[gan.DCGANGenerator, gan.DCGANDiscriminator, gan.GANRun]:
+    """`data` with .images in [0, 1] (as `data.mnist5k` gives them); G, D and the run (history, snapshots)."""
     config = gan.DCGANConfig(z_dim=64, ngf=sizes["width"], ndf=sizes["width"])
     torch.manual_seed(0)
     G, D = gan.DCGANGenerator(config).to(device), gan.DCGANDiscriminator(config).to(device)
     run.setdefault("desc", "DCGAN")
-    result = gan.train_gan(G, D, images * 2 - 1, sizes["steps"], batch_size=64, **run)
+    result = gan.train_gan(G, D, data.images * 2 - 1, sizes["steps"], batch_size=64, **run)
     return G, D, result
 
 

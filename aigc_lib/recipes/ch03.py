@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from aigc_lib import vae
+from aigc_lib.data import ImageData
 from aigc_lib.recipes import Recipe
 from aigc_lib.training import History
 
@@ -14,13 +15,13 @@ EPOCHS = {"smoke": 1, "standard": 30, "full": 100}
 BATCH = 128  # the PyTorch VAE example's batch
 
 
-def train_conv_vae(sizes: dict[str, Any], images: torch.Tensor, device: Any, **run: Any) -> tuple[vae.VAE, History]:
-    """`images` in [0, 1]; the trained VAE (20-D latent) and its history."""
+def train_conv_vae(sizes: dict[str, Any], data: ImageData, device: Any, **run: Any) -> tuple[vae.VAE, History]:
+    """`data` with .images in [0, 1]; the trained VAE (20-D latent) and its history."""
     torch.manual_seed(0)
     model = vae.VAE(vae.VAEConfig(kind="conv", latent_dim=20)).to(device)
     run.setdefault("desc", "VAE, conv")
-    steps = sizes["epochs"] * (len(images) // BATCH)
-    history = vae.train_vae(model, images, steps, **run)
+    steps = sizes["epochs"] * (len(data.images) // BATCH)
+    history = vae.train_vae(model, data.images, steps, **run)
     return model, history
 
 

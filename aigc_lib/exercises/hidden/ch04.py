@@ -10,10 +10,14 @@ from aigc_lib.exercises.core import Case
 
 HIDDEN = {
     "04.attention": (
-        Case("hidden: float64, batch and head dimensions, scores far from 0 (exp must not overflow)",
-             lambda: far_scores(qkv_case((2, 3), 3, 6, 16, 5, 100, dtype=torch.float64), 800.0)),
-        Case("hidden: fewer queries than keys (after a cache: an offset causal mask)",
-             lambda: {**qkv_case((1,), 2, 5, 4, 2, 101), "mask": transformer.causal_mask(2, 5)}),
+        Case(
+            "hidden: float64, batch and head dimensions, scores far from 0 (exp must not overflow)",
+            lambda: far_scores(qkv_case((2, 3), 3, 6, 16, 5, 100, dtype=torch.float64), 800.0),
+        ),
+        Case(
+            "hidden: fewer queries than keys (after a cache: an offset causal mask)",
+            lambda: {**qkv_case((1,), 2, 5, 4, 2, 101), "mask": transformer.causal_mask(2, 5)},
+        ),
     ),
     "04.causal_mask": (
         Case("hidden: a short sequence", lambda: {"T": 2}),
@@ -25,8 +29,10 @@ HIDDEN = {
     ),
     "04.merge_heads": (
         Case("hidden: float64, many heads", lambda: merge_case(2, 8, 7, 4, 104, torch.float64)),
-        Case("hidden: merging undoes split_heads",
-             lambda: {"x": transformer.split_heads(heads_case(2, 5, 12, 3, 105)["x"], 3)}),
+        Case(
+            "hidden: merging undoes split_heads",
+            lambda: {"x": transformer.split_heads(heads_case(2, 5, 12, 3, 105)["x"], 3)},
+        ),
     ),
     "04.sinusoidal_positions": (
         Case("hidden: a long sequence, a wide model", lambda: {"T": 128, "d": 64}, atol=1e-4),
