@@ -83,10 +83,10 @@ MILESTONES: tuple[Milestone, ...] = (
         False,
     ),
     Milestone(
-        2003,
+        2000,
         "Neural language model",
-        "Y. Bengio, R. Ducharme, P. Vincent, C. Jauvin",
-        "JMLR 3:1137-1155",
+        "Y. Bengio, R. Ducharme, P. Vincent",
+        "NIPS 2000 (Advances in NIPS 13); journal version with C. Jauvin, JMLR 3:1137-1155, 2003",
         "A Neural Probabilistic Language Model",
         "text",
     ),
@@ -274,7 +274,8 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction(
         "VAEs suit text and audio but not images.",
         "VAEs are widely used for images: Kingma and Welling's first experiments were on MNIST and faces, "
-        "and the autoencoder inside Stable Diffusion is a KL-regularised VAE (chapter 03).",
+        "and the autoencoder inside Stable Diffusion is VAE-shaped: KL-regularised (with a tiny weight), "
+        "trained with L1, perceptual and adversarial losses (chapter 03).",
         "Kingma & Welling, arXiv:1312.6114; Rombach et al., CVPR 2022, arXiv:2112.10752",
     ),
     Correction(
@@ -294,7 +295,8 @@ CORRECTIONS: tuple[Correction, ...] = (
         "Customer-service intent matching, sentiment monitoring and recommendation are AIGC.",
         "They are discriminative tasks (classification, ranking): they choose among existing answers "
         "instead of generating new content.",
-        "Ng & Jordan, 'On Discriminative vs. Generative Classifiers', NeurIPS 2001",
+        "Bishop, Pattern Recognition and Machine Learning, Springer 2006, section 1.5.4 (generative and "
+        "discriminative models)",
     ),
 )
 

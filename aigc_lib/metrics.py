@@ -520,6 +520,44 @@ def class_coverage(
     return _coverage(digit_probs(images, device=device), threshold)
 
 
+def _knn_radii(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row to its k-th nearest other row. (N,)"""
+    d = torch.cdist(feats, feats)  # (N, N), 0 on the diagonal
+    return d.kthvalue(k + 1, dim=1).values  # the +1 skips the point itself
+
+
+def _fraction_inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
+    """Share of `points` inside at least one ball (centre_j, radius_j)."""
+    inside = (torch.cdist(points, centres) <= radii[None, :]).any(1)  # (P,)
+    return inside.double().mean().item()
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall for generative models (Kynkäänniemi et al., NeurIPS 2019).
+
+    Each set's manifold is the union of balls around its points, each ball's radius the distance to
+    that point's k-th nearest neighbour in its own set:
+        precision = share of fake points inside the real manifold   (are samples realistic?)
+        recall    = share of real points inside the fake manifold   (is the data's variety covered?)
+    real (N, D), fake (M, D) feature vectors (here the digit classifier's); k >= 1, N and M > k."""
+    if (
+        not isinstance(real, torch.Tensor)
+        or not isinstance(fake, torch.Tensor)
+        or real.ndim != 2
+        or fake.ndim != 2
+        or real.shape[1] != fake.shape[1]
+    ):
+        raise ValueError(
+            f"real, fake: expected 2-D feature tensors of the same width, got "
+            f"{tuple(getattr(real, 'shape', ()))} and {tuple(getattr(fake, 'shape', ()))}"
+        )
+    k = _check_count(k, "k", 1, min(len(real), len(fake)) - 1)
+    real, fake = real.double(), fake.double()
+    precision = _fraction_inside(fake, real, _knn_radii(real, k))
+    recall = _fraction_inside(real, fake, _knn_radii(fake, k))
+    return precision, recall
+
+
 def evaluate_digits(
     samples: Tensorish,
     n_ref: int | None = None,
@@ -530,7 +568,11 @@ def evaluate_digits(
 
     Returns a dict: n, n_ref, fd (vs the first n_ref of mnist5k("test")), fd_floor (`real_floor` at the
     same n, capped at 4,000 real train digits), fd_ratio = fd / fd_floor, recognisability,
-    coverage (10 shares), min_class_share, max_class_share, n_classes.
+    coverage (10 shares of the classifier's argmax over ALL samples, unrecognisable ones included),
+    min_class_share, max_class_share, n_classes; confident_coverage, min_confident_share,
+    max_confident_share (the same shares over the samples classified with confidence >= 0.9 only:
+    what mode-collapse claims should use; zeros if none is confident); precision and recall
+    (`precision_recall`, k = 3, on classifier features against the same reference digits).
     """
     device_key = _device_key(device)
     feats, probs = _features_and_probs(samples, device=device_key)  # (N, D), (N, 10)
@@ -541,6 +583,10 @@ def evaluate_digits(
     fd = frechet_from_stats(mu_s, cov_s, *_reference_stats(n_ref, device_key))
     floor = real_floor(min(n, len(_train_images())), seed, n_ref, device_key)
     cov = _coverage(probs, CONFIDENT)
+    conf, pred = probs.max(1)
+    confident = torch.bincount(pred[conf >= CONFIDENT], minlength=NUM_CLASSES).double()
+    confident = confident / confident.sum().clamp_min(1)  # (10,)
+    precision, recall = precision_recall(_reference_features(device_key)[:n_ref], feats, k=min(3, n - 1))
     return {
         "n": n,
         "n_ref": n_ref,
@@ -552,6 +598,11 @@ def evaluate_digits(
         "min_class_share": cov.shares.min().item(),
         "max_class_share": cov.shares.max().item(),
         "n_classes": cov.n_classes,
+        "confident_coverage": confident.tolist(),
+        "min_confident_share": confident.min().item(),
+        "max_confident_share": confident.max().item(),
+        "precision": precision,
+        "recall": recall,
     }
 
 

@@ -324,3 +324,59 @@ def test_cross_entropy_bad_inputs():
         M.cross_entropy_nats_per_char(torch.zeros(4, 7, 30), torch.zeros(4, 6, dtype=torch.long))
     with pytest.raises(ValueError, match="targets: expected integer"):
         M.cross_entropy_nats_per_char(torch.zeros(4, 30), torch.zeros(4))
+
+
+# ------------------------------------------------------------------------ precision and recall
+
+
+def _precision_recall_by_loops(real, fake, k):
+    """Kynkäänniemi et al.'s definition written out point by point."""
+
+    def radius(points, i):
+        d = sorted(float((points[i] - points[j]).norm()) for j in range(len(points)) if j != i)
+        return d[k - 1]
+
+    def inside(x, centres):
+        return any(float((x - c).norm()) <= radius(centres, j) for j, c in enumerate(centres))
+
+    precision = sum(inside(f, real) for f in fake) / len(fake)
+    recall = sum(inside(r, fake) for r in real) / len(real)
+    return precision, recall
+
+
+def test_precision_recall_matches_the_definition_point_by_point():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    fake = 0.7 * torch.randn(30, 3, generator=g, dtype=torch.float64) + 0.8
+    for k in (1, 3, 5):
+        got = M.precision_recall(real, fake, k=k)
+        want = _precision_recall_by_loops(real, fake, k)
+        assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_precision_recall_extremes_and_mode_collapse():
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(200, 8, generator=g)
+    assert M.precision_recall(real, real.clone()) == (1.0, 1.0)
+    assert M.precision_recall(real, real + 100.0) == (0.0, 0.0)
+    collapsed = real[:1] + 0.01 * torch.randn(200, 8, generator=g)  # every sample near one real point
+    precision, recall = M.precision_recall(real, collapsed)
+    assert precision > 0.9 and recall < 0.05  # realistic, but none of the variety
+
+
+def test_precision_recall_bad_arguments():
+    with pytest.raises(ValueError, match="same width"):
+        M.precision_recall(torch.zeros(5, 3), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="k: expected an int in"):
+        M.precision_recall(torch.randn(5, 3), torch.randn(3, 3), k=3)
+
+
+def test_evaluate_digits_reports_confident_shares_and_precision_recall(test_set):
+    real = test_set.images[:300]
+    r = M.evaluate_digits(real)
+    assert sum(r["confident_coverage"]) == pytest.approx(1.0)
+    assert r["min_confident_share"] <= 0.1 <= r["max_confident_share"]
+    assert r["precision"] > 0.9 and r["recall"] > 0.9  # real digits are on the real manifold
+    ones = test_set.images[test_set.labels == 1][:100]
+    r1 = M.evaluate_digits(ones)  # a perfectly collapsed "generator": realistic, no variety
+    assert r1["confident_coverage"][1] > 0.95 and r1["precision"] > 0.9 and r1["recall"] < 0.3

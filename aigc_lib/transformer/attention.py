@@ -273,8 +273,9 @@ class Block(nn.Module):
 
 
 class EncoderDecoderBlock(nn.Module):
-    """Pre-LN block of the original Transformer: self-attention (causal in the decoder), then, in the
-    decoder only, cross-attention to the encoder's output, then the MLP; each with a residual."""
+    """The original Transformer's encoder/decoder block in its pre-LN form (the 2017 paper put LayerNorm
+    after each residual addition, post-LN): self-attention (causal in the decoder), then, in the decoder
+    only, cross-attention to the encoder's output, then the MLP; each with a residual."""
 
     def __init__(self, c: BlockConfig, decoder: bool):
         super().__init__()
