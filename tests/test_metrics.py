@@ -213,8 +213,10 @@ def test_evaluate_digits_real_samples_and_determinism():
     samples = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(42))[:1000]]
     out = M.evaluate_digits(samples)
     expected_keys = {"n", "n_ref", "fd", "fd_floor", "fd_ratio", "recognisability", "coverage",
-                     "min_class_share", "max_class_share", "n_classes"}  # fmt: skip
+                     "min_class_share", "max_class_share", "n_classes", "confident_coverage",
+                     "min_confident_share", "max_confident_share", "precision", "recall"}  # fmt: skip
     assert set(out) == expected_keys
+    assert out["precision"] > 0.9 and out["recall"] > 0.9  # held-out real digits (train split vs test reference)
     assert out["n"] == 1000 and out["n_ref"] == 1000 and len(out["coverage"]) == 10
     assert out["fd_floor"] == M.real_floor(1000)
     assert 0.5 < out["fd_ratio"] < 2.0  # real digits score at the floor
