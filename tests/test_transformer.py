@@ -823,6 +823,38 @@ def test_evaluate_loss_equals_the_windowed_nll(block, batch_size):
     assert got == pytest.approx(evaluate_loss(model, ids, block=block, batch_size=100), rel=1e-6)
 
 
+def manual_sliding_nll(model: GPT, ids: torch.Tensor, block: int, stride: int) -> float:
+    """Each target ids[t + 1] scored once, from the window that first reaches it (windows ending at
+    block, block + stride, ..., and the text's end), written out target by target."""
+    last = len(ids) - 1
+    ends = list(range(block, last, stride)) + [last]
+    total, done = 0.0, 0
+    with torch.no_grad():
+        for end in ends:
+            logp = torch.log_softmax(model(ids[end - block : end][None])[0][0].double(), dim=-1)  # (block, V)
+            for t in range(done, end):  # targets not scored yet
+                total -= logp[t - (end - block), ids[t + 1]].item()
+            done = end
+    return total / last
+
+
+@pytest.mark.parametrize(("block", "stride", "n"), [(8, 1, 43), (8, 3, 43), (8, 8, 41), (5, 2, 30), (8, 4, 9)])
+def test_sliding_window_loss_scores_every_target_once_with_its_window(block, stride, n):
+    model = tiny_gpt(seed=6)
+    ids = torch.randint(11, (n,), generator=gen(10))
+    got = evaluate_loss(model, ids, block=block, stride=stride, batch_size=3)
+    assert got == pytest.approx(manual_sliding_nll(model, ids, block, stride), rel=1e-6)
+    if stride == block and (n - 1) % block == 0:  # no tail: the same as consecutive windows
+        assert got == pytest.approx(evaluate_loss(model, ids, block=block), rel=1e-6)
+
+
+def test_sliding_window_bad_stride():
+    model = tiny_gpt(seed=6)
+    ids = torch.randint(11, (40,), generator=gen(10))
+    with pytest.raises(ValueError, match=r"stride: expected an int in \[1, 8\], got 9"):
+        evaluate_loss(model, ids, stride=9)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_evaluate_loss_uses_eval_mode_and_restores_the_mode(training):
     model = tiny_gpt(seed=5, dropout=0.3)

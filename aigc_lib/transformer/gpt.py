@@ -269,13 +269,24 @@ def train_gpt(
 
 
 @torch.no_grad()
-def evaluate_loss(model: GPT, ids: Tensor, block: int | None = None, batch_size: int = 32) -> float:
-    """Mean next-token NLL (nats per token) over `ids`, read in consecutive windows of `block` tokens
-    (each window predicts its own next tokens from its own start: the standard windowed evaluation)."""
+def evaluate_loss(
+    model: GPT, ids: Tensor, block: int | None = None, batch_size: int = 32, stride: int | None = None
+) -> float:
+    """Mean next-token NLL (nats per token) over `ids`.
+
+    stride=None: consecutive windows of `block` tokens, each predicting its own next tokens from its
+    own start (position j of a window sees only j tokens; the tail shorter than a window is dropped).
+    stride=s (1 <= s <= block): the sliding-window evaluation of fixed-context models: windows of
+    `block` tokens ending s tokens apart, each scoring only the targets the previous window did not,
+    so every target after the first window is predicted from at least block - s earlier tokens and
+    every target of ids[1:] is scored exactly once. Smaller s: more context per prediction, more
+    compute (about block / s forward passes per token)."""
     if not isinstance(model, GPT):
         raise ValueError(f"model: expected a GPT, got {type(model).__name__}")
-    block = model.config.block_size if block is None else check_int("block", block)
+    block = model.config.block_size if block is None else check_int("block", block, high=model.config.block_size)
     _check_ids("ids", ids, block + 1)
+    if stride is not None:
+        return _sliding_window_loss(model, ids, block, check_int("stride", stride, high=block), batch_size)
     device = next(model.parameters()).device
     n = (len(ids) - 1) // block
     x = ids[: n * block].view(n, block).to(device)
@@ -286,6 +297,27 @@ def evaluate_loss(model: GPT, ids: Tensor, block: int | None = None, batch_size:
             logits, _ = model(x[i : i + batch_size])
             total += F.cross_entropy(logits.float().flatten(0, 1), y[i : i + batch_size].flatten(), reduction="sum")
     return float(total) / (n * block)
+
+
+def _sliding_window_loss(model: GPT, ids: Tensor, block: int, stride: int, batch_size: int) -> float:
+    last = (
+        len(ids) - 1
+    )  # targets are ids[1..last]; a window ending at e reads ids[e-block:e], predicts ids[e-block+1:e+1]
+    ends = list(range(block, last, stride)) + [last]
+    first_new = [0] + [block - (e - p) for p, e in zip(ends, ends[1:], strict=False)]  # first unscored offset
+    device = next(model.parameters()).device
+    offsets = torch.arange(block)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    with eval_mode(model):
+        for i in range(0, len(ends), batch_size):
+            e = torch.tensor(ends[i : i + batch_size])  # (W,)
+            window = (e[:, None] - block + offsets).to(ids.device)  # (W, block) input positions
+            x, y = ids[window].to(device), ids[window + 1].to(device)
+            logits, _ = model(x)
+            nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(len(e), block)
+            keep = offsets[None, :] >= torch.tensor(first_new[i : i + batch_size])[:, None]  # only new targets
+            total += nll[keep.to(device)].double().sum()
+    return float(total) / last
 
 
 # ---------------------------------------------------------------------------------------------
