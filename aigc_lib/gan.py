@@ -9,6 +9,8 @@ The game (Goodfellow et al., NeurIPS 2014), D outputs a LOGIT l = D(x) and σ(l)
                    non-saturating: −E_z[log σ(D(G(z)))] = softplus(−D(G(z)))      g_loss_nonsaturating
     hinge (Lim & Ye 2017; Miyato et al. 2018):  relu(1 − D(x)) + relu(1 + D(G(z))),  −D(G(z))
     WGAN-GP (Gulrajani et al. 2017):  D(G(z)) − D(x) + λ (‖∇D(x̂)‖₂ − 1)²,  −D(G(z))
+    R1 (Mescheder et al. 2018), added to any D loss:  γ/2 · E_x ‖∇_x D(x)‖²   at real x   r1_penalty
+    spectral normalisation (Miyato et al. 2018): W / σ_max(W) in every layer of D    d_norm / spectral
 
 Every loss works on logits: log σ(l) = −softplus(−l) never takes the log of a rounded probability,
 so a confident D (|l| ≈ 100) gives finite losses and gradients, where log(sigmoid(l)) gives −inf.
@@ -46,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aigc_lib.checks import check_int, shape_of
+from aigc_lib.checks import check_int, check_number, shape_of
 from aigc_lib.runtime import autocast, eval_mode, step_generator
 from aigc_lib.training import History, RunOptions, fit, fused_optimizer_ok
 
@@ -70,6 +72,7 @@ __all__ = [
     "gan_step",
     "generator_params",
     "gradient_penalty",
+    "r1_penalty",
     "hinge_d_loss",
     "hinge_g_loss",
     "ring_modes",
@@ -139,6 +142,20 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | 
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def r1_penalty(D: nn.Module, real: Tensor, labels: Tensor | None = None) -> Tensor:
+    """R1 = E_x[‖∇_x D(x)‖²] at REAL data (Mescheder et al., ICML 2018; D's loss adds γ/2 · R1).
+
+    Penalising D's slope on the data is what makes the game converge locally in their analysis; unlike
+    WGAN-GP's penalty it needs no interpolates and pushes the slope to 0, not to 1. Differentiable
+    (create_graph=True); per sample, so D must not use BatchNorm."""
+    if not isinstance(real, Tensor) or not real.is_floating_point():
+        raise ValueError(f"real: expected a floating-point tensor, got {shape_of(real)}")
+    x = real.detach().requires_grad_(True)
+    out = D(x) if labels is None else D(x, labels)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()
+
+
 class GANLoss(NamedTuple):
     d: Callable[[Tensor, Tensor], Tensor]  # (real_logits, fake_logits) -> D's loss
     g: Callable[[Tensor], Tensor]  # fake_logits -> G's loss
@@ -195,9 +212,14 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """x (B, *in_shape) -> flatten -> Linear-LeakyReLU stack -> Linear -> logits (B,). E1: 784 → 512 → 256 → 1."""
+    """x (B, *in_shape) -> flatten -> Linear-LeakyReLU stack -> Linear -> logits (B,). E1: 784 → 512 → 256 → 1.
 
-    def __init__(self, in_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (512, 256)):
+    spectral=True divides every weight by its largest singular value (spectral normalisation, Miyato et
+    al., ICLR 2018), so D is at most 1-Lipschitz per layer and its slope cannot grow without bound."""
+
+    def __init__(
+        self, in_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (512, 256), spectral: bool = False
+    ):
         super().__init__()
         self.in_shape = tuple(check_int("in_shape", s) for s in in_shape)
         self.n_classes = 0
@@ -206,6 +228,8 @@ class MLPDiscriminator(nn.Module):
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
         layers.append(nn.Linear(sizes[-1], 1))
+        if spectral:
+            layers = [nn.utils.parametrizations.spectral_norm(m) if isinstance(m, nn.Linear) else m for m in layers]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -428,25 +452,42 @@ def discriminator_step(
     fake: Tensor,
     labels: Tensor | None = None,
     loss: str = "non-saturating",
+    r1_gamma: float = 0.0,
 ) -> dict[str, Tensor]:
     """One update of D on real images and DETACHED fakes (G gets no gradient); diagnostics as tensors.
 
-    Returns {"d_loss", "d_real", "d_fake", "d_grad_norm"}: d_real / d_fake are the mean σ(D(·))
-    before the update (for WGAN-GP and hinge they are just σ of the score), all detached, no host sync."""
+    r1_gamma γ > 0 adds γ/2 · `r1_penalty` to D's loss. Returns {"d_loss", "d_real", "d_fake",
+    "d_grad_norm"}: d_real / d_fake are the mean σ(D(·)) before the update (for WGAN-GP and hinge they
+    are just σ of the score), all detached, no host sync."""
     spec = _loss(loss)
     if not isinstance(fake, Tensor) or not isinstance(real, Tensor):
         raise ValueError(f"real, fake: expected tensors, got {type(real).__name__} and {type(fake).__name__}")
-    return _discriminator_step(D, opt_d, real, fake, labels, spec)
+    return _discriminator_step(D, opt_d, real, fake, labels, spec, _check_r1(r1_gamma, D))
+
+
+def _check_r1(r1_gamma: object, D: nn.Module) -> float:
+    r1_gamma = check_number("r1_gamma", r1_gamma)
+    if r1_gamma and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules()):
+        raise ValueError("D: the R1 penalty is per sample and needs a discriminator without BatchNorm")
+    return r1_gamma
 
 
 def _discriminator_step(
-    D: nn.Module, opt_d: torch.optim.Optimizer, real: Tensor, fake: Tensor, labels: Tensor | None, spec: GANLoss
+    D: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    real: Tensor,
+    fake: Tensor,
+    labels: Tensor | None,
+    spec: GANLoss,
+    r1_gamma: float = 0.0,
 ) -> dict[str, Tensor]:
     fake = fake.detach()
     real_logits, fake_logits = _d(D, real, labels), _d(D, fake, labels)
     d_loss = spec.d(real_logits, fake_logits)
     if spec.gp_weight:
         d_loss = d_loss + spec.gp_weight * gradient_penalty(D, real, fake, labels)
+    if r1_gamma:
+        d_loss = d_loss + 0.5 * r1_gamma * r1_penalty(D, real, labels)
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     grad_norm = _grad_norm(D)
@@ -570,6 +611,7 @@ def train_gan(
     lr_d: float = 2e-4,
     betas: tuple[float, float] = (0.5, 0.999),
     d_steps: int = 1,
+    r1_gamma: float = 0.0,
     seed: int = 0,
     snapshot_every: int | None = None,
     snapshot_z: Tensor | None = None,
@@ -583,12 +625,13 @@ def train_gan(
     exactly. `labels` (N,) int64 trains a conditional pair. With `snapshot_every`, G(snapshot_z) is
     recorded every that many steps and at the end (snapshot_z: 64 fixed codes by default).
     `d_steps` D updates per G update (WGAN-GP's paper uses 5), each on fresh real and fake batches.
+    `r1_gamma` γ > 0: D's loss adds γ/2 · `r1_penalty` (Mescheder et al.'s R1).
     `run`: fit's run options (checkpoint, ckpt_every (default 500), log_every, desc (default "GAN"),
     progress, on_log, e.g. a plots.LiveLossCurve of "loss" and "d_loss")."""
     if not isinstance(G, nn.Module) or not isinstance(D, nn.Module):
         raise ValueError(f"G, D: expected nn.Modules, got {type(G).__name__} and {type(D).__name__}")
     check_int("steps", steps), check_int("batch_size", batch_size), check_int("d_steps", d_steps)
-    spec = _loss(loss)
+    spec, r1_gamma = _loss(loss), _check_r1(r1_gamma, D)
     if not isinstance(data, Tensor) or not data.is_floating_point() or data.ndim < 2:
         raise ValueError(f"data: expected a floating-point tensor (N, ...), got {shape_of(data)}")
     n_classes = getattr(G, "n_classes", 0)
@@ -633,7 +676,7 @@ def train_gan(
             gan["D"].requires_grad_(True)
             with torch.set_grad_enabled(last):  # only the last fakes are reused for G's loss
                 fake = gan["G"](z) if y is None else gan["G"](z, y)
-            stats = _discriminator_step(gan["D"], opt_d, reals[k], fake, y, spec)
+            stats = _discriminator_step(gan["D"], opt_d, reals[k], fake, y, spec, r1_gamma)
         gan["D"].requires_grad_(False)  # fit's backward of G's loss: no gradients for D's weights
         return {"loss": _generator_loss(gan["D"], fake, y, spec), **stats}  # fit: G's backward + step
 

@@ -1,6 +1,8 @@
 """Autoregressive generation: sampling one token at a time, for any model that predicts the next token.
 
     p = softmax(top_k_mask(z) / T)                  the next token's distribution   sample_probs
+    top-p: keep the fewest most probable tokens whose probabilities sum to >= p, renormalise
+                                                    (nucleus sampling, Holtzman et al. 2020)
     x_{t+1} ~ p(· | x_{≤t}), t = T_prompt, ...      read the prompt once, then one
                                                     token at a time with a state    generate, generate_text
 
@@ -13,6 +15,11 @@ The protocol (`TokenModel`), which chapter 01's CharLSTM and chapter 04's GPT bo
 against it) and `context_length` (the longest input the model reads, a GPT's block_size: a longer
 prompt keeps its last `context_length` tokens; None or absent: any length). Nothing here knows which
 model family it samples from.
+
+Scoring any such model the same way (`sliding_window_nll`): windows of `block` tokens ending
+`stride` apart, each read from a fresh state, scoring only the targets the previous window did not,
+so every target after the first window is predicted from at least block − stride earlier tokens.
+An LSTM scored this way and a GPT scored this way see exactly the same context.
 
 Corrected from the source article (docs/errata.md, E3): the temperature divides the LOGITS, not the
 probabilities.
@@ -30,7 +37,7 @@ from torch import Tensor, nn
 from aigc_lib.checks import check_int, shape_of
 from aigc_lib.runtime import eval_mode
 
-__all__ = ["TokenModel", "check_generate_args", "generate", "generate_text", "sample_probs"]
+__all__ = ["TokenModel", "check_generate_args", "generate", "generate_text", "sample_probs", "sliding_window_nll"]
 
 
 class TokenModel(Protocol):
@@ -46,35 +53,51 @@ class TokenModel(Protocol):
 # ---------------------------------------------------------------------------------------------
 
 
-def sample_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
-    """p = softmax(top_k_mask(z) / T) over the last dim.
+def sample_probs(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, *, top_p: float | None = None
+) -> Tensor:
+    """p = softmax(top_k_mask(z) / T) over the last dim, then (with top_p) the nucleus.
 
     T divides the LOGITS z (T < 1 sharpens, T > 1 flattens; equivalently p ∝ softmax(z)^(1/T)). The
     source article divided the probabilities instead, which is not a temperature at all. top_k keeps
     the k largest logits (ties with the k-th are kept too) and sets the rest to -inf, i.e.
-    probability 0. T -> 0 (or top_k=1) gives the argmax."""
+    probability 0. T -> 0 (or top_k=1) gives the argmax. top_p in (0, 1] (Holtzman et al., ICLR 2020,
+    "nucleus sampling"): keep the most probable tokens, in order, until their probabilities sum to at
+    least top_p (always at least one), zero the rest and renormalise — a cut that adapts to how sure
+    the model is, where top_k keeps a fixed number."""
     if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.ndim < 1 or logits.shape[-1] < 1:
         kind = f"{logits.dtype} " if isinstance(logits, Tensor) else ""
         raise ValueError(f"logits: expected a floating-point tensor of shape (..., V), got {kind}{shape_of(logits)}")
-    _check_sampling(temperature, top_k, logits.shape[-1])
-    return _sample_probs(logits, temperature, top_k)
+    _check_sampling(temperature, top_k, logits.shape[-1], top_p)
+    return _sample_probs(logits, temperature, top_k, top_p)
 
 
-def _sample_probs(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
+def _sample_probs(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None = None) -> Tensor:
     if top_k is not None:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # the k-th largest logit  (..., 1)
         logits = logits.masked_fill(logits < kth, -math.inf)  # keep z_i ≥ z_(k)
-    return torch.softmax(logits / temperature, dim=-1)  # p_i = exp(z_i/T) / Σ_j exp(z_j/T)
+    probs = torch.softmax(logits / temperature, dim=-1)  # p_i = exp(z_i/T) / Σ_j exp(z_j/T)
+    if top_p is None or top_p >= 1:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # the mass of the more probable tokens
+    keep_sorted = before < top_p  # the first token always (before = 0), then until the mass reaches top_p
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    probs = probs * keep
+    return probs / probs.sum(-1, keepdim=True)
 
 
-def _check_sampling(temperature: object, top_k: object, vocab_size: int | None) -> None:
-    """T: a finite number > 0; top_k: None or an int in [1, V] (any int >= 1 when V is unknown)."""
+def _check_sampling(temperature: object, top_k: object, vocab_size: int | None, top_p: object = None) -> None:
+    """T: a finite number > 0; top_k: None or an int in [1, V] (any int >= 1 when V is unknown);
+    top_p: None or a number in (0, 1]."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         raise ValueError(
             f"temperature: expected a finite number > 0, got {temperature!r} (for greedy decoding use top_k=1)"
         )
     if top_k is not None and vocab_size is not None:
         check_int("top_k", top_k, 1, vocab_size)
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p: expected a number in (0, 1] (1 keeps every token), got {top_p!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +130,7 @@ def check_generate_args(
     temperature: object = 1.0,
     top_k: object = None,
     generator: object = None,
+    top_p: object = None,
 ) -> list[int]:
     """The checks of `generate`, for a model family's own sampler: returns the prompt as a list of ids."""
     if not isinstance(model, nn.Module):
@@ -114,7 +138,7 @@ def check_generate_args(
     vocab_size = getattr(model, "vocab_size", None)
     ids = _prompt_ids(prompt_ids, vocab_size)
     check_int("max_new_tokens", max_new_tokens, 0)
-    _check_sampling(temperature, top_k, vocab_size)  # V unknown: top_k is checked at the first token
+    _check_sampling(temperature, top_k, vocab_size, top_p)  # V unknown: top_k is checked at the first token
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     return ids
@@ -128,6 +152,7 @@ def generate(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     *,
+    top_p: float | None = None,
     cache: bool = True,
 ) -> Iterator[int]:
     """Stream `max_new_tokens` sampled ids, one at a time (the arguments are checked at the call).
@@ -137,9 +162,10 @@ def generate(
     never re-reading the whole context. `model(idx (1, T), state) -> (logits (1, T, V), state)` (see
     the module docstring); `generator` makes sampling reproducible (it is used on its own device).
     cache=False: the slow way, for comparison — every new token re-reads the whole context (its last
-    `context_length` tokens) from a fresh state; same sampling, so the same tokens up to rounding."""
-    ids = check_generate_args(model, prompt_ids, max_new_tokens, temperature, top_k, generator)
-    return _generate(model, ids, max_new_tokens, temperature, top_k, generator, cache)
+    `context_length` tokens) from a fresh state; same sampling, so the same tokens up to rounding.
+    top_p: nucleus sampling (`sample_probs`)."""
+    ids = check_generate_args(model, prompt_ids, max_new_tokens, temperature, top_k, generator, top_p)
+    return _generate(model, ids, max_new_tokens, temperature, top_k, generator, cache, top_p)
 
 
 def _f32(t: Tensor) -> Tensor:
@@ -162,7 +188,7 @@ def _eval_step(model: nn.Module, idx: Tensor, state):
 
 
 @torch.no_grad()  # torch re-enters no_grad on every resumption of a generator: grad mode never leaks
-def _generate(model, ids, max_new_tokens, temperature, top_k, generator, cache=True) -> Iterator[int]:
+def _generate(model, ids, max_new_tokens, temperature, top_k, generator, cache=True, top_p=None) -> Iterator[int]:
     if max_new_tokens == 0:
         return
     device = next(model.parameters()).device
@@ -172,7 +198,7 @@ def _generate(model, ids, max_new_tokens, temperature, top_k, generator, cache=T
     if top_k is not None and getattr(model, "vocab_size", None) is None:  # V is known now
         check_int("top_k", top_k, 1, logits.shape[-1])
     for i in range(max_new_tokens):
-        probs = _sample_probs(_f32(logits[0, -1]), temperature, top_k)  # (V,)
+        probs = _sample_probs(_f32(logits[0, -1]), temperature, top_k, top_p)  # (V,)
         if generator is not None:
             probs = probs.to(generator.device)
         token = torch.multinomial(probs, 1, generator=generator).to(device)  # (1,)
@@ -196,6 +222,8 @@ def generate_text(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     include_prompt: bool = True,
+    *,
+    top_p: float | None = None,
 ) -> str:
     """`prompt` followed by `n` sampled characters (only the new ones with include_prompt=False).
     `tokenizer`: a CharTokenizer (encode/decode); characters are joined as they are, spaces included."""
@@ -205,6 +233,49 @@ def generate_text(
         )
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt: expected a non-empty str, got {prompt!r}")
-    new = list(generate(model, tokenizer.encode(prompt), n, temperature, top_k, generator))
+    new = list(generate(model, tokenizer.encode(prompt), n, temperature, top_k, generator, top_p=top_p))
     text = tokenizer.decode(new)
     return prompt + text if include_prompt else text
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation under a fixed context: the same ruler for every TokenModel
+# ---------------------------------------------------------------------------------------------
+
+
+def sliding_window_nll(model: nn.Module, ids: Tensor, block: int, stride: int, batch_size: int = 32) -> float:
+    """Mean NLL (nats per token) of every target ids[1:], each predicted from a window of at most
+    `block` tokens: windows end `stride` tokens apart and each scores only its last `stride` targets
+    (the first window scores all of its own), so every target after the first window has at least
+    block − stride tokens of context and every target is scored exactly once.
+
+    The standard fixed-length evaluation of GPT-style models (Hugging Face's "perplexity of
+    fixed-length models"); for a recurrent model it means a zero state at the start of every window,
+    i.e. the same context as a GPT with context `block`. model: a TokenModel called as model(x, None)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected an nn.Module following TokenModel, got {type(model).__name__}")
+    check_int("block", block)
+    check_int("stride", stride, high=block)
+    check_int("batch_size", batch_size)
+    if not isinstance(ids, Tensor) or ids.dtype != torch.int64 or ids.ndim != 1 or len(ids) < block + 1:
+        raise ValueError(
+            f"ids: expected a 1-D int64 tensor of at least block + 1 = {block + 1} ids, got {shape_of(ids)}"
+        )
+    last = (
+        len(ids) - 1
+    )  # targets ids[1..last]; a window ending at e reads ids[e-block:e] and predicts ids[e-block+1:e+1]
+    ends = list(range(block, last, stride)) + [last]
+    first_new = [0] + [block - (e - p) for p, e in zip(ends, ends[1:], strict=False)]  # first offset not yet scored
+    device = next(model.parameters()).device
+    offsets = torch.arange(block)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    with eval_mode(model), torch.no_grad():
+        for i in range(0, len(ends), batch_size):
+            e = torch.tensor(ends[i : i + batch_size])  # (W,)
+            window = (e[:, None] - block + offsets).to(ids.device)  # (W, block) input positions
+            x, y = ids[window].to(device), ids[window + 1].to(device)
+            logits, _ = model(x, None)  # (W, block, V)
+            nll = torch.nn.functional.cross_entropy(_f32(logits).flatten(0, 1), y.flatten(), reduction="none")
+            keep = offsets[None, :] >= torch.tensor(first_new[i : i + batch_size])[:, None]  # (W, block)
+            total += nll.view(len(e), block)[keep.to(device)].double().sum()
+    return float(total) / last

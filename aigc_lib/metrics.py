@@ -539,7 +539,11 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     that point's k-th nearest neighbour in its own set:
         precision = share of fake points inside the real manifold   (are samples realistic?)
         recall    = share of real points inside the fake manifold   (is the data's variety covered?)
-    real (N, D), fake (M, D) feature vectors (here the digit classifier's); k >= 1, N and M > k."""
+    real (N, D), fake (M, D) feature vectors (here the digit classifier's); k >= 1, N and M > k.
+
+    A known weakness (Naeem et al., ICML 2020): an outlier among the real points has a large ball, and
+    degenerate samples can fall into it. With the course's 1,000 reference digits, blank or pure-noise
+    images score precision 1.0 (and recall 0.0); read precision beside recall and recognisability."""
     if (
         not isinstance(real, torch.Tensor)
         or not isinstance(fake, torch.Tensor)
@@ -604,6 +608,23 @@ def evaluate_digits(
         "precision": precision,
         "recall": recall,
     }
+
+
+def digit_table(results: dict[str, dict]) -> str:
+    """One line per model of `evaluate_digits` results, the same columns in every chapter: FD and its
+    ratio to the floor, recognisability, precision and recall, and the smallest and largest class
+    share among the CONFIDENT samples (how many there were is the recognisability x n)."""
+    head = (
+        f"{'model':<28}{'FD':>8}{'FD/floor':>9}{'recognisable':>13}{'precision':>10}{'recall':>8}"
+        f"{'classes (confident)':>21}"
+    )
+    rows = [head]
+    for name, r in results.items():
+        rows.append(
+            f"{name:<28}{r['fd']:8.1f}{r['fd_ratio']:9.1f}{r['recognisability']:13.1%}{r['precision']:10.2f}"
+            f"{r['recall']:8.2f}{r['min_confident_share']:>13.1%} – {r['max_confident_share']:.1%}"
+        )
+    return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,11 +13,17 @@ encoder q(z | x) = N(μ(x), diag σ²(x)) by maximising the evidence lower bound
     loss = −E_q[log p(x | z)] + β · KL  (β = 1: the negative ELBO; β ≠ 1: β-VAE)   vae_loss, elbo_terms
     IWAE (Burda et al., 2016): log p(x) ≥ log (1/k) Σ_i p(x | z_i) p(z_i) / q(z_i | x),  z_i ~ q
                                 (tighter as k grows; an honest likelihood estimate)  iwae_bound
+    active dimension j: Cov_x(E_q[z_j | x]) > 0.01; KL per dimension (posterior collapse)   latent_usage
+    free bits λ: loss = recon + β Σ_j max(λ, KL_j)  (Kingma et al., 2016)             elbo_terms, train_vae
 
 Models (one `VAEConfig`): `VAE(kind="mlp")` is the well-known 784-400-20 network of the PyTorch
 example; `VAE(kind="conv")` a small convolutional one; `Autoencoder` the deterministic model that
-cannot be sampled (chapter 03 shows why). Images are in [0, 1]; as in the PyTorch example the
-Bernoulli decoder is scored on grey levels, not binarised pixels. All "nats" here are per image.
+cannot be sampled (chapter 03 shows why). Images are in [0, 1]. A Bernoulli decoder is a probability
+only of binary pixels: `binarize` draws each pixel black or white with its grey level as the
+probability, and `train_vae(binarize=True)` does so afresh for every batch ("dynamically binarised
+MNIST", the protocol of Burda et al. 2016); scored on binarised test digits the nats are then a
+negative log-likelihood bound of binary images. (On grey levels, as in the PyTorch example, the
+Bernoulli formula is not a normalised density and its nats are no likelihood.) All "nats" are per image.
 
 Corrected from the source articles: VAEs are not "only for text and audio" — they model images, and
 the autoencoder inside latent diffusion (Stable Diffusion; Rombach et al., CVPR 2022) is a VAE.
@@ -43,6 +49,7 @@ __all__ = [
     "VAE",
     "VAEConfig",
     "bernoulli_log_likelihood",
+    "binarize",
     "elbo_terms",
     "evaluate_nelbo",
     "gaussian_kl",
@@ -50,6 +57,7 @@ __all__ = [
     "interpolate",
     "iwae_bound",
     "latent_grid",
+    "latent_usage",
     "reparameterize",
     "train_autoencoder",
     "train_vae",
@@ -289,16 +297,22 @@ class Autoencoder(_LatentModel):
 # ---------------------------------------------------------------------------------------------
 
 
-def elbo_terms(model: VAE, x: Tensor, beta: float = 1.0) -> dict[str, Tensor]:
-    """One-sample estimate, batch means in nats per image: {"loss": recon + β·kl, "recon": −log p(x|z), "kl"}."""
-    return _elbo_terms(model, x, check_number("beta", beta))
+def elbo_terms(model: VAE, x: Tensor, beta: float = 1.0, free_bits: float = 0.0) -> dict[str, Tensor]:
+    """One-sample estimate, batch means in nats per image: {"loss": recon + β·kl, "recon": −log p(x|z), "kl"}.
+
+    free_bits λ > 0 (Kingma et al., NeurIPS 2016, per latent dimension): the loss charges each
+    dimension's batch-mean KL only above λ, recon + β Σ_j max(λ, KL_j), so a dimension is not pushed
+    all the way back to the prior (collapsed); "kl" is still the true KL."""
+    return _elbo_terms(model, x, check_number("beta", beta), check_number("free_bits", free_bits))
 
 
-def _elbo_terms(model: VAE, x: Tensor, beta: float) -> dict[str, Tensor]:
+def _elbo_terms(model: VAE, x: Tensor, beta: float, free_bits: float = 0.0) -> dict[str, Tensor]:
     out, mu, logvar = model(x)
     recon = -model._log_likelihood(out, x).mean()  # −E_q[log p(x | z)], one z per image
-    kl = _gaussian_kl(mu, logvar).mean()  # KL(q(z | x) ‖ p(z))
-    return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
+    kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)  # (D,) KL per dimension, batch mean
+    kl = kl_dims.sum()  # KL(q(z | x) ‖ p(z))
+    charged = kl_dims.clamp_min(free_bits).sum() if free_bits > 0 else kl
+    return {"loss": recon + beta * charged, "recon": recon, "kl": kl}
 
 
 def _batches(images: Tensor, batch_size: int):
@@ -328,6 +342,27 @@ def evaluate_nelbo(model: VAE, images: Tensor, batch_size: int = 500, seed: int 
             for key, v in (("nelbo", recon + kl), ("recon", recon), ("kl", kl)):
                 sums[key] += float(v.double().sum())
     return {k: v / len(images) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def latent_usage(model: VAE, images: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
+    """How much each latent dimension is used, over `images`:
+
+    kl (D,)       mean over x of KL(q(z_j | x) ‖ N(0, 1)) in nats: 0 for a dimension the encoder ignores
+    activity (D,) Cov_x(E_q[z_j | x]) = the variance of μ_j(x) across images (Burda et al. 2016);
+                  a dimension is "active" when it exceeds 0.01, inactive ones are posterior collapse
+    active        the number of active dimensions (an int tensor)"""
+    _check_images(images, model), check_int("batch_size", batch_size)
+    param = next(model.parameters())
+    mus, kls = [], []
+    with eval_mode(model):
+        for x in _batches(images, batch_size):
+            mu, logvar = model._encode(x.to(param.device, param.dtype))
+            mus.append(mu.double())
+            kls.append((0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)).double().sum(0))
+    mu = torch.cat(mus)  # (N, D)
+    activity = mu.var(0, unbiased=False)
+    return {"kl": torch.stack(kls).sum(0) / len(images), "activity": activity, "active": (activity > 0.01).sum()}
 
 
 @torch.no_grad()
@@ -368,6 +403,19 @@ def iwae_bound(
 # ---------------------------------------------------------------------------------------------
 
 
+def binarize(images: Tensor, seed: int = 0) -> Tensor:
+    """Binary images: pixel i is 1 with probability images_i (grey levels in [0, 1]), drawn from `seed`
+    (the same seed, the same images). Used once for the test digits; training redraws every batch."""
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        raise ValueError(f"images: expected a floating-point tensor in [0, 1], got {shape_of(images)}")
+    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise ValueError(
+            f"images: expected values in [0, 1], got [{float(images.min()):.3g}, {float(images.max()):.3g}]"
+        )
+    gen = torch.Generator(device=images.device).manual_seed(seed)
+    return torch.bernoulli(images, generator=gen)
+
+
 def _epoch_batches(images: Tensor, batch_size: int, seed: int):
     """step -> a batch of `images` (`training.epoch_indices`: one seeded permutation per epoch)."""
     batch_size = min(batch_size, len(images))
@@ -376,12 +424,27 @@ def _epoch_batches(images: Tensor, batch_size: int, seed: int):
 
 
 def _train(
-    model: nn.Module, images: Tensor, loss_fn, steps: int, batch_size: int, lr: float, seed: int, run: RunOptions
+    model: nn.Module,
+    images: Tensor,
+    loss_fn,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    run: RunOptions,
+    binarize: bool = False,
 ) -> History:
     _check_images(images, model), check_int("steps", steps), check_int("batch_size", batch_size)
     lr = check_number("lr", lr, inclusive=False)
     param = next(model.parameters())
     batches, _ = _epoch_batches(images.to(param.device, param.dtype), batch_size, seed)
+    if binarize:
+        grey = batches
+
+        def batches(step: int) -> Tensor:  # a fresh draw per step, seeded by (seed, step): exact resume
+            gen = torch.Generator(device=param.device).manual_seed(seed * 1_000_003 + step)
+            return torch.bernoulli(grey(step), generator=gen)
+
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused_optimizer_ok(param.device))
     return fit(model, optimizer, batches, loss_fn, steps, **run)
 
@@ -395,18 +458,27 @@ def train_vae(
     lr: float = 1e-3,
     beta: float = 1.0,
     seed: int = 0,
+    binarize: bool = False,
+    free_bits: float = 0.0,
     **run: Unpack[RunOptions],
 ) -> History:
     """Adam(lr) on the one-sample β-ELBO loss over shuffled epochs of `images` (N, C, H, W) in [0, 1].
 
-    The PyTorch example's recipe by default (Adam 1e-3, batch 128). History: "loss", "recon", "kl"
-    (nats per image, batch means). `run`: fit's run options (checkpoint, ckpt_every, log_every, desc
-    (default "VAE"), progress, on_log, e.g. a plots.LiveLossCurve of "loss", "recon" and "kl")."""
+    The PyTorch example's recipe by default (Adam 1e-3, batch 128). binarize=True: every batch is
+    redrawn as binary pixels (`binarize`, dynamic binarisation) so that a Bernoulli decoder models a
+    real distribution. free_bits: see `elbo_terms`. History: "loss", "recon", "kl" (nats per image,
+    batch means; "loss" includes the free-bits floor). `run`: fit's run
+    options (checkpoint, ckpt_every, log_every, desc (default "VAE"), progress, on_log, e.g. a
+    plots.LiveLossCurve of "loss", "recon" and "kl")."""
     if not isinstance(model, VAE):
         raise ValueError(f"model: expected a VAE, got {type(model).__name__}")
-    beta = check_number("beta", beta)
+    beta, free_bits = check_number("beta", beta), check_number("free_bits", free_bits)
     run.setdefault("desc", "VAE")
-    return _train(model, images, lambda m, x: _elbo_terms(m, x, beta), steps, batch_size, lr, seed, run)
+
+    def loss_fn(m: VAE, x: Tensor) -> dict[str, Tensor]:
+        return _elbo_terms(m, x, beta, free_bits)
+
+    return _train(model, images, loss_fn, steps, batch_size, lr, seed, run, binarize)
 
 
 def train_autoencoder(

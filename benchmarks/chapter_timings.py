@@ -40,7 +40,7 @@ def _title(nb, index: int) -> str:
     return ""
 
 
-def time_chapter(chapter: str, budget: str, long: float) -> dict:
+def time_chapter(chapter: str, budget: str, long: float, save: Path | None = None) -> dict:
     [path] = sorted((ROOT / "solutions").glob(f"{chapter}_*.ipynb"))
     nb = nbformat.read(path, as_version=4)
     os.environ["AIGC_BUDGET"] = budget
@@ -51,6 +51,9 @@ def time_chapter(chapter: str, budget: str, long: float) -> dict:
         nb, timeout=1800, kernel_name="python3", record_timing=True, resources={"metadata": {"path": str(path.parent)}}
     ).execute()
     total = time.perf_counter() - start
+    if save is not None:  # the executed notebook, to read the figures it printed
+        save.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save / f"{path.stem}.{budget}.ipynb")
     cells = [
         {
             "index": i,
@@ -79,9 +82,10 @@ def main() -> int:
     parser.add_argument("--budget", default="standard", choices=("smoke", "standard", "full"))
     parser.add_argument("--long", type=float, default=20.0, help="report cells taking at least this many seconds")
     parser.add_argument("--json", type=Path, help="append each record (one JSON object per line) to this file")
+    parser.add_argument("--save", type=Path, help="write each executed notebook into this folder")
     args = parser.parse_args()
     for chapter in args.chapters:
-        record = time_chapter(chapter, args.budget, args.long)
+        record = time_chapter(chapter, args.budget, args.long, args.save)
         print(
             f"{record['chapter']} at {args.budget}: {record['total_s']:.0f} s "
             f"(load average {record['load_before'][0]} before, {record['load_after'][0]} after, {record['cpus']} CPUs)"

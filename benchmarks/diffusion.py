@@ -6,6 +6,7 @@
     python benchmarks/diffusion.py --points 500 3000  # the training budgets of part 1
     python benchmarks/diffusion.py --n 500          # samples per evaluation (default 200)
     python benchmarks/diffusion.py --skip-quality   # throughput only (part 3, and part 4 with --gpu)
+    cd solutions && python ../benchmarks/diffusion.py --chapter-model --skip-throughput  # part 2 on chapter 05's model
     python benchmarks/diffusion.py --gpu            # also part 4 on CUDA (skipped cleanly without it)
     python benchmarks/diffusion.py --device cuda    # parts 1-3 on the GPU (default cpu)
     python benchmarks/diffusion.py --threads 1      # one torch thread (default: torch's)
@@ -44,11 +45,16 @@ weights. --base changes the width (groups stay base // 4, as in the chapter's bu
        guidance w = 3 (DDIM 50, seed 4): prompt accuracy = share whose classifier argmax is the
        requested digit, and their recognisability.
 
-2. Quality vs sampling steps, on the EMA model of the largest budget of part 1: DDIM 10/20/50/100
-   (eta 0) and DDPM 1000 (ancestral, x0 clipped), each drawing --n samples with the same seed (2) and
-   the same labels (0..9 in turn, guidance 1, as in the chapter), scored by evaluate_digits, timed once
-   each (after a warm-up sample). Targets (the course's quality goals): DDIM 50's FD <= 1.2x DDPM 1000's, and DDIM 50 at
-   least 15x faster.
+2. Samplers, on the EMA model of the largest budget of part 1 (or, with --chapter-model, on chapter 05's
+   own standard-budget model, loaded from ./checkpoints when there). DDIM and DDPM differ in three ways
+   at once (deterministic vs stochastic, x0 unclipped vs clipped, few steps vs 1,000), so the grid
+   changes one at a time: DDIM 10/20/50/100 with eta 0 (deterministic) and with eta 1 (eq. 16's noise:
+   DDPM-like ancestral steps over the larger gaps, i.e. "DDPM with fewer steps"), DDIM 50 with
+   x0-clipping, DDIM 50 with eta 0.5, DDPM 1000 with and without clipping. Each draws --n samples with
+   the same labels (0..9 in turn, guidance 1) at every seed of --compare-seeds (2 and 3), scored by
+   evaluate_digits (FD: mean over seeds), timed (median over seeds, after a warm-up sample). Targets
+   (the course's quality goals): DDIM 50's FD <= 1.2x DDPM 1000's, and DDIM 50 at least 15x faster
+   (checked for the eta = 1 sampler; the deterministic one's ratio is printed beside it).
 
 3. Throughput, interleaved. Training: --tp-steps steps of train_diffusion (the library loop) on a
    fresh standard model; sampling: one `sample` call of --tp-batch (256) images with DDIM
@@ -73,9 +79,10 @@ weights. --base changes the width (groups stay base // 4, as in the chapter's bu
       within 2x the real-vs-real floor (checked for both sets).
 
 Cost: part 1 trains steps/4 + steps/2 + steps = 1.75 x steps (5,250 steps = 168,000 images) and
-samples 3 x (50 + 2 x 50) forward passes of --n images; part 2 runs 180 + 1,000 forward passes of --n
-images. Extrapolated from --quick's rates on 2 CPU cores (about 360 training images/s; not a measured
-full run), the defaults take roughly 15 minutes there; part 4b takes several minutes on a recent GPU.
+samples 3 x (50 + 2 x 50) forward passes of --n images; part 2 runs 2 x (2 x 180 + 100 + 2,000) forward
+passes of --n images (two seeds; the two DDPM runs are nearly all of it). Extrapolated from --quick's
+rates on 2 CPU cores (about 360 training images/s; not a measured full run), part 1 takes roughly 10
+minutes there and part 2 about as long; part 4b takes several minutes on a recent GPU.
 
 Timings on a shared machine are noisy: compare the ratios printed in one run, not absolute numbers
 across runs. The script warns when the load average shows other work competing for the cores
@@ -285,44 +292,70 @@ def quality_vs_compute(
 # --------------------------------------------------------------------------------------- part 2
 
 
+def sampler_runs(ddim: list[int], fast: int) -> dict[str, dict]:
+    """Part 2's grid: every difference between DDIM and DDPM changed alone (stochasticity eta, x0-clipping,
+    step count), on the same model, x_T and labels."""
+    runs = {f"DDIM {k}, eta 0": {"sampler": "ddim", "steps": k} for k in ddim}
+    runs |= {f"DDIM {k}, eta 1": {"sampler": "ddim", "steps": k, "eta": 1.0} for k in ddim}
+    runs[f"DDIM {fast}, eta 0, clip"] = {"sampler": "ddim", "steps": fast, "clip_x0": True}
+    runs[f"DDIM {fast}, eta 0.5"] = {"sampler": "ddim", "steps": fast, "eta": 0.5}
+    runs["DDPM 1000"] = {"sampler": "ddpm"}
+    runs["DDPM 1000, no clip"] = {"sampler": "ddpm", "clip_x0": False}
+    return runs
+
+
 def quality_vs_steps(
     args: argparse.Namespace, model: nn.Module, schedule: dm.NoiseSchedule, device: torch.device
 ) -> dict:
     asked = cycled(args.n)
-    runs = {f"DDIM {k}": {"sampler": "ddim", "steps": k} for k in args.ddim} | {"DDPM 1000": {"sampler": "ddpm"}}
+    runs = sampler_runs(args.ddim, args.fast)
     print(
-        f"\n== 2. quality vs sampling steps ({max(args.points)}-step EMA model): {args.n} samples each, the same "
-        f"seed ({COMPARE_SEED}) and labels (0..9 in turn, guidance 1)"
+        f"\n== 2. samplers on one model: {args.n} samples each, labels 0..9 in turn, guidance 1, "
+        f"seeds {args.compare_seeds} (the same x_T and noise for every sampler at a seed)"
     )
     dm.sample(model, args.n, schedule, steps=2, labels=asked, progress=False)  # warm-up
     rows = {}
     for name, kw in runs.items():
-        sync(device)
-        start = time.perf_counter()
-        x = dm.sample(
-            model,
-            args.n,
-            schedule,
-            labels=asked,
-            generator=torch.Generator().manual_seed(COMPARE_SEED),
-            progress=False,
-            **kw,
-        )
-        sync(device)
-        wall = time.perf_counter() - start
-        ev = metrics.evaluate_digits(dm.to_unit(x), device=device)
-        rows[name] = {"wall": wall, **ev}
+        walls, evs = [], []
+        for seed in args.compare_seeds:
+            sync(device)
+            start = time.perf_counter()
+            x = dm.sample(
+                model,
+                args.n,
+                schedule,
+                labels=asked,
+                generator=torch.Generator().manual_seed(seed),
+                progress=False,
+                **kw,
+            )
+            sync(device)
+            walls.append(time.perf_counter() - start)
+            evs.append(metrics.evaluate_digits(dm.to_unit(x), device=device))
+        fds = [e["fd"] for e in evs]
+        rows[name] = {
+            "wall": statistics.median(walls),
+            "fd": statistics.mean(fds),
+            "fds": fds,
+            "fd_floor": evs[0]["fd_floor"],
+            "recognisability": statistics.mean(e["recognisability"] for e in evs),
+            "precision": statistics.mean(e["precision"] for e in evs),
+            "recall": statistics.mean(e["recall"] for e in evs),
+        }
+        r = rows[name]
         print(
-            f"   {name:<10} {wall:8.2f} s ({args.n / wall:8.1f} img/s) | FD {ev['fd']:7.2f} ({ev['fd_ratio']:5.2f}x "
-            f"floor) | recognisable {100 * ev['recognisability']:5.1f}% | classes {classes(ev)}",
+            f"   {name:<22} {r['wall']:8.2f} s | FD {' / '.join(f'{f:6.1f}' for f in fds)} (mean {r['fd']:6.1f}, "
+            f"floor {r['fd_floor']:.1f}) | recognisable {100 * r['recognisability']:5.1f}% | "
+            f"P {r['precision']:.2f} R {r['recall']:.2f}",
             flush=True,
         )
-    fast = f"DDIM {args.fast}"
+    fast = f"DDIM {args.fast}, eta 1"
     ratio = rows[fast]["fd"] / rows["DDPM 1000"]["fd"]
     speed = rows["DDPM 1000"]["wall"] / rows[fast]["wall"]
     print(
         f"   {fast} vs DDPM 1000: FD ratio {ratio:.2f} (target <= {FD_VS_DDPM_TARGET}), speed-up {speed:.1f}x "
-        f"(target >= {SPEEDUP_TARGET:g}x)"
+        f"(target >= {SPEEDUP_TARGET:g}x); deterministic DDIM {args.fast}: FD ratio "
+        f"{rows[f'DDIM {args.fast}, eta 0']['fd'] / rows['DDPM 1000']['fd']:.2f}"
     )
     return {"rows": rows, "fast": fast, "fd_ratio": ratio, "speedup": speed}
 
@@ -560,12 +593,13 @@ def summary(
                 f"{100 * u['recognisability']:>7.1f}%{classes(u):>13}{100 * r['prompt_acc']:>18.1f}%"
             )
     if s:
-        print(f"  2. quality vs sampling steps ({args.n} samples, labels 0..9, guidance 1):")
-        print(f"     {'sampler':<11}{'wall s':>9}{'img/s':>9}{'FD':>9}{'FD/floor':>9}{'recog.':>8}")
+        print(f"  2. samplers ({args.n} samples, labels 0..9, guidance 1; FD: mean over seeds {args.compare_seeds}):")
+        print(f"     {'sampler':<22}{'wall s':>9}{'img/s':>9}{'FD':>9}{'FD/floor':>9}{'recog.':>8}{'P':>6}{'R':>6}")
         for name, r in s["rows"].items():
             print(
-                f"     {name:<11}{r['wall']:>9.2f}{args.n / r['wall']:>9.1f}{r['fd']:>9.2f}{r['fd_ratio']:>9.2f}"
-                f"{100 * r['recognisability']:>7.1f}%"
+                f"     {name:<22}{r['wall']:>9.2f}{args.n / r['wall']:>9.1f}{r['fd']:>9.2f}"
+                f"{r['fd'] / r['fd_floor']:>9.2f}{100 * r['recognisability']:>7.1f}%{r['precision']:>6.2f}"
+                f"{r['recall']:>6.2f}"
             )
         print(
             f"     target: {s['fast']} FD <= {FD_VS_DDPM_TARGET} x DDPM 1000 FD: {s['fd_ratio']:.2f}x -> "
@@ -637,6 +671,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--base", type=int, default=STANDARD["base"], help="U-Net width (groups = base // 4)")
     g.add_argument("--n", type=int, default=200, help="samples per evaluation")
     g.add_argument("--ddim", type=int, nargs="+", default=[10, 20, 50, 100], help="DDIM step counts of part 2")
+    g.add_argument("--compare-seeds", type=int, nargs="+", default=[2, 3], help="sampling seeds of part 2")
+    g.add_argument(
+        "--chapter-model",
+        action="store_true",
+        help="part 2 only, on chapter 05's trained model at the standard budget (its checkpoint under "
+        "./checkpoints when there, e.g. run from solutions/; trained otherwise)",
+    )
     t = p.add_argument_group("throughput (part 3)")
     t.add_argument("--repeats", type=int, default=5)
     t.add_argument("--tp-steps", type=int, default=50, help="train_diffusion steps per timing")
@@ -683,7 +724,10 @@ def main(argv: list[str] | None = None) -> None:
         + ("; --quick: numbers NOT meaningful" if args.quick else "")
     )
     q = s = None
-    if not args.skip_quality:
+    if args.chapter_model:
+        _, _, ema = UNET.run(ImageData(images, labels), device=device, budget="standard", progress=args.progress)
+        s = quality_vs_steps(args, ema.model, schedule, device)
+    elif not args.skip_quality:
         q = quality_vs_compute(args, images, labels, schedule, device)
         s = quality_vs_steps(args, q["model"], schedule, device)
     tp = (

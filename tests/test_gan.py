@@ -1404,3 +1404,67 @@ def test_generator_params_is_for_the_28_layout_only():
     G, _ = dcgan_pair(image_size=32)
     with pytest.raises(ValueError, match="G: expected an unconditional DCGANGenerator with image_size=28"):
         generator_params(G)
+
+
+# --------------------------------------------------------------------------- R1 and spectral normalisation
+
+
+def test_r1_penalty_is_the_mean_squared_input_gradient_at_real_data():
+    torch.manual_seed(0)
+    D = gan.MLPDiscriminator(in_shape=(2,), hidden=(8,)).double()
+    real = torch.randn(5, 2, dtype=torch.float64)
+    want = 0.0
+    for x in real:  # one sample at a time, by autograd
+        x = x[None].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x).sum(), x)
+        want += g.pow(2).sum().item() / len(real)
+    got = gan.r1_penalty(D, real)
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    got.backward()  # differentiable: it reaches D's weights
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters() if p.ndim == 2)
+    # a linear D(x) = w.x + b has the constant slope w: R1 = |w|^2
+    lin = gan.MLPDiscriminator(in_shape=(3,), hidden=()).double()
+    assert gan.r1_penalty(lin, torch.randn(4, 3, dtype=torch.float64)).item() == pytest.approx(
+        lin.net[0].weight.pow(2).sum().item()
+    )
+
+
+def test_discriminator_step_adds_half_gamma_r1_and_train_gan_takes_r1_gamma():
+    torch.manual_seed(0)
+    D = gan.MLPDiscriminator(in_shape=(2,), hidden=(8,)).double()
+    real, fake = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    opt = torch.optim.SGD(D.parameters(), lr=0.0)  # lr 0: the loss is reported, D does not move
+    plain = gan.discriminator_step(D, opt, real, fake)["d_loss"].item()
+    with_r1 = gan.discriminator_step(D, opt, real, fake, r1_gamma=4.0)["d_loss"].item()
+    assert with_r1 == pytest.approx(plain + 2.0 * gan.r1_penalty(D, real).item(), rel=1e-10)
+    G = gan.MLPGenerator(z_dim=2, hidden=(8,), out_shape=(2,), tanh=False)
+    run = gan.train_gan(
+        G,
+        gan.MLPDiscriminator(in_shape=(2,), hidden=(8,)),
+        torch.randn(64, 2),
+        3,
+        batch_size=8,
+        r1_gamma=1.0,
+        progress=False,
+    )
+    assert len(run.history["d_loss"]) == 3
+    with pytest.raises(ValueError, match="R1 penalty is per sample"):
+        gan.train_gan(
+            gan.DCGANGenerator(gan.DCGANConfig(z_dim=4, ngf=4, ndf=4)),
+            gan.DCGANDiscriminator(gan.DCGANConfig(z_dim=4, ngf=4, ndf=4)),
+            torch.zeros(8, 1, 28, 28),
+            1,
+            r1_gamma=1.0,
+            progress=False,
+        )
+
+
+def test_spectral_mlp_discriminator_has_unit_spectral_norm_layers():
+    torch.manual_seed(0)
+    D = gan.MLPDiscriminator(in_shape=(2,), hidden=(16, 16), spectral=True)
+    for _ in range(20):  # power iterations run in training-mode forwards
+        D(torch.randn(4, 2))
+    D.eval()
+    for m in D.net:
+        if isinstance(m, torch.nn.Linear):
+            assert torch.linalg.matrix_norm(m.weight, ord=2).item() == pytest.approx(1.0, abs=0.02)

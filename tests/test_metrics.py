@@ -382,3 +382,22 @@ def test_evaluate_digits_reports_confident_shares_and_precision_recall(test_set)
     ones = test_set.images[test_set.labels == 1][:100]
     r1 = M.evaluate_digits(ones)  # a perfectly collapsed "generator": realistic, no variety
     assert r1["confident_coverage"][1] > 0.95 and r1["precision"] > 0.9 and r1["recall"] < 0.3
+
+
+def test_digit_table_prints_every_model_with_confident_shares(test_set):
+    real = M.evaluate_digits(test_set.images[:300])
+    ones = M.evaluate_digits(test_set.images[test_set.labels == 1][:100])
+    table = M.digit_table({"real digits": real, "collapsed (only 1s)": ones})
+    head, row_real, row_ones = table.splitlines()
+    assert "precision" in head and "recall" in head and "classes (confident)" in head
+    assert row_real.startswith("real digits") and f"{real['fd']:.1f}" in row_real
+    assert f"{real['min_confident_share']:.1%} – {real['max_confident_share']:.1%}" in row_real
+    assert row_ones.split()[-1] == f"{ones['max_confident_share']:.1%}"  # the collapse shows: ~100% one class
+
+
+def test_precision_is_fooled_by_degenerate_samples_as_the_chapters_warn():
+    """Documented weakness (metrics.precision_recall, chapter 02 §7): blank and pure-noise images fall into
+    the large ball of an unusual reference digit, so their precision is 1.0 while recall is 0."""
+    for images in (torch.zeros(200, 1, 28, 28), torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))):
+        r = M.evaluate_digits(images)
+        assert r["precision"] == 1.0 and r["recall"] == 0.0 and r["recognisability"] < 0.05

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from aigc_lib import rnn
 from aigc_lib.data import CharTokenizer
+from aigc_lib.generation import sliding_window_nll
 from aigc_lib.history import apply_temperature
 from aigc_lib.rnn import (
     CharLSTM,
@@ -633,3 +634,73 @@ def test_char_lstm_on_cuda_with_bf16_autocast():
     assert sum(hist.losses[-10:]) / 10 < 0.1 * math.log(tok.vocab_size)
     assert evaluate_nats_per_char(model, ids, batch_size=4, seq_len=32) < 0.3
     assert generate_text(model, tok, "hello", 20, top_k=1, generator=gen(0)) == "hello world. hello world."
+
+
+# --------------------------------------------------------------------------- the sliding window, for an LSTM
+
+
+@pytest.mark.parametrize(("block", "stride", "n"), [(8, 2, 40), (8, 8, 33), (5, 1, 23), (6, 4, 7)])
+def test_sliding_window_nll_gives_an_lstm_a_fresh_state_per_window(block, stride, n):
+    """generation.sliding_window_nll on an LSTM: each target scored once, from the first window that
+    reaches it, the LSTM starting from zeros at the window's start (the context a GPT would have)."""
+    model = tiny_lm(seed=3)
+    ids = torch.randint(7, (n,), generator=torch.Generator().manual_seed(2))
+    last = n - 1
+    ends = list(range(block, last, stride)) + [last]
+    total, done = 0.0, 0
+    with torch.no_grad():
+        for end in ends:
+            logp = torch.log_softmax(model(ids[end - block : end][None])[0][0], dim=-1)  # zero state
+            for t in range(done, end):
+                total -= logp[t - (end - block), ids[t + 1]].item()
+            done = end
+    got = sliding_window_nll(model, ids, block, stride, batch_size=3)
+    assert got == pytest.approx(total / last, rel=1e-9)
+    if n == block + 1:  # one window: the sequential NLL from a zero state
+        assert got == pytest.approx(evaluate_nats_per_char(model, ids, batch_size=1), rel=1e-9)
+
+
+def test_sliding_window_nll_of_one_window_is_the_stream_and_checks_its_arguments():
+    """One window covering the text is the sequential NLL; and the messages name the argument."""
+    model = tiny_lm(seed=4)
+    ids = torch.randint(7, (30,), generator=torch.Generator().manual_seed(5))
+    assert sliding_window_nll(model, ids, 29, 29) == pytest.approx(evaluate_nats_per_char(model, ids, batch_size=1))
+    with pytest.raises(ValueError, match=r"stride: expected an int in \[1, 8\], got 9"):
+        sliding_window_nll(model, ids, 8, 9)
+    with pytest.raises(ValueError, match="ids: expected a 1-D int64 tensor of at least block \\+ 1 = 31"):
+        sliding_window_nll(model, ids, 30, 1)
+
+
+# --------------------------------------------------------------------------- top-p (nucleus) sampling
+
+
+def nucleus_by_hand(probs: list[float], p: float) -> list[float]:
+    """Keep the most probable tokens, in order, until their mass reaches p; renormalise (a loop)."""
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])
+    kept, mass = [], 0.0
+    for i in order:
+        if mass >= p:
+            break
+        kept.append(i)
+        mass += probs[i]
+    total = sum(probs[i] for i in kept)
+    return [probs[i] / total if i in kept else 0.0 for i in range(len(probs))]
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.7, 0.9, 0.999, 1.0])
+def test_top_p_keeps_the_smallest_nucleus_and_renormalises(p):
+    logits = torch.tensor([[1.0, 3.0, 0.5, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0, 5.0]], dtype=torch.float64)
+    got = sample_probs(logits, 0.8, top_p=p)
+    for row, out in zip(torch.softmax(logits / 0.8, -1), got, strict=True):
+        assert out.tolist() == pytest.approx(nucleus_by_hand(row.tolist(), p), abs=1e-12)
+    assert torch.equal(sample_probs(logits, top_p=1.0), sample_probs(logits))  # p = 1: nothing cut
+    assert sample_probs(logits, top_p=1e-9)[0].argmax() == 1 and sample_probs(logits, top_p=1e-9)[0].max() == 1.0
+
+
+def test_top_p_with_top_k_and_bad_values():
+    logits = torch.tensor([1.0, 3.0, 0.5, 2.0, -1.0])
+    both = sample_probs(logits, top_k=2, top_p=0.99)  # top-k first: only 2 candidates are left to cut
+    assert (both > 0).sum() == 2
+    for bad in (0, 1.5, -0.1, True, "0.9"):
+        with pytest.raises(ValueError, match=r"top_p: expected a number in \(0, 1\]"):
+            sample_probs(logits, top_p=bad)

@@ -862,7 +862,7 @@ def test_evaluate_loss_uses_eval_mode_and_restores_the_mode(training):
     ids = torch.randint(11, (40,), generator=gen(9))
     a, b = evaluate_loss(model, ids, batch_size=2), evaluate_loss(model, ids, batch_size=3)
     assert model.training == training
-    assert a == b  # no dropout while evaluating
+    assert a == pytest.approx(b, rel=1e-6)  # no dropout while evaluating (batching changes only the rounding)
     model.eval()
     assert a == pytest.approx(manual_windowed_nll(model, ids, 8), rel=1e-6)
 

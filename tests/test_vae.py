@@ -24,6 +24,7 @@ from aigc_lib.vae import (
     Autoencoder,
     VAEConfig,
     bernoulli_log_likelihood,
+    binarize,
     elbo_terms,
     evaluate_nelbo,
     gaussian_kl,
@@ -31,6 +32,7 @@ from aigc_lib.vae import (
     interpolate,
     iwae_bound,
     latent_grid,
+    latent_usage,
     reparameterize,
     train_autoencoder,
     train_vae,
@@ -1063,3 +1065,73 @@ def test_vae_on_cuda():
     conv = VAE(VAEConfig(kind="conv", channels=8, hidden=32, latent_dim=2)).to(device)
     hc = train_vae(conv, data, 3, **RUN)
     assert len(hc) == 3 and all(math.isfinite(v) for v in hc["loss"])
+
+
+# --------------------------------------------------------------------------- binarised digits
+
+
+def test_binarize_draws_each_pixel_with_its_grey_level_and_is_seeded():
+    grey = torch.full((400, 1, 28, 28), 0.3)
+    grey[:, :, :14] = 0.9
+    b = binarize(grey, seed=3)
+    assert set(b.unique().tolist()) <= {0.0, 1.0} and b.dtype == grey.dtype and b.shape == grey.shape
+    assert b[:, :, :14].mean().item() == pytest.approx(0.9, abs=0.01)
+    assert b[:, :, 14:].mean().item() == pytest.approx(0.3, abs=0.01)
+    assert torch.equal(b, binarize(grey, seed=3)) and not torch.equal(b, binarize(grey, seed=4))
+    edge = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 28, 28).contiguous()
+    assert torch.equal(binarize(edge), edge)  # 0 and 1 stay as they are
+    with pytest.raises(ValueError, match=r"images: expected values in \[0, 1\], got \[-1, 1\]"):
+        binarize(edge * 2 - 1)
+
+
+def test_train_vae_binarize_trains_on_fresh_binary_draws_and_resumes_exactly(tmp_path):
+    data = images(32, seed=5)
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(**TINY))
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    train_vae(model, data, 8, batch_size=8, binarize=True, progress=False)
+    assert all(set(b.unique().tolist()) <= {0.0, 1.0} for b in seen)
+    assert not torch.equal(seen[0].sum(0), seen[4].sum(0))  # epoch 2: new draws (and a new order)
+
+    def run(steps, **kw):
+        torch.manual_seed(0)
+        m = VAE(VAEConfig(**TINY))
+        return m, train_vae(m, data, steps, binarize=True, **RUN, **kw)
+
+    straight, h = run(6)
+    run(3, checkpoint=tmp_path / "b.pt")
+    resumed, h2 = run(6, checkpoint=tmp_path / "b.pt")
+    assert states_equal(straight, resumed) and h["loss"] == h2["loss"]
+
+
+# --------------------------------------------------------------------------- posterior collapse
+
+
+def test_latent_usage_counts_the_dimensions_the_encoder_uses():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(**TINY)).double()
+    data = images(50, seed=3).double()
+    u = latent_usage(model, data, batch_size=7)
+    mu, logvar = model.encode(data)
+    want_kl = (0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)).mean(0)
+    torch.testing.assert_close(u["kl"], want_kl.double(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(u["activity"], mu.var(0, unbiased=False).double(), rtol=1e-9, atol=1e-12)
+    assert int(u["active"]) == int((mu.var(0, unbiased=False) > 0.01).sum())
+    assert u["kl"].sum().item() == pytest.approx(gaussian_kl(mu, logvar).mean().item(), rel=1e-9)
+
+
+def test_free_bits_charge_each_dimension_at_least_lambda_and_keep_the_true_kl():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(**TINY)).double()
+    x = images(16, seed=4).double()
+    torch.manual_seed(1)
+    plain = elbo_terms(model, x)
+    torch.manual_seed(1)
+    floored = elbo_terms(model, x, free_bits=5.0)  # far above every dimension's KL
+    assert floored["kl"].item() == pytest.approx(plain["kl"].item())  # the logged KL is the true one
+    assert floored["loss"].item() == pytest.approx(plain["recon"].item() + 5.0 * TINY["latent_dim"])
+    torch.manual_seed(1)
+    assert elbo_terms(model, x, free_bits=0.0)["loss"].item() == pytest.approx(plain["loss"].item())
+    with pytest.raises(ValueError, match="free_bits"):
+        elbo_terms(model, x, free_bits=-1.0)

@@ -9,7 +9,8 @@ DDIM (Song, Meng & Ermon, ICLR 2021, eq. 12) jumps from t to an earlier t' on a 
 
     x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε_θ + σ_t z,
     σ_t = η √((1 − ᾱ_{t'}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t'})             eq. 16   ddim_step
-    (η = 0: deterministic; η = 1 and t' = t − 1: DDPM)
+    (η = 0: deterministic; η = 1 and t' = t − 1: DDPM without x̂_0 clipping. DDIM's clip_x0 clips x̂_0
+    only and keeps the network's ε̂, as diffusers does by default; DDPM's clipping also changes the ε it implies)
 
 Classifier-free guidance (Ho & Salimans, 2022): ONE network is trained with the label replaced by a
 null token with probability p_uncond, and sampled with

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aigc_lib.checks import check_int, shape_of
-from aigc_lib.generation import generate
+from aigc_lib.generation import generate, sliding_window_nll
 from aigc_lib.runtime import eval_mode, step_generator
 from aigc_lib.training import History, RunOptions, adamw_warmup_cosine, fit
 from aigc_lib.transformer.attention import Block, _sinusoidal_positions, init_normal_
@@ -286,7 +286,7 @@ def evaluate_loss(
     block = model.config.block_size if block is None else check_int("block", block, high=model.config.block_size)
     _check_ids("ids", ids, block + 1)
     if stride is not None:
-        return _sliding_window_loss(model, ids, block, check_int("stride", stride, high=block), batch_size)
+        return sliding_window_nll(model, ids, block, check_int("stride", stride, high=block), batch_size)
     device = next(model.parameters()).device
     n = (len(ids) - 1) // block
     x = ids[: n * block].view(n, block).to(device)
@@ -297,27 +297,6 @@ def evaluate_loss(
             logits, _ = model(x[i : i + batch_size])
             total += F.cross_entropy(logits.float().flatten(0, 1), y[i : i + batch_size].flatten(), reduction="sum")
     return float(total) / (n * block)
-
-
-def _sliding_window_loss(model: GPT, ids: Tensor, block: int, stride: int, batch_size: int) -> float:
-    last = (
-        len(ids) - 1
-    )  # targets are ids[1..last]; a window ending at e reads ids[e-block:e], predicts ids[e-block+1:e+1]
-    ends = list(range(block, last, stride)) + [last]
-    first_new = [0] + [block - (e - p) for p, e in zip(ends, ends[1:], strict=False)]  # first unscored offset
-    device = next(model.parameters()).device
-    offsets = torch.arange(block)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    with eval_mode(model):
-        for i in range(0, len(ends), batch_size):
-            e = torch.tensor(ends[i : i + batch_size])  # (W,)
-            window = (e[:, None] - block + offsets).to(ids.device)  # (W, block) input positions
-            x, y = ids[window].to(device), ids[window + 1].to(device)
-            logits, _ = model(x)
-            nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(len(e), block)
-            keep = offsets[None, :] >= torch.tensor(first_new[i : i + batch_size])[:, None]  # only new targets
-            total += nll[keep.to(device)].double().sum()
-    return float(total) / last
 
 
 # ---------------------------------------------------------------------------------------------
