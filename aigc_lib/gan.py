@@ -465,9 +465,14 @@ def discriminator_step(
     return _discriminator_step(D, opt_d, real, fake, labels, spec, _check_r1(r1_gamma, D))
 
 
+def _has_batchnorm(D: nn.Module) -> bool:
+    """Per-sample penalties (WGAN-GP, R1) are wrong with BatchNorm: its output mixes the batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules())
+
+
 def _check_r1(r1_gamma: object, D: nn.Module) -> float:
     r1_gamma = check_number("r1_gamma", r1_gamma)
-    if r1_gamma and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules()):
+    if r1_gamma and _has_batchnorm(D):
         raise ValueError("D: the R1 penalty is per sample and needs a discriminator without BatchNorm")
     return r1_gamma
 
@@ -639,7 +644,7 @@ def train_gan(
         _check_labels(labels, len(data), n_classes)
     elif labels is not None:
         raise ValueError("labels: G is unconditional; pass labels=None")
-    if spec.gp_weight and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules()):
+    if spec.gp_weight and _has_batchnorm(D):
         raise ValueError(f"D: loss={loss!r} needs a critic without BatchNorm (e.g. DCGANConfig(d_norm='none'))")
     param = next(G.parameters())
     device = param.device

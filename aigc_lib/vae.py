@@ -96,7 +96,11 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def _gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)  # ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²)
+    return _kl_per_dimension(mu, logvar).sum(dim=1)  # ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²)
+
+
+def _kl_per_dimension(mu: Tensor, logvar: Tensor) -> Tensor:
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)  # (B, D): ½ (μ_j² + σ_j² − 1 − log σ_j²)
 
 
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
@@ -309,7 +313,7 @@ def elbo_terms(model: VAE, x: Tensor, beta: float = 1.0, free_bits: float = 0.0)
 def _elbo_terms(model: VAE, x: Tensor, beta: float, free_bits: float = 0.0) -> dict[str, Tensor]:
     out, mu, logvar = model(x)
     recon = -model._log_likelihood(out, x).mean()  # −E_q[log p(x | z)], one z per image
-    kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)  # (D,) KL per dimension, batch mean
+    kl_dims = _kl_per_dimension(mu, logvar).mean(0)  # (D,) KL per dimension, batch mean
     kl = kl_dims.sum()  # KL(q(z | x) ‖ p(z))
     charged = kl_dims.clamp_min(free_bits).sum() if free_bits > 0 else kl
     return {"loss": recon + beta * charged, "recon": recon, "kl": kl}
@@ -359,7 +363,7 @@ def latent_usage(model: VAE, images: Tensor, batch_size: int = 500) -> dict[str,
         for x in _batches(images, batch_size):
             mu, logvar = model._encode(x.to(param.device, param.dtype))
             mus.append(mu.double())
-            kls.append((0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)).double().sum(0))
+            kls.append(_kl_per_dimension(mu, logvar).double().sum(0))
     mu = torch.cat(mus)  # (N, D)
     activity = mu.var(0, unbiased=False)
     return {"kl": torch.stack(kls).sum(0) / len(images), "activity": activity, "active": (activity > 0.01).sum()}
