@@ -18,7 +18,7 @@ model family it samples from.
 
 Scoring any such model the same way (`sliding_window_nll`): windows of `block` tokens ending
 `stride` apart, each read from a fresh state, scoring only the targets the previous window did not,
-so every target after the first window is predicted from at least block − stride earlier tokens.
+so every target after the first window is predicted from at least block − stride + 1 earlier tokens.
 An LSTM scored this way and a GPT scored this way see exactly the same context.
 
 Corrected from the source article (docs/errata.md, E3): the temperature divides the LOGITS, not the
@@ -247,7 +247,7 @@ def sliding_window_nll(model: nn.Module, ids: Tensor, block: int, stride: int, b
     """Mean NLL (nats per token) of every target ids[1:], each predicted from a window of at most
     `block` tokens: windows end `stride` tokens apart and each scores only its last `stride` targets
     (the first window scores all of its own), so every target after the first window has at least
-    block − stride tokens of context and every target is scored exactly once.
+    block − stride + 1 tokens of context and every target is scored exactly once.
 
     The standard fixed-length evaluation of GPT-style models (Hugging Face's "perplexity of
     fixed-length models"); for a recurrent model it means a zero state at the start of every window,
@@ -261,9 +261,8 @@ def sliding_window_nll(model: nn.Module, ids: Tensor, block: int, stride: int, b
         raise ValueError(
             f"ids: expected a 1-D int64 tensor of at least block + 1 = {block + 1} ids, got {shape_of(ids)}"
         )
-    last = (
-        len(ids) - 1
-    )  # targets ids[1..last]; a window ending at e reads ids[e-block:e] and predicts ids[e-block+1:e+1]
+    # targets ids[1..last]; a window ending at e reads ids[e-block:e] and predicts ids[e-block+1:e+1]
+    last = len(ids) - 1
     ends = list(range(block, last, stride)) + [last]
     first_new = [0] + [block - (e - p) for p, e in zip(ends, ends[1:], strict=False)]  # first offset not yet scored
     device = next(model.parameters()).device
