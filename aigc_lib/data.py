@@ -2,7 +2,8 @@
 
 Images come back as float32 tensors (N, 1, H, W) in [0, 1] with int64 labels (N,).
 Colour crops come back as float32 tensors (N, 3, S, S) in [0, 1], without labels.
-Text comes back as a plain `str`; `CharTokenizer` turns it into int64 ids.
+Text comes back as a plain `str`; `CharTokenizer` (one id per character) or `BPETokenizer`
+(byte-level byte-pair encoding, trained on a text) turns it into int64 ids.
 
     mnist5k, sklearn_digits, fashion_mnist  -> ImageData
     photo_crops                             -> Tensor (N, 3, S, S)  (scikit-learn's two sample photos)
@@ -14,13 +15,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import heapq
 import importlib.util
+import itertools
 import json
 import os
 import re
 import tempfile
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -467,6 +471,22 @@ def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
+def _check_decode_ids(ids: torch.Tensor | Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
+    """ids (a 0-D/1-D integer tensor, array or list) -> int64 array of ids in 0..vocab_size − 1."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim > 1 or arr.dtype.kind not in "iu":
+        raise ValueError(f"ids: expected a 1-D sequence of integers, got {arr.dtype} with shape {arr.shape}")
+    arr = arr.reshape(-1).astype(np.int64)
+    bad = arr[(arr < 0) | (arr >= vocab_size)]
+    if bad.size:
+        raise ValueError(f"ids: expected ids in 0..{vocab_size - 1}, got {bad[:5].tolist()}")
+    return arr
+
+
 class CharTokenizer:
     """Character-level tokenizer: id i <-> the i-th character of `chars`."""
 
@@ -509,18 +529,257 @@ class CharTokenizer:
 
     def decode(self, ids: torch.Tensor | Sequence[int] | np.ndarray) -> str:
         """ids (a 0-D/1-D integer tensor, array or list) -> text."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.detach().cpu().numpy()
-        arr = np.asarray(ids)
-        if arr.size == 0:
-            return ""
-        if arr.ndim > 1 or arr.dtype.kind not in "iu":
-            raise ValueError(f"ids: expected a 1-D sequence of integers, got {arr.dtype} with shape {arr.shape}")
-        arr = arr.reshape(-1).astype(np.int64)
-        bad = arr[(arr < 0) | (arr >= self.vocab_size)]
-        if bad.size:
-            raise ValueError(f"ids: expected ids in 0..{self.vocab_size - 1}, got {bad[:5].tolist()}")
-        return self._codes[arr].tobytes().decode("utf-32-le", "surrogatepass")
+        arr = _check_decode_ids(ids, self.vocab_size)
+        return self._codes[arr].tobytes().decode("utf-32-le", "surrogatepass") if arr.size else ""
+
+
+# --------------------------------------------------------------------------- byte-level BPE tokenizer
+
+# The pre-tokenizer: GPT-2's pattern (Radford et al., 2019) without its English contraction rule
+# ('s 't 're 've 'm 'll 'd), written for Python's `re`: \p{L} becomes [^\W\d_] (letters of any script,
+# so a run of Chinese characters is one word) and \p{N} becomes \d. A word keeps its leading space
+# (" the"); a run of spaces keeps its last space for the next word; every character falls in exactly one
+# class, so the pieces join back to the text. Merges are learned and applied inside one piece only.
+BPE_PATTERN = r" ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
+BPE_BYTES = 256  # the base vocabulary: id b < 256 is the single byte b
+_BPE_SPLIT = re.compile(BPE_PATTERN)
+_BPE_CACHE_SIZE = 1 << 17  # pre-tokens whose ids encode() remembers; cleared when full
+_BPE_STATE_FORMAT = "aigc_lib.BPETokenizer"
+
+
+def _utf8(piece: str) -> bytes:
+    try:
+        return piece.encode("utf-8")
+    except UnicodeEncodeError as err:  # only a lone surrogate ("\ud800") has no UTF-8 bytes
+        raise ValueError(f"text: {piece!r:.40} holds a lone surrogate, which has no UTF-8 bytes") from err
+
+
+def _merge_pair(ids: list[int], pair: tuple[int, int], new: int) -> list[int]:
+    """`ids` with every occurrence of `pair` replaced by `new`, scanning left to right ("aaa" -> "Xa")."""
+    a, b = pair
+    out: list[int] = []
+    i, n = 0, len(ids)
+    while i < n:
+        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+            out.append(new)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _bpe_train(words: list[list[int]], counts: list[int], n_merges: int) -> list[tuple[int, int]]:
+    """Up to `n_merges` merges on word types `words` (byte ids) seen `counts` times each.
+
+    pair_counts[p] = sum over word types of count x occurrences of p in the word (overlaps counted, as
+    Sennrich et al. do); where[p] = the word types holding p. A merge touches only the words in
+    where[p]: their old pairs are subtracted, their new pairs added. A heap of (-count, pair) entries
+    finds the best pair; an entry whose count is out of date is skipped when it comes up (lazy deletion).
+    """
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for i, (word, count) in enumerate(zip(words, counts, strict=True)):
+        for pair in itertools.pairwise(word):
+            pair_counts[pair] = pair_counts.get(pair, 0) + count
+            where.setdefault(pair, set()).add(i)
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[int, int]] = []
+    while len(merges) < n_merges:
+        while heap:  # the most frequent pair; among equal counts the smallest (a, b)
+            neg, pair = heapq.heappop(heap)
+            if pair_counts.get(pair) == -neg:
+                break
+        else:
+            break  # no pairs left: every word is a single token
+        if -neg < 2:
+            break  # no pair occurs twice: a merge would only memorise
+        new = BPE_BYTES + len(merges)
+        merges.append(pair)
+        changed: set[tuple[int, int]] = set()
+        for i in where.pop(pair):
+            old, count = words[i], counts[i]
+            merged = words[i] = _merge_pair(old, pair, new)
+            old_pairs, new_pairs = list(itertools.pairwise(old)), list(itertools.pairwise(merged))
+            for p in old_pairs:
+                pair_counts[p] -= count
+            for p in new_pairs:
+                pair_counts[p] = pair_counts.get(p, 0) + count
+            changed.update(old_pairs, new_pairs)
+            for p in set(old_pairs).difference(new_pairs, [pair]):
+                where[p].discard(i)
+            for p in set(new_pairs).difference(old_pairs):
+                where.setdefault(p, set()).add(i)
+        for p in changed:  # the heap key (-count, pair) orders fully: the set's order does not matter
+            if pair_counts[p] > 0:
+                heapq.heappush(heap, (-pair_counts[p], p))
+            else:  # gone from every word (the merged pair itself, for one)
+                del pair_counts[p]
+                where.pop(p, None)
+    return merges
+
+
+class BPETokenizer:
+    """Byte-level byte-pair encoding (Sennrich, Haddow & Birch, 2016; byte-level as in GPT-2).
+
+    Ids 0..255 are the 256 byte values, so any str (Chinese, emoji) encodes and round-trips; id 256 + k
+    is merge k, the concatenation of the two tokens `merges[k]`. The text is first split by
+    `BPE_PATTERN` into words with their leading space (`pretokenize`), and merges never cross a word.
+    `BPETokenizer()` without merges is the plain UTF-8 byte tokenizer (vocab_size 256).
+    Use it as a CharTokenizer: encode(str) -> int64 ids (N,), decode(ids) -> str, vocab_size.
+    """
+
+    def __init__(self, merges: Sequence[Sequence[int]] = ()) -> None:
+        if isinstance(merges, str) or not isinstance(merges, Sequence):
+            raise ValueError(f"merges: expected a list of (int, int) pairs, got {type(merges).__name__}")
+        pairs: list[tuple[int, int]] = []
+        ranks: dict[tuple[int, int], int] = {}
+        for k, pair in enumerate(merges):
+            top = BPE_BYTES + k  # merge k may join only the bytes and the tokens of merges 0..k-1
+            if (
+                isinstance(pair, str)
+                or not isinstance(pair, Sequence)
+                or len(pair) != 2
+                or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < top for t in pair)
+            ):
+                raise ValueError(f"merges[{k}]: expected a pair of token ids in 0..{top - 1}, got {pair!r:.60}")
+            pair = (pair[0], pair[1])
+            if pair in ranks:
+                raise ValueError(f"merges[{k}]: the pair {pair} is already merges[{ranks[pair]}]")
+            ranks[pair] = k
+            pairs.append(pair)
+        self._merges = pairs
+        self._ranks = ranks
+        self._bytes = [bytes([b]) for b in range(BPE_BYTES)]
+        for a, b in pairs:
+            self._bytes.append(self._bytes[a] + self._bytes[b])
+        self._cache: dict[str, list[int]] = {}  # pre-token -> its ids
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
+        """Learn vocab_size - 256 merges on `text`: each joins the most frequent adjacent pair of tokens.
+
+        Pairs are counted inside the words of `pretokenize(text)`, over distinct words weighted by how
+        often they occur (overlaps count: "aaa" holds ("a", "a") twice). Ties go to the lexicographically
+        smallest pair of ids (a, b), so training is deterministic. Training stops early, with fewer merges
+        and a smaller vocab_size than asked, when no pair occurs at least twice. A smaller vocab_size
+        learns a prefix of the same merges: train(text, 300).merges == train(text, 512).merges[:44].
+        """
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"text: expected a non-empty str, got {text!r:.80}")
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < BPE_BYTES:
+            raise ValueError(
+                f"vocab_size: expected an int >= {BPE_BYTES} (the {BPE_BYTES} byte values, then one token "
+                f"per merge), got {vocab_size!r}"
+            )
+        types = Counter(_BPE_SPLIT.findall(text))  # distinct words in order of first appearance
+        words = [list(_utf8(piece)) for piece in types]
+        return cls(_bpe_train(words, list(types.values()), vocab_size - BPE_BYTES))
+
+    @staticmethod
+    def pretokenize(text: str) -> list[str]:
+        """`text` split into the words merges stay inside (BPE_PATTERN); they join back to `text`."""
+        if not isinstance(text, str):
+            raise ValueError(f"text: expected a str, got {type(text).__name__}")
+        return _BPE_SPLIT.findall(text)
+
+    @property
+    def vocab_size(self) -> int:
+        return BPE_BYTES + len(self._merges)
+
+    @property
+    def merges(self) -> list[tuple[int, int]]:
+        """The learned merges in order: merges[k] = (a, b) made token 256 + k."""
+        return list(self._merges)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes token `i` stands for (a learned token may hold part of a multi-byte character)."""
+        if isinstance(i, np.integer) or (isinstance(i, torch.Tensor | np.ndarray) and i.ndim == 0):
+            i = i.item()
+        check_int("i", i, low=0, high=self.vocab_size - 1)
+        return self._bytes[i]
+
+    def __repr__(self) -> str:
+        learned = [b.decode("utf-8", errors="replace") for b in self._bytes[BPE_BYTES : BPE_BYTES + 8]]
+        return f"BPETokenizer(vocab_size={self.vocab_size}, first merges={learned!r:.80})"
+
+    def _encode_piece(self, piece: str) -> list[int]:
+        """One pre-token -> ids: apply the lowest-ranked merge present until none applies (= the merges
+        in training order)."""
+        ids = list(_utf8(piece))
+        ranks, never = self._ranks, len(self._merges)
+        while len(ids) > 1:
+            best = never
+            for pair in itertools.pairwise(ids):
+                rank = ranks.get(pair, never)
+                if rank < best:
+                    best = rank
+            if best == never:
+                break
+            ids = _merge_pair(ids, self._merges[best], BPE_BYTES + best)
+        return ids
+
+    def encode(self, text: str) -> torch.Tensor:
+        """`text` -> int64 ids of shape (N,), N <= the number of UTF-8 bytes of `text`."""
+        if not isinstance(text, str):
+            raise ValueError(f"text: expected a str, got {type(text).__name__}")
+        pieces = _BPE_SPLIT.findall(text)
+        cache, lookup = self._cache, {}
+        for piece in set(pieces):  # each distinct pre-token is encoded once, then remembered
+            ids = cache.get(piece)
+            lookup[piece] = self._encode_piece(piece) if ids is None else ids
+        if len(cache) + len(lookup) > _BPE_CACHE_SIZE:
+            cache.clear()
+        if len(lookup) <= _BPE_CACHE_SIZE:
+            cache.update(lookup)
+        ids = np.array(list(itertools.chain.from_iterable(map(lookup.__getitem__, pieces))), dtype=np.int64)
+        return torch.from_numpy(ids)
+
+    def decode(self, ids: torch.Tensor | Sequence[int] | np.ndarray) -> str:
+        """ids (a 0-D/1-D integer tensor, array or list) -> text: their bytes joined, read as UTF-8.
+
+        A slice of ids may cut a multi-byte character (a Chinese character is 3 bytes, an emoji 4): the
+        broken bytes become U+FFFD, the replacement character (errors="replace"), instead of raising.
+        Decode whole sequences, not token by token, to get the text back exactly."""
+        arr = _check_decode_ids(ids, self.vocab_size)
+        table = self._bytes
+        return b"".join([table[i] for i in arr.tolist()]).decode("utf-8", errors="replace")
+
+    def state_dict(self) -> dict:
+        """Plain JSON-serialisable data (json.dumps works) to save next to a checkpoint."""
+        return {
+            "format": _BPE_STATE_FORMAT,
+            "version": 1,
+            "pattern": BPE_PATTERN,
+            "merges": [[a, b] for a, b in self._merges],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> BPETokenizer:
+        """The tokenizer `state_dict()` saved (also after a round trip through JSON)."""
+        if not isinstance(state, dict) or state.get("format") != _BPE_STATE_FORMAT or "merges" not in state:
+            raise ValueError(f"state: expected a BPETokenizer.state_dict(), got {state!r:.80}")
+        if state.get("version") != 1:
+            raise ValueError(f"state: expected version 1, got {state.get('version')!r}")
+        if state.get("pattern") != BPE_PATTERN:
+            raise ValueError(
+                f"state: saved with the pre-tokenizer {state.get('pattern')!r}, but this aigc_lib splits "
+                f"text with {BPE_PATTERN!r}; its merges would tokenize differently"
+            )
+        return cls(state["merges"])
+
+
+def chars_per_token(tokenizer, text: str) -> float:
+    """len(text) / len(tokenizer.encode(text)): characters per token, the compression a tokenizer
+    achieves on `text` (1.0 for a CharTokenizer; higher is shorter sequences)."""
+    if not hasattr(tokenizer, "encode"):
+        raise ValueError(
+            f"tokenizer: expected an object with encode (CharTokenizer, BPETokenizer), got {tokenizer!r:.60}"
+        )
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"text: expected a non-empty str, got {text!r:.80}")
+    return len(text) / len(tokenizer.encode(text))
 
 
 # --------------------------------------------------------------------------- Tang poems (optional extra)

@@ -28,7 +28,7 @@ probabilities.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -37,7 +37,16 @@ from torch import Tensor, nn
 from aigc_lib.checks import check_int, shape_of
 from aigc_lib.runtime import eval_mode
 
-__all__ = ["TokenModel", "check_generate_args", "generate", "generate_text", "sample_probs", "sliding_window_nll"]
+__all__ = [
+    "TokenModel",
+    "check_generate_args",
+    "check_token_batch",
+    "generate",
+    "generate_text",
+    "greedy_until_eos",
+    "sample_probs",
+    "sliding_window_nll",
+]
 
 
 class TokenModel(Protocol):
@@ -278,3 +287,35 @@ def sliding_window_nll(model: nn.Module, ids: Tensor, block: int, stride: int, b
             keep = offsets[None, :] >= torch.tensor(first_new[i : i + batch_size])[:, None]  # (W, block)
             total += nll.view(len(e), block)[keep.to(device)].double().sum()
     return float(total) / last
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder–decoder models (chapter 01's recurrent one with attention, chapter 04's Transformer)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_token_batch(name: str, ids: object, max_len: int) -> Tensor:
+    """An int64 batch of token ids (B, L) with 1 <= L <= max_len, or a ValueError naming `name`."""
+    if not isinstance(ids, Tensor) or ids.dtype != torch.int64 or ids.ndim != 2 or not 0 < ids.shape[1] <= max_len:
+        raise ValueError(
+            f"{name}: expected an int64 tensor (B, L) with 1 <= L <= max_len={max_len}, got {shape_of(ids)}"
+        )
+    return ids
+
+
+def greedy_until_eos(
+    next_ids: Callable[[Tensor], Tensor], batch: int, steps: int, device: torch.device, bos: int, eos: int, pad: int
+) -> Tensor:
+    """Greedy decoding loop of an encoder–decoder: start from `bos`, append next_ids(out) (B,) — the
+    argmax given the tokens so far (B, t) — at most `steps` times, stop when every row has written
+    `eos`. Returns (B, ≤ steps) ids without the BOS, `pad` after a row's EOS."""
+    out = torch.full((batch, 1), bos, dtype=torch.int64, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(steps):
+        nxt = next_ids(out)  # y_t = argmax p(y | y_<t, src)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        out = torch.cat([out, nxt[:, None]], dim=1)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+    return out[:, 1:]

@@ -1,4 +1,5 @@
-"""Chapter 01 — recurrent networks: the RNN and LSTM equations by hand, then a fast char-level LSTM.
+"""Chapter 01 — recurrent networks: the RNN, LSTM and GRU equations by hand, a fast char-level LSTM,
+and the encoder–decoder with additive attention that leads to chapter 04's Transformer.
 
 Teaching path (the sources' symbols; weights stored as torch stores them, W_xh: (H, D), W_hh: (H, H),
 so a batch of row vectors x: (B, D) is multiplied as `x @ W_xh.T`):
@@ -11,12 +12,28 @@ so a batch of row vectors x: (B, D) is multiplied as `x @ W_xh.T`):
            c̃_t = tanh(W_xc x_t + W_hc h_{t-1} + b_c)     candidate cell
            c_t = f_t ⊙ c_{t-1} + i_t ⊙ c̃_t
            h_t = o_t ⊙ tanh(c_t)                                        lstm_cell
+    GRU    r_t = σ(W_xr x_t + W_hr h_{t-1} + b_r)        reset gate
+           z_t = σ(W_xz x_t + W_hz h_{t-1} + b_z)        update gate
+           n_t = tanh(W_xn x_t + b_xn + r_t ⊙ (W_hn h_{t-1} + b_hn))    candidate state
+           h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t-1}                        gru_cell
+           (Cho et al., 2014, in the form nn.GRU and cuDNN compute: r_t multiplies W_hn h_{t-1} + b_hn,
+           which is why the n gate keeps its two biases apart; the paper puts r_t before the product)
 
     rnn_cell_backward / rnn_bptt -- backpropagation through time written out by hand (autograd-checked)
-    rnn_unroll / lstm_unroll     -- one layer over a sequence (T, B, D); lstm_unroll also returns the
-                                    gates, for plotting what the LSTM does
+    rnn_unroll / lstm_unroll / gru_unroll -- one layer over a sequence (T, B, D); lstm_unroll also
+                                    returns the gates, for plotting what the LSTM does
     rnn_forward / lstm_forward   -- stacked layers, same inputs and outputs as nn.RNN / nn.LSTM
-    *_params_from_torch / *_params_to_torch -- weight mapping to and from nn.RNN / nn.LSTM
+    *_params_from_torch / *_params_to_torch -- weight mapping to and from nn.RNN / nn.LSTM / nn.GRU
+
+Encoder–decoder with additive attention (Bahdanau, Cho & Bengio, 2015), the bridge to chapter 04:
+
+    annotations  h_s = [h→_s; h←_s]      bidirectional GRU over the source (PAD not read)
+    s_0 = tanh(W_s h←_1)                  the decoder starts from the backward summary of the source
+    e_ts = vᵀ tanh(W_q s_{t-1} + W_k h_s),  α_t = softmax over real source positions of e_t·
+    c_t = Σ_s α_ts h_s                                                      AdditiveAttention
+    s_t = GRU([E y_{t-1}; c_t], s_{t-1}),  logits_t = W_o [s_t; c_t; E y_{t-1}]   AttentionSeq2Seq
+    Same interface as transformer.Seq2SeqTransformer (forward, greedy, config.max_len), so chapter
+    04's `train_seq2seq` and digit-reversal task train it; `attention_maps` shows its alignments.
 
 Fast path: `CharLSTM` = Embedding -> nn.LSTM (cuDNN on GPU) -> dropout -> Linear, trained with
 truncated backpropagation through time by the shared `training.fit` loop (`train_char_lstm`), scored
@@ -39,13 +56,20 @@ from typing import NamedTuple, Unpack
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from aigc_lib.checks import check_int, shape_of
-from aigc_lib.generation import generate, generate_text, sample_probs
+from aigc_lib.generation import check_token_batch, generate, generate_text, greedy_until_eos, sample_probs
 from aigc_lib.runtime import autocast, eval_mode
 from aigc_lib.training import History, RunOptions, adamw_warmup_cosine, fit, warmup_cosine
 
 __all__ = [
+    "BOS",
+    "EOS",
+    "PAD",
+    "AdditiveAttention",
+    "AttentionSeq2Seq",
+    "AttentionSeq2SeqConfig",
     "CharLSTM",
     "CharLSTMConfig",
     "RNNGrads",
@@ -54,6 +78,12 @@ __all__ = [
     "evaluate_nats_per_char",
     "generate",
     "generate_text",
+    "gru_cell",
+    "gru_cell_with_gates",
+    "gru_params_from_torch",
+    "gru_params_to_torch",
+    "gru_unroll",
+    "init_gru_params",
     "init_lstm_params",
     "init_rnn_params",
     "lstm_cell",
@@ -82,6 +112,9 @@ LSTMState = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, H)
 RNN_KEYS = ("W_xh", "W_hh", "b_h")
 TORCH_GATE_ORDER = ("i", "f", "c", "o")  # rows of weight_ih_l{k}: torch's [i, f, g, o]; its g is our c̃
 LSTM_KEYS = tuple(k for g in ("i", "f", "o", "c") for k in (f"W_x{g}", f"W_h{g}", f"b_{g}"))
+TORCH_GRU_GATE_ORDER = ("r", "z", "n")  # rows of nn.GRU's weight_ih_l{k} / weight_hh_l{k}
+GRU_KEYS = ("W_xr", "W_hr", "b_r", "W_xz", "W_hz", "b_z", "W_xn", "W_hn", "b_xn", "b_hn")
+PAD, BOS, EOS = 0, 1, 2  # special token ids of AttentionSeq2Seq (the same as chapter 04's seq2seq)
 
 
 def _randu(shape: tuple[int, ...], bound: float, generator, dtype, device) -> Tensor:
@@ -380,17 +413,95 @@ def lstm_forward(
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Weight mapping to and from torch's nn.RNN / nn.LSTM
+# 3. GRU (Cho et al., 2014)
+# ---------------------------------------------------------------------------------------------
+
+
+def init_gru_params(
+    input_size: int,
+    hidden_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Params:
+    """The 10 GRU tensors W_x{r,z,n} (H, D), W_h{r,z,n} (H, H), b_r, b_z, b_xn, b_hn (H,), drawn from
+    U(-1/√H, 1/√H) as torch initialises nn.GRU (plain tensors, no grad)."""
+    D, H = check_int("input_size", input_size), check_int("hidden_size", hidden_size)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
+    k = 1 / math.sqrt(H)
+    shapes = {"W_x": (H, D), "W_h": (H, H), "b_": (H,)}
+    return {key: _randu(shapes[key[:3] if key[0] == "W" else "b_"], k, generator, dtype, device) for key in GRU_KEYS}
+
+
+def gru_cell_with_gates(x: Tensor, h_prev: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """One GRU step, also returning the gates {"r", "z", "n"} (each like h) for plots.
+
+    x: (B, D) or (D,); h_prev: (B, H) or (H,); params: see `init_gru_params`. Returns (h_t, gates)."""
+    D, H = _check_gru_params(params)
+    x = _check_vec_or_batch("x", x, D, None)
+    _check_vec_or_batch("h_prev", h_prev, H, tuple(x.shape[:-1]))
+    return _gru_step(x, h_prev, params)
+
+
+def gru_cell(x: Tensor, h_prev: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """One GRU step -> h_t; the equations are in `_gru_step` (and the module docstring)."""
+    return gru_cell_with_gates(x, h_prev, params)[0]
+
+
+def _gru_step(x: Tensor, h: Tensor, p: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    # r_t = σ(W_xr x_t + W_hr h_{t-1} + b_r)     reset gate: how much of h_{t-1} the candidate reads  (B, H)
+    r = torch.sigmoid(x @ p["W_xr"].T + h @ p["W_hr"].T + p["b_r"])
+    # z_t = σ(W_xz x_t + W_hz h_{t-1} + b_z)     update gate: how much of h_{t-1} to keep
+    z = torch.sigmoid(x @ p["W_xz"].T + h @ p["W_hz"].T + p["b_z"])
+    # n_t = tanh(W_xn x_t + b_xn + r_t ⊙ (W_hn h_{t-1} + b_hn))     candidate state. This is torch's and
+    # cuDNN's form: r_t gates the PRODUCT W_hn h_{t-1} + b_hn, so one (3H, H) matrix multiply gives all
+    # three gates' W_h· h_{t-1} at once. Cho et al. (2014) gate the state before the product,
+    # tanh(W_xn x_t + W_hn (r_t ⊙ h_{t-1})): a slightly different function, not the same numbers.
+    n = torch.tanh(x @ p["W_xn"].T + p["b_xn"] + r * (h @ p["W_hn"].T + p["b_hn"]))
+    # h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t-1}     interpolation: z_t ≈ 1 copies the old state (no vanishing)
+    h = (1 - z) * n + z * h
+    return h, {"r": r, "z": z, "n": n}
+
+
+def gru_unroll(xs: Tensor, params: Mapping[str, Tensor], h0: Tensor | None = None) -> Tensor:
+    """Run one GRU layer over xs (T, B, D) from h0 (B, H) (default zeros) -> hs (T, B, H); the last
+    hidden state is hs[-1] (nn.GRU's output and h_n for one layer)."""
+    D, H = _check_gru_params(params)
+    T, B = _check_seq(xs, D)
+    if h0 is not None:
+        _check_float("h0", h0, (B, H))
+    return _gru_unroll(xs, params, h0)
+
+
+def _gru_unroll(xs: Tensor, params: Mapping[str, Tensor], h: Tensor | None) -> Tensor:
+    h = xs.new_zeros(xs.shape[1], params["W_hr"].shape[0]) if h is None else h  # h_0 = 0 by default  (B, H)
+    hs = []
+    for t in range(xs.shape[0]):
+        h, _ = _gru_step(xs[t], h, params)  # (B, H)
+        hs.append(h)
+    return torch.stack(hs)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Weight mapping to and from torch's nn.RNN / nn.LSTM / nn.GRU
 #
 # torch stores layer k as weight_ih_l{k} (G·H, D), weight_hh_l{k} (G·H, H) and TWO biases
 # bias_ih_l{k}, bias_hh_l{k} (G·H,), both added: our b = b_ih + b_hh. For the LSTM (G = 4) the rows
 # are stacked in the gate order [i, f, g, o], where torch's g is our candidate c̃:
 #     rows 0:H -> i,  H:2H -> f,  2H:3H -> c̃ (g),  3H:4H -> o.
 # Writing back puts the whole bias into bias_ih and zeros into bias_hh (same sum, same outputs).
+# The GRU (G = 3) stacks its rows as [r, z, n]. Its candidate n_t adds b_ih's n block outside and
+# b_hh's n block inside r_t ⊙ (W_hn h + b_hn): those two cannot be summed, so b_xn = bias_ih[2H:3H]
+# and b_hn = bias_hh[2H:3H] stay apart (b_r and b_z are sums as above); writing back keeps b_hn in
+# bias_hh and zeros the rest of bias_hh.
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_torch_rnn(module: object, cls: type, layer: object, name: str) -> int:
+def _check_torch_rnn(module: object, cls: type[nn.RNNBase], layer: object, name: str) -> int:
+    """`module` is a one-directional `cls` (nn.RNN with tanh, nn.LSTM without projections, or nn.GRU);
+    returns `layer` checked against its number of layers."""
     if not isinstance(module, cls):
         raise ValueError(f"{name}: expected a torch.nn.{cls.__name__}, got {type(module).__name__}")
     if module.bidirectional:
@@ -406,20 +517,34 @@ def _check_torch_rnn(module: object, cls: type, layer: object, name: str) -> int
 
 def _torch_weights(module: nn.RNNBase, k: int) -> tuple[Tensor, Tensor, Tensor]:
     w_ih, w_hh = getattr(module, f"weight_ih_l{k}"), getattr(module, f"weight_hh_l{k}")
-    b = torch.zeros(w_ih.shape[0], dtype=w_ih.dtype, device=w_ih.device)
+    b_ih, b_hh = _torch_biases(module, k)
+    return w_ih.detach().clone(), w_hh.detach().clone(), b_ih + b_hh  # b = b_ih + b_hh
+
+
+def _torch_biases(module: nn.RNNBase, k: int) -> tuple[Tensor, Tensor]:
+    """Copies of (bias_ih_l{k}, bias_hh_l{k}); zeros for a module with bias=False."""
     if module.bias:
-        b = getattr(module, f"bias_ih_l{k}") + getattr(module, f"bias_hh_l{k}")  # b = b_ih + b_hh
-    return w_ih.detach().clone(), w_hh.detach().clone(), b.detach().clone()
+        return tuple(getattr(module, f"bias_{s}_l{k}").detach().clone() for s in ("ih", "hh"))
+    w_ih = getattr(module, f"weight_ih_l{k}")
+    zeros = torch.zeros(w_ih.shape[0], dtype=w_ih.dtype, device=w_ih.device)
+    return zeros, zeros.clone()
 
 
 @torch.no_grad()
-def _set_torch_weights(module: nn.RNNBase, k: int, w_ih: Tensor, w_hh: Tensor, b: Tensor) -> None:
+def _set_torch_weights(
+    module: nn.RNNBase, k: int, w_ih: Tensor, w_hh: Tensor, b: Tensor, b_hh: Tensor | None = None
+) -> None:
+    """Write layer k: bias_ih = b, bias_hh = b_hh (default zeros)."""
     getattr(module, f"weight_ih_l{k}").copy_(w_ih)
     getattr(module, f"weight_hh_l{k}").copy_(w_hh)
     if module.bias:
         getattr(module, f"bias_ih_l{k}").copy_(b)
-        getattr(module, f"bias_hh_l{k}").zero_()
-    elif bool((b != 0).any()):
+        bias_hh = getattr(module, f"bias_hh_l{k}")
+        if b_hh is None:
+            bias_hh.zero_()
+        else:
+            bias_hh.copy_(b_hh)
+    elif bool((b != 0).any()) or (b_hh is not None and bool((b_hh != 0).any())):
         raise ValueError("params: the module has bias=False but the biases are not all zero")
 
 
@@ -475,8 +600,43 @@ def lstm_params_to_torch(params: Mapping[str, Tensor], lstm: nn.LSTM, layer: int
     return lstm
 
 
+def gru_params_from_torch(gru: nn.GRU, layer: int = 0) -> Params:
+    """The 10 tensors of layer `layer` of an nn.GRU (copies): row blocks [r, z, n];
+    b_r, b_z = bias_ih + bias_hh; b_xn = bias_ih's n block, b_hn = bias_hh's n block."""
+    return _gru_params(gru, _check_torch_rnn(gru, nn.GRU, layer, "gru"))
+
+
+def _gru_params(gru: nn.GRU, k: int) -> Params:
+    w_ih, w_hh = (getattr(gru, f"weight_{s}_l{k}").detach() for s in ("ih", "hh"))
+    b_ih, b_hh = _torch_biases(gru, k)
+    params = {}
+    for gate, wx, wh, bi, bh in zip(
+        TORCH_GRU_GATE_ORDER, w_ih.chunk(3), w_hh.chunk(3), b_ih.chunk(3), b_hh.chunk(3), strict=True
+    ):
+        params |= {f"W_x{gate}": wx.clone(), f"W_h{gate}": wh.clone()}
+        if gate == "n":  # b_xn outside r_t ⊙ (...), b_hn inside: kept apart
+            params |= {"b_xn": bi.clone(), "b_hn": bh.clone()}
+        else:
+            params[f"b_{gate}"] = bi + bh  # b = b_ih + b_hh
+    return {key: params[key] for key in GRU_KEYS}
+
+
+def gru_params_to_torch(params: Mapping[str, Tensor], gru: nn.GRU, layer: int = 0) -> nn.GRU:
+    """Copy the 10 tensors into layer `layer` of `gru`, stacking the gates as torch's [r, z, n]
+    (bias_ih = [b_r, b_z, b_xn], bias_hh = [0, 0, b_hn]); returns gru."""
+    k = _check_torch_rnn(gru, nn.GRU, layer, "gru")
+    D, H = _check_gru_params(params)
+    _check_sizes_match("params", D, H, gru, k)
+    w_ih = torch.cat([params[f"W_x{g}"] for g in TORCH_GRU_GATE_ORDER])  # (3H, D)
+    w_hh = torch.cat([params[f"W_h{g}"] for g in TORCH_GRU_GATE_ORDER])  # (3H, H)
+    b_ih = torch.cat([params["b_r"], params["b_z"], params["b_xn"]])  # (3H,)
+    b_hh = torch.cat([torch.zeros_like(params["b_r"]), torch.zeros_like(params["b_z"]), params["b_hn"]])  # (3H,)
+    _set_torch_weights(gru, k, w_ih, w_hh, b_ih, b_hh)
+    return gru
+
+
 # ---------------------------------------------------------------------------------------------
-# 4. Fast path: a character-level LSTM language model
+# 5. Fast path: a character-level LSTM language model
 # ---------------------------------------------------------------------------------------------
 
 
@@ -613,7 +773,191 @@ def char_lstm_trace(model: CharLSTM, idx: Tensor) -> list[dict[str, Tensor]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Truncated backpropagation through time with the shared `fit`
+# 6. Encoder–decoder with additive attention (Bahdanau, Cho & Bengio, 2015)
+#
+# The bridge to chapter 04. The encoder–decoders of 2014 (Cho et al.; Sutskever et al.) squeeze the
+# whole source into one vector; here the decoder scores every source position against its own state
+# at every output step and reads their weighted average. Chapter 04 keeps the weighted average,
+# scores with a scaled dot product qᵀk/√d instead of a small network, and replaces the recurrences
+# with self-attention.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionSeq2SeqConfig:
+    src_vocab: int
+    tgt_vocab: int
+    max_len: int = 32  # longest source and target, special tokens included (as transformer.Seq2SeqConfig)
+    embed_dim: int = 32  # E: the source and target token embeddings
+    hidden_size: int = 64  # H: each encoder direction and the decoder state
+    attn_dim: int = 64  # A: the additive attention's hidden layer (the paper's n')
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab", "tgt_vocab", "max_len", "embed_dim", "hidden_size", "attn_dim"):
+            check_int(name, getattr(self, name))
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau et al.'s attention: one query against S keys, each scored by a one-hidden-layer network.
+
+        e_s = vᵀ tanh(W_q q + W_k k_s)      score of key s     W_q: (A, Dq), W_k: (A, Dk), v: (A,)
+        α = softmax(e) over the real keys    exactly 0 on PAD (key_padding False)
+        context = Σ_s α_s k_s                (B, Dk): the keys are also the values (the paper's annotations)
+
+    No biases, as in the paper's appendix. W_k k_s does not depend on the query, so a decoder
+    computes it once per source and passes it to `_attend`."""
+
+    def __init__(self, query_dim: int, key_dim: int, attn_dim: int):
+        super().__init__()
+        for name, size in (("query_dim", query_dim), ("key_dim", key_dim), ("attn_dim", attn_dim)):
+            check_int(name, size)
+        self.W_q = nn.Linear(query_dim, attn_dim, bias=False)
+        self.W_k = nn.Linear(key_dim, attn_dim, bias=False)
+        self.v = nn.Linear(attn_dim, 1, bias=False)
+
+    def forward(self, query: Tensor, keys: Tensor, key_padding: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query (B, Dq), keys (B, S, Dk), key_padding (B, S) bool, True for a real key (None: all real)
+        -> (context (B, Dk), weights α (B, S)). A row without a real key gets zero weights and context."""
+        query = _check_float("query", query, (None, self.W_q.in_features))
+        B = query.shape[0]
+        S = _check_float("keys", keys, (B, None, self.W_k.in_features), query.dtype).shape[1]
+        if key_padding is None:
+            key_padding = torch.ones(B, S, dtype=torch.bool, device=keys.device)
+        elif not isinstance(key_padding, Tensor) or key_padding.dtype != torch.bool or key_padding.shape != (B, S):
+            kind = f"{key_padding.dtype} " if isinstance(key_padding, Tensor) else ""
+            raise ValueError(
+                f"key_padding: expected a bool tensor of shape ({B}, {S}) (True = real key) or None, "
+                f"got {kind}{shape_of(key_padding)}"
+            )
+        return self._attend(query, keys, self.W_k(keys), key_padding)
+
+    def _attend(self, query: Tensor, keys: Tensor, keys_proj: Tensor, key_padding: Tensor) -> tuple[Tensor, Tensor]:
+        e = self.v(torch.tanh(self.W_q(query)[:, None] + keys_proj))[..., 0]  # e_s = vᵀ tanh(W_q q + W_k k_s)  (B, S)
+        # PAD gets the lowest finite score (−inf would make an all-PAD row NaN), then exactly weight 0
+        e = e.masked_fill(~key_padding, torch.finfo(e.dtype).min)
+        alpha = torch.softmax(e, dim=-1).masked_fill(~key_padding, 0.0)  # α  (B, S)
+        return (alpha[:, None] @ keys)[:, 0], alpha  # context = Σ_s α_s k_s  (B, Dk)
+
+
+def _no_autocast(device: torch.device):
+    """Run in the weights' dtype: recurrent kernels lack bf16 on some devices and cuDNN versions (see
+    `_lstm_needs_fp32`), and a model this small gains nothing from bf16."""
+    return torch.autocast(device.type, enabled=False)
+
+
+class AttentionSeq2Seq(nn.Module):
+    """Bahdanau et al.'s RNNsearch, small: src (B, S) -> bidirectional GRU annotations (B, S, 2H);
+    tgt_in (B, T) -> a GRU-cell decoder attending to them at every step -> logits (B, T, V).
+
+        h_s = [h→_s; h←_s]                  nn.GRU(bidirectional=True) over E_src[src], packed: PAD not read
+        s_0 = tanh(W_s h←_1)                 the backward summary of the source (the paper's appendix A.2.2)
+        c_t, α_t = attention(s_{t-1}; h_1..h_S, real positions only)      query: the PREVIOUS state
+        s_t = GRUCell([E_tgt y_{t-1}; c_t], s_{t-1})
+        logits_t = W_o [s_t; c_t; E_tgt y_{t-1}] + b_o
+
+    The paper's output layer is a maxout over U_o s_{t-1} + V_o E y_{t-1} + C_o c_t; a linear layer
+    over [s_t; c_t; E y_{t-1}] is the common simplification. Sources are right-padded with PAD (0), as
+    `reversal_batch` makes them: the encoder reads each row up to its last real token and attention
+    never looks at PAD, so extra PAD columns change nothing. The model runs in its weights' dtype
+    even under autocast. Same interface as transformer.Seq2SeqTransformer (forward, greedy,
+    config.max_len): chapter 04's `train_seq2seq` trains it on the same task."""
+
+    def __init__(self, config: AttentionSeq2SeqConfig):
+        super().__init__()
+        if not isinstance(config, AttentionSeq2SeqConfig):
+            raise ValueError(f"config: expected an AttentionSeq2SeqConfig, got {type(config).__name__}")
+        self.config = c = config
+        E, H = c.embed_dim, c.hidden_size
+        self.src_tok, self.tgt_tok = nn.Embedding(c.src_vocab, E), nn.Embedding(c.tgt_vocab, E)
+        self.encoder = nn.GRU(E, H, batch_first=True, bidirectional=True)
+        self.init_state = nn.Linear(H, H)  # W_s
+        self.attn = AdditiveAttention(H, 2 * H, c.attn_dim)
+        self.decoder = nn.GRUCell(E + 2 * H, H)
+        self.head = nn.Linear(H + 2 * H + E, c.tgt_vocab)  # W_o, b_o
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """src (B, S) -> (annotations h (B, S, 2H), zero at PAD; padding mask (B, S), True for real
+        tokens; the decoder's initial state s_0 (B, H))."""
+        src = self._check("src", src)
+        with _no_autocast(src.device):
+            return self._encode(src)
+
+    def _encode(self, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        padding = src != PAD  # (B, S)
+        S = src.shape[1]
+        # each row up to its last real token (at least one: an all-PAD row reads a PAD, attends to nothing)
+        lengths = (padding * torch.arange(1, S + 1, device=src.device)).amax(1).clamp(min=1)
+        packed = pack_padded_sequence(self.src_tok(src), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        h = pad_packed_sequence(self.encoder(packed)[0], batch_first=True, total_length=S)[0]  # (B, S, 2H)
+        s0 = torch.tanh(self.init_state(h[:, 0, self.config.hidden_size :]))  # s_0 = tanh(W_s h←_1)  (B, H)
+        return h, padding, s0
+
+    def _step(
+        self, emb: Tensor, s: Tensor, annotations: Tensor, keys: Tensor, padding: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One decoder step from emb = E y_{t-1} (B, E) and s = s_{t-1} (B, H) -> (s_t, c_t, α_t)."""
+        context, alpha = self.attn._attend(s, annotations, keys, padding)  # c_t: queried with s_{t-1}
+        s = self.decoder(torch.cat([emb, context], dim=-1), s)  # s_t = GRU([E y_{t-1}; c_t], s_{t-1})
+        return s, context, alpha
+
+    def _decode(self, tgt_in: Tensor, annotations: Tensor, padding: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing over tgt_in (B, T) = (BOS, y_1, ..., y_{T−1}) -> (logits (B, T, V), α (B, T, S))."""
+        keys = self.attn.W_k(annotations)  # W_k h_s: once per source  (B, S, A)
+        emb = self.tgt_tok(tgt_in)  # E y_{t-1}  (B, T, E)
+        states, contexts, alphas = [], [], []
+        for t in range(tgt_in.shape[1]):
+            s, context, alpha = self._step(emb[:, t], s, annotations, keys, padding)
+            states.append(s)
+            contexts.append(context)
+            alphas.append(alpha)
+        out = torch.cat([torch.stack(states, 1), torch.stack(contexts, 1), emb], dim=-1)  # [s_t; c_t; E y_{t-1}]
+        return self.head(out), torch.stack(alphas, 1)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """src (B, S), tgt_in (B, T) int64 -> logits (B, T, V) of y_1 .. y_T."""
+        src, tgt_in = self._check_pair(src, tgt_in)
+        with _no_autocast(src.device):
+            return self._decode(tgt_in, *self._encode(src))[0]
+
+    @torch.no_grad()
+    def attention_maps(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """α (B, T, S): row t is the attention the decoder used while predicting target token t + 1
+        (each row sums to 1 over the real source positions and is 0 on PAD)."""
+        src, tgt_in = self._check_pair(src, tgt_in)
+        with _no_autocast(src.device):
+            return self._decode(tgt_in, *self._encode(src))[1]
+
+    @torch.no_grad()
+    def greedy(self, src: Tensor, max_new: int | None = None) -> Tensor:
+        """Greedy decoding from BOS until EOS (or max_new tokens): (B, ≤ max_new) ids, EOS included,
+        PAD after a sequence's EOS (as Seq2SeqTransformer.greedy); one decoder step per token."""
+        max_new = self.config.max_len - 1 if max_new is None else check_int("max_new", max_new)
+        src = self._check("src", src)
+        with eval_mode(self), _no_autocast(src.device):
+            annotations, padding, s = self._encode(src)
+            keys = self.attn.W_k(annotations)
+            state = {"s": s}
+
+            def next_ids(out: Tensor) -> Tensor:  # one decoder step per token: the state is carried
+                emb = self.tgt_tok(out[:, -1])  # E y_{t-1}
+                state["s"], context, _ = self._step(emb, state["s"], annotations, keys, padding)
+                return self.head(torch.cat([state["s"], context, emb], dim=-1)).argmax(-1)
+
+            steps = min(max_new, self.config.max_len - 1)
+            return greedy_until_eos(next_ids, src.shape[0], steps, src.device, BOS, EOS, PAD)
+
+    def _check(self, name: str, ids: object) -> Tensor:
+        return check_token_batch(name, ids, self.config.max_len)
+
+    def _check_pair(self, src: object, tgt_in: object) -> tuple[Tensor, Tensor]:
+        src, tgt_in = self._check("src", src), self._check("tgt_in", tgt_in)
+        if tgt_in.shape[0] != src.shape[0]:
+            raise ValueError(f"tgt_in: expected the batch size of src, {src.shape[0]}, got shape {shape_of(tgt_in)}")
+        return src, tgt_in
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Truncated backpropagation through time with the shared `fit`
 # ---------------------------------------------------------------------------------------------
 
 
@@ -818,6 +1162,19 @@ def _check_lstm_params(params: object, name: str = "params") -> tuple[int, int]:
         _check_float(f"{name}['W_x{g}']", params[f"W_x{g}"], (H, D), W.dtype)
         _check_float(f"{name}['W_h{g}']", params[f"W_h{g}"], (H, H), W.dtype)
         _check_float(f"{name}['b_{g}']", params[f"b_{g}"], (H,), W.dtype)
+    return D, H
+
+
+def _check_gru_params(params: object, name: str = "params") -> tuple[int, int]:
+    """A dict with the 10 GRU tensors W_x* (H, D), W_h* (H, H), b_* (H,) of one dtype; returns (D, H)."""
+    if not isinstance(params, Mapping) or any(k not in params for k in GRU_KEYS):
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"{name}: expected a dict with keys {list(GRU_KEYS)}, got {got}")
+    W = _check_float(f"{name}['W_xr']", params["W_xr"], (None, None))
+    H, D = W.shape
+    for key in GRU_KEYS:
+        shape = (H, D) if key.startswith("W_x") else (H, H) if key.startswith("W_h") else (H,)
+        _check_float(f"{name}[{key!r}]", params[key], shape, W.dtype)
     return D, H
 
 

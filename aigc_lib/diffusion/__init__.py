@@ -8,6 +8,7 @@ files in this order; each opens with the index of the equations it implements:
     sampling.py  the reverse steps (DDPM ancestral, DDIM), classifier-free guidance, `sample`
                                                                    Song et al. 2021 eq. 12-16, Ho & Salimans
     unet.py      the timestep embedding and the U-Net ε_θ(x_t, t, y) (no schedule inside: reusable)
+    likelihood.py  the variational bound in bits per dimension (every term of Ho et al. eq. 5)
     train.py     the EMA of the weights and `train_diffusion` on the course's loop `training.fit`
     prompts.py   "a seven", "数字7" -> 7, the label the class-conditional U-Net is asked for
 
@@ -15,6 +16,7 @@ Images live in [−1, 1]; `to_unit` maps them to [0, 1] for plots and the metric
 agree with the `diffusers` library's DDPMScheduler and DDIMScheduler (tests/test_diffusion.py).
 """
 
+from aigc_lib.diffusion.likelihood import BoundTerms, discretized_gaussian_nll, vlb_bits_per_dim
 from aigc_lib.diffusion.prompts import PROMPT_FORMS, prompt_to_label
 from aigc_lib.diffusion.sampling import (
     SAMPLERS,
@@ -43,6 +45,7 @@ from aigc_lib.diffusion.unet import ResBlock, SelfAttention, UNet, UNetConfig, t
 
 __all__ = [
     "EMA",
+    "BoundTerms",
     "PREDICTIONS",
     "PROMPT_FORMS",
     "SAMPLERS",
@@ -56,6 +59,7 @@ __all__ = [
     "ddim_timesteps",
     "ddpm_step",
     "diffusion_loss",
+    "discretized_gaussian_nll",
     "guided_eps",
     "linear_schedule",
     "posterior_mean_variance",
@@ -69,4 +73,5 @@ __all__ = [
     "to_unit",
     "train_diffusion",
     "v_target",
+    "vlb_bits_per_dim",
 ]

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aigc_lib.checks import check_int, shape_of
+from aigc_lib.checks import check_int
+from aigc_lib.generation import check_token_batch, greedy_until_eos
 from aigc_lib.runtime import eval_mode, step_generator
 from aigc_lib.training import History, RunOptions, adamw_warmup_cosine, fit
 from aigc_lib.transformer.attention import EncoderDecoderBlock, _sinusoidal_positions, init_normal_
@@ -112,29 +113,15 @@ class Seq2SeqTransformer(nn.Module):
         max_new = self.config.max_len - 1 if max_new is None else check_int("max_new", max_new)
         with eval_mode(self):
             memory, padding = self.encode(src)
-            out = torch.full((src.shape[0], 1), BOS, dtype=torch.int64, device=src.device)
-            done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-            for _ in range(min(max_new, self.config.max_len - 1)):
-                nxt = self._decode(out, memory, padding)[:, -1].argmax(-1)  # y_t = argmax p(y | y_<t, src)
-                nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                done |= nxt == EOS
-                if bool(done.all()):
-                    break
-        return out[:, 1:]
+
+            def next_ids(out: Tensor) -> Tensor:  # the decoder re-reads all tokens so far (no cache)
+                return self._decode(out, memory, padding)[:, -1].argmax(-1)
+
+            steps = min(max_new, self.config.max_len - 1)
+            return greedy_until_eos(next_ids, src.shape[0], steps, src.device, BOS, EOS, PAD)
 
     def _check(self, name: str, ids: object) -> Tensor:
-        if (
-            not isinstance(ids, Tensor)
-            or ids.dtype != torch.int64
-            or ids.ndim != 2
-            or not 0 < ids.shape[1] <= self.config.max_len
-        ):
-            raise ValueError(
-                f"{name}: expected an int64 tensor (B, L) with 1 <= L <= max_len={self.config.max_len}, "
-                f"got {shape_of(ids)}"
-            )
-        return ids
+        return check_token_batch(name, ids, self.config.max_len)
 
 
 def reversal_batch(
@@ -167,7 +154,7 @@ def _reversal_batch(
 
 
 def train_seq2seq(
-    model: Seq2SeqTransformer,
+    model: nn.Module,
     steps: int,
     *,
     batch_size: int = 64,
@@ -177,9 +164,16 @@ def train_seq2seq(
     **run: Unpack[RunOptions],
 ) -> History:
     """Train on `reversal_batch` (fresh batches seeded by (seed, step)); cross-entropy over non-PAD
-    targets. `run`: fit's run options (checkpoint, ckpt_every, log_every, desc, progress, on_log)."""
-    if not isinstance(model, Seq2SeqTransformer):
-        raise ValueError(f"model: expected a Seq2SeqTransformer, got {type(model).__name__}")
+    targets. `model`: a Seq2SeqTransformer or any nn.Module with the same interface,
+    `model(src (B, S), tgt_in (B, T)) -> logits (B, T, tgt_vocab)` and an int `model.config.max_len`
+    (e.g. chapter 01's `rnn.AttentionSeq2Seq`). `run`: fit's run options (checkpoint, ckpt_every,
+    log_every, desc, progress, on_log)."""
+    max_len = getattr(getattr(model, "config", None), "max_len", None)
+    if not isinstance(model, nn.Module) or not isinstance(max_len, int):
+        raise ValueError(
+            "model: expected a Seq2SeqTransformer or another nn.Module with forward(src, tgt_in) -> logits "
+            f"and an int config.max_len, got {type(model).__name__}"
+        )
     if max_digits + 1 > model.config.max_len:
         raise ValueError(f"max_digits: expected at most max_len - 1 = {model.config.max_len - 1}, got {max_digits}")
     opt, sched = adamw_warmup_cosine(model, lr, check_int("steps", steps), min(100, steps // 10), 0.1, 0.01)
@@ -188,7 +182,7 @@ def train_seq2seq(
     def batches(step: int) -> tuple[Tensor, Tensor, Tensor]:
         return _reversal_batch(batch_size, max_digits, step_generator(seed, step))
 
-    def loss_fn(m: Seq2SeqTransformer, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         src, tgt_in, tgt_out = batch
         logits = m(src, tgt_in)
         return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
