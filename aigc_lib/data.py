@@ -537,7 +537,8 @@ class CharTokenizer:
 
 # The pre-tokenizer: GPT-2's pattern (Radford et al., 2019) without its English contraction rule
 # ('s 't 're 've 'm 'll 'd), written for Python's `re`: \p{L} becomes [^\W\d_] (letters of any script,
-# so a run of Chinese characters is one word) and \p{N} becomes \d. A word keeps its leading space
+# so a run of Chinese characters is one word) and \p{N} becomes \d (decimal digits only: ², ½ and Ⅻ count
+# as letters here, where GPT-2 would split them off). A word keeps its leading space
 # (" the"); a run of spaces keeps its last space for the next word; every character falls in exactly one
 # class, so the pieces join back to the text. Merges are learned and applied inside one piece only.
 BPE_PATTERN = r" ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"

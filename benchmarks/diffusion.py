@@ -5,6 +5,7 @@
     python benchmarks/diffusion.py --steps 6000     # another training budget (points: steps/4, /2, 1)
     python benchmarks/diffusion.py --points 500 3000  # the training budgets of part 1
     python benchmarks/diffusion.py --n 500          # samples per evaluation (default 200)
+    python benchmarks/diffusion.py --points 3000 --prediction v --skip-throughput  # part 1 on the v target
     python benchmarks/diffusion.py --skip-quality   # throughput only (part 3, and part 4 with --gpu)
     cd solutions && python ../benchmarks/diffusion.py --chapter-model --skip-throughput  # part 2 on chapter 05's model
     python benchmarks/diffusion.py --gpu            # also part 4 on CUDA (skipped cleanly without it)
@@ -37,12 +38,13 @@ weights. --base changes the width (groups stay base // 4, as in the chapter's bu
        SDPA formulas. Element-wise work (GroupNorm, SiLU, the loss, AdamW, the EMA) is not counted.
      - wall time of train_diffusion(progress=False) (the whole library loop, EMA included), after a
        2-step throwaway run so one-off start-up is not timed;
-     - unconditional quality: --n samples with the null label (DDIM 50, seed 5) through
+     - unconditional quality: --n samples with the null label (DDIM 50 with eta = 1, the chapter's
+       sampler, seed 5) through
        `metrics.evaluate_digits`: the Fréchet distance (FD) on the course's digit classifier's
        features against mnist5k("test"), the real-vs-real floor at the same n, recognisability
        (share classified with >= 0.9 confidence) and the range of the class shares (argmax);
      - prompted quality: --n samples asking for the digits 0..9 in turn with classifier-free
-       guidance w = 3 (DDIM 50, seed 4): prompt accuracy = share whose classifier argmax is the
+       guidance w = 3 (DDIM 50, eta = 1, seed 4): prompt accuracy = share whose classifier argmax is the
        requested digit, and their recognisability.
 
 2. Samplers, on the EMA model of the largest budget of part 1 (or, with --chapter-model, on chapter 05's
@@ -115,7 +117,7 @@ STANDARD, FULL = UNET.sizes_for("standard"), UNET.sizes_for("full")
 BATCH, T = STANDARD["batch_size"], ch05.T
 LR, P_UNCOND, EMA_DECAY = ch05.TRAINING["lr"], ch05.TRAINING["p_uncond"], ch05.TRAINING["ema_decay"]
 GUIDANCE = 3.0  # part 1's prompted samples
-EVAL_STEPS = 50  # DDIM steps of part 1's samples
+EVAL_STEPS, EVAL_ETA = 50, 1.0  # part 1's sampler: DDIM 50 with eta = 1, the chapter's
 UNCOND_SEED, PROMPT_SEED, COMPARE_SEED, TP_SEED = 5, 4, 2, 7  # the chapter's seeds where it has them
 # the course's quality targets for this chapter
 FD_VS_DDPM_TARGET = 1.2  # DDIM 50 FD <= 1.2 x DDPM 1000 FD
@@ -145,6 +147,7 @@ def train(
     progress: bool = False,
     desc: str = "diffusion",
     batch: int = BATCH,
+    prediction: str = "eps",
 ) -> tuple[dm.EMA, float]:
     """The chapter's recipe (its train function: train_diffusion, the library loop) on `model` for
     `steps` steps; returns (EMA, wall seconds)."""
@@ -153,7 +156,14 @@ def train(
     start = time.perf_counter()
     sizes = {"base": model.config.base, "steps": steps, "batch_size": batch}
     _, _, ema = UNET.train(
-        sizes, ImageData(images, labels), device, model=model, seed=seed, progress=progress, desc=desc
+        sizes,
+        ImageData(images, labels),
+        device,
+        model=model,
+        seed=seed,
+        progress=progress,
+        desc=desc,
+        prediction=prediction,
     )
     sync(device)
     return ema, time.perf_counter() - start
@@ -234,11 +244,12 @@ def classes(ev: dict) -> str:
 # --------------------------------------------------------------------------------------- part 1
 
 
-def evaluate(model: nn.Module, n: int, schedule: dm.NoiseSchedule, device: torch.device) -> dict:
-    """Unconditional (null label, DDIM 50) metrics and prompted (w = 3, DDIM 50) prompt accuracy."""
-    uncond = dm.sample(
-        model, n, schedule, steps=EVAL_STEPS, generator=torch.Generator().manual_seed(UNCOND_SEED), progress=False
-    )
+def evaluate(
+    model: nn.Module, n: int, schedule: dm.NoiseSchedule, device: torch.device, prediction: str = "eps"
+) -> dict:
+    """Unconditional (null label) metrics and prompted (w = 3) prompt accuracy, DDIM 50 with eta = 1."""
+    sampler = {"steps": EVAL_STEPS, "eta": EVAL_ETA, "prediction": prediction, "progress": False}
+    uncond = dm.sample(model, n, schedule, generator=torch.Generator().manual_seed(UNCOND_SEED), **sampler)
     ev = metrics.evaluate_digits(dm.to_unit(uncond), device=device)
     asked = cycled(n)
     prompted = dm.to_unit(
@@ -246,11 +257,10 @@ def evaluate(model: nn.Module, n: int, schedule: dm.NoiseSchedule, device: torch
             model,
             n,
             schedule,
-            steps=EVAL_STEPS,
             labels=asked,
             guidance=GUIDANCE,
             generator=torch.Generator().manual_seed(PROMPT_SEED),
-            progress=False,
+            **sampler,
         )
     )
     probs = metrics.digit_probs(prompted, device=device).cpu()  # (n, 10)
@@ -268,14 +278,17 @@ def quality_vs_compute(
     print(
         f"\n== 1. quality vs training compute: one separate run per budget {args.points} (each with its own "
         f"warm-up + cosine schedule), batch {BATCH}, {n_params(build(args.base, args.seed, device)):,} "
-        f"parameters, {flops / 1e9:.3f} GFLOP per training step (fwd + bwd); {args.n} samples per evaluation"
+        f"parameters, {flops / 1e9:.3f} GFLOP per training step (fwd + bwd); {args.n} samples per evaluation; "
+        f"target {args.prediction}"
     )
     train(build(args.base, args.seed, device), images, labels, 2, args.seed)  # warm-up, not timed
     rows, final = {}, None
     for steps in args.points:
         model = build(args.base, args.seed, device)
-        ema, wall = train(model, images, labels, steps, args.seed, args.progress, desc=f"{steps} steps")
-        r = evaluate(ema.model, args.n, schedule, device)
+        ema, wall = train(
+            model, images, labels, steps, args.seed, args.progress, f"{steps} steps", prediction=args.prediction
+        )
+        r = evaluate(ema.model, args.n, schedule, device, args.prediction)
         r |= {"steps": steps, "tflop": flops * steps / 1e12, "wall": wall, "img_s": steps * BATCH / wall}
         rows[steps], final = r, ema.model
         u = r["uncond"]
@@ -544,6 +557,7 @@ def gpu_part(args: argparse.Namespace, images: Tensor, labels: Tensor, schedule:
             args.gpu_n,
             schedule,
             steps=EVAL_STEPS,
+            eta=EVAL_ETA,
             progress=False,
             generator=torch.Generator().manual_seed(UNCOND_SEED),
             **kw,
@@ -669,6 +683,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="training budgets of part 1, one run each (default: steps/4, steps/2, steps)",
     )
     g.add_argument("--base", type=int, default=STANDARD["base"], help="U-Net width (groups = base // 4)")
+    g.add_argument(
+        "--prediction", choices=dm.PREDICTIONS, default="eps", help="part 1's training target: eps (the chapter's) or v"
+    )
     g.add_argument("--n", type=int, default=200, help="samples per evaluation")
     g.add_argument("--ddim", type=int, nargs="+", default=[10, 20, 50, 100], help="DDIM step counts of part 2")
     g.add_argument("--compare-seeds", type=int, nargs="+", default=[2, 3], help="sampling seeds of part 2")

@@ -7,14 +7,17 @@ term computed instead of dropped (indices 0-based as in schedule.py: index t is 
     L_prior = KL(q(x_T | x_0) ‖ N(0, I))                              needs no network
     L_t     = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t))          p_θ = N(μ_θ(x_t, t), σ_t² I)
               μ_θ = μ̃_t(x̂_0, x_t), σ_t² = β̃_t ("posterior", the course's DDPM sampler) or β_t ("beta")
-    L_dec   = −log p_θ(x_0 | x_1), a Gaussian N(x̂_0, β_1) integrated over each pixel's 8-bit bin
+    L_dec   = −log p_θ(x_0 | x_1), a Gaussian N(x̂_0, σ_dec²) integrated over each pixel's 8-bit bin
               (width 2/255 in [−1, 1]; the end bins reach to ±∞)      Ho et al. eq. 13
+              σ_dec² = posterior_variance[1], as Ho et al.'s released code and Improved DDPM use at
+              the last step for either fixed variance (β_1 itself would give a looser decoder)
     bits/dim = (L_prior + Σ L_t + L_dec) / (D ln 2),  D = C·H·W
 
 This is a bound on the negative log-likelihood of 8-bit images, the number Ho et al. report for
-CIFAR-10 (≤ 3.70 bits/dim, Table 2). The sum over t has T − 1 terms, each a network call per image;
-`vlb_bits_per_dim` estimates it without bias from `timesteps` stratified draws (one uniform t in each
-of `timesteps` equal strata, each weighted by its stratum's size), or sums all of them (timesteps=None).
+CIFAR-10 (Table 1: ≤ 3.70 bits/dim trained on the full bound, ≤ 3.75 trained on L_simple). The sum
+over t has T − 1 terms, each a network call per image; `vlb_bits_per_dim` estimates it without bias
+from `timesteps` stratified draws (one uniform t in each of `timesteps` equal strata, each weighted by
+its stratum's size), or sums all of them (timesteps=None).
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def vlb_bits_per_dim(
     class-conditional model (None: its null label ∅, i.e. the unconditional model). timesteps: how
     many of the T − 1 terms L_t to draw per image (stratified, unbiased), or None for all of them.
     variance: σ_t² of the reverse steps, "posterior" (β̃_t) or "beta" (β_t). Network calls are batched
-    `batch_size` at a time; `generator` seeds x_t's noise and the stratified t."""
+    `batch_size` at a time, in the model's dtype; `generator` (a CPU generator; default: seeded with 0)
+    seeds x_t's noise and the stratified t. Computed in float64 after the network (not on MPS)."""
     model = _check_model(model)
     schedule, prediction = _check_schedule(schedule), _check_prediction(prediction)
     if variance not in VARIANCES:
@@ -119,8 +123,11 @@ def vlb_bits_per_dim(
     K = n_mid if timesteps is None else min(check_int("timesteps", timesteps), n_mid)
     check_int("batch_size", batch_size)
     B, D = images.shape[0], images[0].numel()
-    device = next(model.parameters()).device
-    x0 = (images.to(device, torch.float32) * 2 - 1).contiguous()
+    if labels is not None and (not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != (B,)):
+        raise ValueError(f"labels: expected None or an int64 tensor of shape ({B},), got {shape_of(labels)}")
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    x0 = (images.to(device, dtype) * 2 - 1).contiguous()
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
     # prior: q(x_T | x_0) = N(√ᾱ_T x_0, 1 − ᾱ_T) against N(0, 1)
@@ -132,38 +139,38 @@ def vlb_bits_per_dim(
     if timesteps is None:
         t_all = torch.arange(1, T).expand(B, -1)
     else:
-        t_all = (edges[:-1] + torch.rand(B, K, generator=gen, dtype=torch.float64) * edges.diff()).floor().long()
+        u = edges[:-1] + torch.rand(B, K, generator=gen, dtype=torch.float64) * edges.diff()
+        t_all = u.floor().long().clamp(max=T - 1)  # P(t) = its overlap with the stratum / the stratum's width
     weight = (edges.diff() if timesteps is not None else torch.ones(K, dtype=torch.float64)).expand(B, -1)
-    eps = torch.randn((B, K, *x0.shape[1:]), generator=gen).to(device)
     per_t = torch.empty(B, K, dtype=torch.float64)
     rows = torch.arange(B).repeat_interleave(K)  # image of each (image, t) pair
     flat_t = t_all.reshape(-1)
     with eval_mode(model):
         for start in range(0, B * K, batch_size):
             i, t = rows[start : start + batch_size], flat_t[start : start + batch_size].to(device)
+            eps = torch.randn((len(i), *x0.shape[1:]), generator=gen).to(device, dtype)  # drawn per chunk
             per_t.view(-1)[start : start + batch_size] = _kl_terms(
                 model,
                 x0[i],
                 t,
-                eps.view(B * K, *x0.shape[1:])[start : start + batch_size],
+                eps,
                 schedule,
                 None if labels is None else labels.to(device)[i],
                 prediction,
                 variance,
             ).cpu()
-        # decoder at index 0: x_1 ~ q(x_1 | x_0), p_θ(x_0 | x_1) = discretised N(x̂_0, β_1)
+        # decoder at index 0: x_1 ~ q(x_1 | x_0), p_θ(x_0 | x_1) = discretised N(x̂_0, σ_dec²)
+        decoder_std = math.sqrt(float(schedule.posterior_variance[1])) if T > 1 else math.sqrt(float(schedule.betas[0]))
         decoder = torch.empty(B, dtype=torch.float64)
         for start in range(0, B, batch_size):
             sl = slice(start, start + batch_size)
             x = x0[sl]
             t0 = torch.zeros(len(x), dtype=torch.long, device=device)
-            x1 = _q_sample(x, t0, torch.randn(x.shape, generator=gen).to(device), schedule)
+            x1 = _q_sample(x, t0, torch.randn(x.shape, generator=gen).to(device, dtype), schedule)
             x0_hat = _predict_x0(
                 _call(model, x1, t0, None if labels is None else labels.to(device)[sl]), x1, t0, schedule, prediction
             )  # unclipped, as Ho et al.: a mean beyond ±1 puts its mass in the end bin
-            decoder[sl] = (
-                _discretized_gaussian_nll(x, x0_hat, math.sqrt(float(schedule.betas[0]))).flatten(1).sum(1).cpu()
-            )
+            decoder[sl] = _discretized_gaussian_nll(x, x0_hat, decoder_std).flatten(1).sum(1).cpu()
     diffusion = (per_t * weight).sum(1)
     to_bpd = 1 / (D * math.log(2))
     prior = prior.cpu()
