@@ -8,7 +8,7 @@ exactly, because the renderer sets them:
     size       small, large                        the ink box's longer side: 12 or 20 pixels
     position   left, right, top, bottom, centre    the ink box against that edge (1 px margin), centred
                                                    along the other axis; or centred on both
-    thickness  thin, thick                         the pen's width: 1.1 / 2.5 px (small), 1.5 / 3.5 px (large)
+    thickness  thin, thick                         the pen's width: 1.0 / 2.2 px (small), 1.4 / 3.2 px (large)
     colour     red, green, blue, white             ink × (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)
 
 `captioned_digits(split)` -> CaptionedDigits: images (N, 3, 32, 32) float32 in [0, 1], attrs (a dict of
@@ -35,34 +35,40 @@ Held-out combinations (compositional generalisation). `HOLDOUT` lists attribute 
 train split never draws: a red seven, a three on the left, a thick five, a green digit at the top, a
 small thick blue digit. Every single value still occurs in training (a red two, a seven in green), so a
 model that understood the parts can be asked for the unseen whole. An image matches an entry when it has
-every (attribute, value) of the entry. For each image the digit comes from its MNIST source and the other
-four attributes are drawn uniformly among the 80 combinations (2 sizes × 5 positions × 2 thicknesses × 4
-colours) that `include_holdout` allows for that digit:
+every (attribute, value) of the entry (`matches_holdout`); the five entries cover 158 of the 800
+(digit, combination) pairs (20%), 42 of a five's 80 combinations. For each image the digit comes from
+its MNIST source, and the other four attributes are drawn uniformly among the 80 combinations (2 sizes ×
+5 positions × 2 thicknesses × 4 colours) that `include_holdout` allows for that digit:
 
     "none"  the combinations matching no entry (the train split's only choice, its default)
     "both"  all 80 (the test split's default: held-out combinations as often as any other)
     "only"  the combinations matching at least one entry (test split only); a source digit for which
             there is none (an entry names another digit and no entry is digit-free) is skipped
 
-Captions. `caption(attrs_row, lang)` describes one image in one of two grammars, each with a fixed word
-order and three templates, e.g. the image (seven, small, left, thick, red):
+Captions. `caption(attrs_row, lang)` describes one image in one of two grammars, each with one word
+order and three templates (`WORDS` holds the words, index for index with the value names):
 
     en: [template] a|an [size] [thickness] [colour] DIGIT [position]
-        templates "…", "a picture of …", "an image of …"; "an" before "eight" and "8"
         "a small thick red seven on the left", "a picture of a red 7", "an image of an eight at the top"
-    zh: 一个 [size] [thickness] [colour] DIGIT, with the position in front
+        templates "…", "a picture of …", "an image of …"; "an" before "eight" and "8"
+        size small/large, thickness thin/thick, colour red/green/blue/white, DIGIT zero … nine or 0 … 9,
+        position on the left / on the right / at the top / at the bottom / in the centre
+    zh: [position] 一个 [size的] [thickness的] [colour的] DIGIT, in one of three templates
+        "左边一个小的粗的红色的七", "图片里有一个红色的7", "一张上方有一个八的图片"
         templates "[位置]…", "图片[位置|里]有…", "一张[位置]有…的图片"
-        "左边一个小的粗的红色的七", "图片里有一个红色的7", "一张上面有一个八的图片"
+        小的/大的, 细的/粗的, 红色的/绿色的/蓝色的/白色的, DIGIT 零 … 九 or 0 … 9,
+        左边/右边/上方/下方/中间 (上方, not 上面: 图片上面有… reads "on the picture there is …")
 
 Each of size, thickness, colour and position is left out independently with probability `drop`; the
 digit is always named, as a numeral ("7") with probability `numerals`, else as a word. `describe`
 gives the full caption (nothing left out, the first template, the word), `prompt_for` the zero-shot
 prompts: prompt_for("digit", 7) = "a seven", prompt_for("colour", "red") = "a red digit" (the one phrase
-outside the grammar: "digit" stands for any digit; pass digit= to stay inside it). `WORDS` holds each
-language's words, index for index with the value names.
+outside the grammar: "digit" stands for any digit; pass digit= to stay inside it).
 
-Tokens: `caption_tokenizer()` is a `data.CharTokenizer` over every character the grammars and prompts
-can produce, with id PAD_ID = 0 for padding; `encode_captions` pads a batch to (N, L) int64 ids.
+Tokens: `caption_tokenizer()` is a `data.CharTokenizer` (71 ids) over every character the grammars and
+prompts can produce, with id PAD_ID = 0 for padding (PAD_CHAR, never in a caption); `encode_captions`
+pads a batch to (N, L) int64 ids and their lengths, `decode_captions` reads them back. The longest
+caption has MAX_CAPTION_LEN = {"en": 52, "zh": 18} characters.
 """
 
 from __future__ import annotations
@@ -98,6 +104,7 @@ __all__ = [
     "SIZES",
     "SIZE_PX",
     "STROKE_PX",
+    "TEMPLATES",
     "THICKNESSES",
     "VALUES",
     "WORDS",
@@ -130,7 +137,7 @@ VALUES: dict[str, tuple[str, ...]] = {
 
 CANVAS = 32
 SIZE_PX = (12.0, 20.0)  # the ink box's longer side, per size
-STROKE_PX = ((1.0, 2.2), (1.4, 3.2))  # the pen's width [size][thickness]: thick ≈ 2.2 × thin in ink
+STROKE_PX = ((1.0, 2.2), (1.4, 3.2))  # the pen's width [size][thickness]: thick has ≈ 2 × thin's ink
 MARGIN_PX = 1.0  # between the ink box and the edge it sits against
 COLOUR_RGB = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 1.0))
 INK_THRESHOLD = 0.5  # MNIST grey level that counts as ink when the skeleton is taken
@@ -267,7 +274,7 @@ def captioned_digits(
     One image per digit of `data.mnist5k(split)` in its order, or `n` images cycling through them. The
     digit is the source's label; the other attributes are drawn uniformly among the combinations
     `include_holdout` allows (None: "none" for train, "both" for test; "both" and "only" are test-only).
-    The same arguments give the same images on every machine; the seed changes only the attributes."""
+    The same arguments give the same attributes on every machine; the seed changes only the attributes."""
     split = _check_split(split)
     if n is not None:
         check_int("n", n)
@@ -317,7 +324,7 @@ def _allowed(entries: tuple, include: str) -> Tensor:
     for k, attr in enumerate(ATTRIBUTES[1:]):
         for v, name in enumerate(VALUES[attr]):
             if not allowed[:, _COMBOS[:, k] == v].any():
-                raise ValueError(f"holdout: removes {attr} {name!r} from the train split altogether")
+                raise ValueError(f"holdout: removes {attr} {name!r} altogether: every combination with it is held out")
     return allowed
 
 
@@ -349,7 +356,8 @@ _CODE_KERNEL = torch.tensor([[128, 1, 2], [64, 256, 4], [32, 16, 8]], dtype=torc
 
 
 def _skeletonize(ink: Tensor) -> Tensor:
-    """bool (N, H, W) -> its Zhang-Suen skeleton, one pixel wide, 8-connected where the ink was."""
+    """bool (N, H, W) -> its centre lines (Zhang-Suen thinning with Lü & Wang's rule): about one pixel
+    wide, 8-connected where the ink was."""
     x = ink.float().clone()
     active = torch.arange(len(x))  # images still changing: most are done after a few rounds
     while len(active):
@@ -462,7 +470,7 @@ WORDS: dict[str, dict[str, tuple[str, ...]]] = {
     "zh": {
         "digit": tuple("零一二三四五六七八九"),
         "size": ("小的", "大的"),
-        "position": ("左边", "右边", "上面", "下面", "中间"),
+        "position": ("左边", "右边", "上方", "下方", "中间"),  # 上方: 图片上面 would read "on the picture"
         "thickness": ("细的", "粗的"),
         "colour": ("红色的", "绿色的", "蓝色的", "白色的"),
     },
@@ -618,14 +626,14 @@ def encode_captions(
 ) -> tuple[Tensor, Tensor]:
     """texts -> (ids (N, L) int64 padded with PAD_ID after each caption, lengths (N,) int64).
 
-    tokenizer: anything with encode(str) -> 1-D ids (caption_tokenizer() when None). L = max_len, or the
+    tokenizer: anything with encode(str) -> 1-D ids and decode (caption_tokenizer() when None). L = max_len, or the
     longest caption's length when None; a longer caption raises ValueError naming it."""
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
         raise ValueError(f"texts: expected a non-empty list of str, got {texts!r:.80}")
     tokenizer = caption_tokenizer() if tokenizer is None else tokenizer
-    if not hasattr(tokenizer, "encode"):
+    if not (callable(getattr(tokenizer, "encode", None)) and callable(getattr(tokenizer, "decode", None))):
         raise ValueError(
-            f"tokenizer: expected an object with encode (CharTokenizer, BPETokenizer), got {tokenizer!r:.60}"
+            f"tokenizer: expected an object with encode and decode (CharTokenizer, BPETokenizer), got {tokenizer!r:.60}"
         )
     if max_len is not None:
         check_int("max_len", max_len)
@@ -633,7 +641,10 @@ def encode_captions(
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"texts[{i}]: expected a str, got {type(text).__name__}")
-        ids = tokenizer.encode(text)
+        try:
+            ids = tokenizer.encode(text)
+        except ValueError as err:  # name the caption, not just the tokenizer's argument
+            raise ValueError(f"texts[{i}]: {text!r:.80} cannot be encoded: {err}") from err
         if max_len is not None and len(ids) > max_len:
             raise ValueError(f"texts[{i}]: {len(ids)} tokens, longer than max_len={max_len}: {text!r}")
         encoded.append(ids)
