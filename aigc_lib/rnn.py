@@ -299,6 +299,16 @@ def rnn_forward(xs: Tensor, layers: Sequence[Mapping[str, Tensor]], h0: Tensor |
 # ---------------------------------------------------------------------------------------------
 
 
+def _init_gated_params(keys, input_size, hidden_size, generator, dtype, device) -> Params:
+    """U(-1/√H, 1/√H) tensors named `keys`, in that order: W_x* (H, D), W_h* (H, H), b_* (H,)."""
+    D, H = check_int("input_size", input_size), check_int("hidden_size", hidden_size)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
+    k = 1 / math.sqrt(H)
+    shapes = {"W_x": (H, D), "W_h": (H, H), "b_": (H,)}
+    return {key: _randu(shapes[key[:3] if key.startswith("W_") else "b_"], k, generator, dtype, device) for key in keys}
+
+
 def init_lstm_params(
     input_size: int,
     hidden_size: int,
@@ -309,12 +319,7 @@ def init_lstm_params(
 ) -> Params:
     """The 12 LSTM tensors W_x{i,f,o,c} (H, D), W_h{i,f,o,c} (H, H), b_{i,f,o,c} (H,), drawn from
     U(-1/√H, 1/√H) as torch initialises nn.LSTM (plain tensors, no grad)."""
-    D, H = check_int("input_size", input_size), check_int("hidden_size", hidden_size)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
-    k = 1 / math.sqrt(H)
-    shapes = {"W_x": (H, D), "W_h": (H, H), "b_": (H,)}
-    return {key: _randu(shapes[key[:-1]], k, generator, dtype, device) for key in LSTM_KEYS}
+    return _init_gated_params(LSTM_KEYS, input_size, hidden_size, generator, dtype, device)
 
 
 def lstm_cell_with_gates(
@@ -427,12 +432,7 @@ def init_gru_params(
 ) -> Params:
     """The 10 GRU tensors W_x{r,z,n} (H, D), W_h{r,z,n} (H, H), b_r, b_z, b_xn, b_hn (H,), drawn from
     U(-1/√H, 1/√H) as torch initialises nn.GRU (plain tensors, no grad)."""
-    D, H = check_int("input_size", input_size), check_int("hidden_size", hidden_size)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
-    k = 1 / math.sqrt(H)
-    shapes = {"W_x": (H, D), "W_h": (H, H), "b_": (H,)}
-    return {key: _randu(shapes[key[:3] if key[0] == "W" else "b_"], k, generator, dtype, device) for key in GRU_KEYS}
+    return _init_gated_params(GRU_KEYS, input_size, hidden_size, generator, dtype, device)
 
 
 def gru_cell_with_gates(x: Tensor, h_prev: Tensor, params: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
