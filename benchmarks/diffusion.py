@@ -318,7 +318,7 @@ def sampler_runs(ddim: list[int], fast: int) -> dict[str, dict]:
 
 
 def quality_vs_steps(
-    args: argparse.Namespace, model: nn.Module, schedule: dm.NoiseSchedule, device: torch.device
+    args: argparse.Namespace, model: nn.Module, schedule: dm.NoiseSchedule, device: torch.device, prediction: str
 ) -> dict:
     asked = cycled(args.n)
     runs = sampler_runs(args.ddim, args.fast)
@@ -326,7 +326,7 @@ def quality_vs_steps(
         f"\n== 2. samplers on one model: {args.n} samples each, labels 0..9 in turn, guidance 1, "
         f"seeds {args.compare_seeds} (the same x_T and noise for every sampler at a seed)"
     )
-    dm.sample(model, args.n, schedule, steps=2, labels=asked, progress=False)  # warm-up
+    dm.sample(model, args.n, schedule, steps=2, labels=asked, progress=False, prediction=prediction)  # warm-up
     rows = {}
     for name, kw in runs.items():
         walls, evs = [], []
@@ -340,6 +340,7 @@ def quality_vs_steps(
                 labels=asked,
                 generator=torch.Generator().manual_seed(seed),
                 progress=False,
+                prediction=prediction,
                 **kw,
             )
             sync(device)
@@ -743,10 +744,10 @@ def main(argv: list[str] | None = None) -> None:
     q = s = None
     if args.chapter_model:
         _, _, ema = UNET.run(ImageData(images, labels), device=device, budget="standard", progress=args.progress)
-        s = quality_vs_steps(args, ema.model, schedule, device)
+        s = quality_vs_steps(args, ema.model, schedule, device, "eps")  # the chapter's model predicts eps
     elif not args.skip_quality:
         q = quality_vs_compute(args, images, labels, schedule, device)
-        s = quality_vs_steps(args, q["model"], schedule, device)
+        s = quality_vs_steps(args, q["model"], schedule, device, args.prediction)
     tp = (
         None
         if args.skip_throughput
