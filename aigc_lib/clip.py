@@ -277,14 +277,15 @@ def caption_sampler(
     """A captions callable for `train_clip`: (step, indices (B,)) -> ids (B, L) of fresh random captions of
     images `indices` of `data` (`captions.captions_for(rows, lang, seed·1_000_003 + step, drop, numerals)`:
     each attribute but the digit left out with probability `drop`, numerals, templates), padded to the
-    longest (`encode_captions`; tokenizer: caption_tokenizer() when None).
+    longest (`encode_captions`; tokenizer: caption_tokenizer() when None). lang="both": each caption is
+    English or Chinese with probability ½ (drawn from the same seed), so one model learns both.
 
     A function of (step, indices) alone, so a resumed run draws the captions an uninterrupted one drew."""
     if not isinstance(data, CaptionedDigits):
         raise ValueError(f"data: expected CaptionedDigits (captions.captioned_digits), got {type(data).__name__}")
     check_int("seed", seed, low=0)
-    if lang not in LANGS:
-        raise ValueError(f"lang: expected 'en' or 'zh', got {lang!r}")
+    if lang not in (*LANGS, "both"):
+        raise ValueError(f"lang: expected 'en', 'zh' or 'both', got {lang!r}")
     check_number("drop", drop, 0.0, 1.0)
     check_number("numerals", numerals, 0.0, 1.0)
     tokenizer = caption_tokenizer() if tokenizer is None else tokenizer
@@ -293,7 +294,12 @@ def caption_sampler(
 
     def sample(step: int, indices: Tensor) -> Tensor:
         rows = {a: t[indices] for a, t in attrs.items()}
-        return encode_captions(captions_for(rows, lang, seed * 1_000_003 + step, drop, numerals), tokenizer)[0]
+        step_seed = seed * 1_000_003 + step
+        if lang != "both":
+            return encode_captions(captions_for(rows, lang, step_seed, drop, numerals), tokenizer)[0]
+        en, zh = (captions_for(rows, language, step_seed, drop, numerals) for language in LANGS)
+        chinese = torch.rand(len(en), generator=torch.Generator().manual_seed(step_seed)) < 0.5
+        return encode_captions([z if c else e for e, z, c in zip(en, zh, chinese.tolist(), strict=True)], tokenizer)[0]
 
     return sample
 

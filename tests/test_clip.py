@@ -267,6 +267,20 @@ def test_caption_sampler_is_a_function_of_step_and_indices(small_train):
     assert zh.shape[1] <= C.MAX_CAPTION_LEN["zh"]
 
 
+def test_caption_sampler_mixes_languages_per_caption(small_train):
+    idx = torch.arange(len(small_train)).repeat(4)[:200]
+    ids = caption_sampler(small_train, lang="both", seed=1)(5, idx)
+    texts = C.decode_captions(ids, (ids != C.PAD_ID).sum(1))
+    rows = {k: t[idx] for k, t in small_train.attrs.items()}
+    en, zh = (C.captions_for(rows, lang, 1 * 1_000_003 + 5, 0.3, 0.3) for lang in ("en", "zh"))
+    chinese = [t == z for t, z in zip(texts, zh, strict=True)]
+    assert all(c or t == e for t, e, c in zip(texts, en, chinese, strict=True))  # each is one of the two
+    assert 0.35 < sum(chinese) / len(chinese) < 0.65  # about half and half
+    assert torch.equal(ids, caption_sampler(small_train, lang="both", seed=1)(5, idx))
+    with pytest.raises(ValueError, match="lang"):
+        caption_sampler(small_train, lang="fr")
+
+
 def test_train_clip_history_and_fixed_captions(small_train):
     model = tiny_clip()
     ids, _ = C.encode_captions(C.captions_for(small_train), max_len=52)  # padded to 52: trimmed per batch
