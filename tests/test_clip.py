@@ -427,7 +427,7 @@ def test_bad_train_clip_inputs(small_train):
         train_clip(model, small_train, lambda step, idx: torch.zeros(len(idx), 4, dtype=torch.int64), 1, **RUN)
     with pytest.raises(ValueError, match="data: expected CaptionedDigits"):
         caption_sampler(small_train.images)
-    with pytest.raises(ValueError, match="lang: expected 'en' or 'zh', got 'fr'"):
+    with pytest.raises(ValueError, match="lang: expected 'en', 'zh' or 'both', got 'fr'"):
         caption_sampler(small_train, lang="fr")
     with pytest.raises(ValueError, match=r"drop: expected a finite number in \[0, 1\], got 2"):
         caption_sampler(small_train, drop=2)
