@@ -112,6 +112,7 @@ __all__ = [
     "caption_tokenizer",
     "captioned_digits",
     "captions_for",
+    "class_prompts",
     "decode_captions",
     "describe",
     "encode_captions",
@@ -260,6 +261,22 @@ class CaptionedDigits:
         """Image i's attributes as value indices, e.g. {"digit": 7, "size": 0, …}: what `caption` takes."""
         check_int("i", i, low=0, high=len(self) - 1)
         return {attr: int(t[i]) for attr, t in self.attrs.items()}
+
+    def subset(self, which: Tensor) -> CaptionedDigits:
+        """The images selected by `which`: a bool mask (N,) or int64 indices, in that order."""
+        if not isinstance(which, Tensor) or which.ndim != 1 or which.dtype not in (torch.bool, torch.int64):
+            raise ValueError(f"which: expected a bool mask ({len(self)},) or int64 indices, got {which!r:.60}")
+        if which.dtype == torch.bool and len(which) != len(self):
+            raise ValueError(f"which: expected a bool mask of length {len(self)}, got {len(which)}")
+        if (
+            which.dtype == torch.int64
+            and len(which)
+            and (int(which.min()) < -len(self) or int(which.max()) >= len(self))
+        ):
+            raise ValueError(f"which: indices out of range for {len(self)} images")
+        return CaptionedDigits(
+            self.images[which], {a: t[which] for a, t in self.attrs.items()}, self.source[which], self.split
+        )
 
 
 def captioned_digits(
@@ -590,6 +607,40 @@ def prompt_for(attr: str, value: object, lang: str = "en", digit: object = None)
         return _phrase(lang, {"digit": index})
     noun = None if digit is None else _value_index("digit", "digit", digit)
     return _phrase(lang, {"digit": noun, attr: index})
+
+
+def class_prompts(attrs: str | Sequence[str], lang: str = "en", ensemble: bool = True) -> tuple[list, list]:
+    """Zero-shot classes over one attribute or a combination, with their prompts: (classes, prompts).
+
+    classes: every value combination of `attrs` as value-index tuples, in itertools.product order (for a
+    single attribute name, plain indices: class k is value k). prompts[k]: class k's prompts, all inside
+    the grammar. With `ensemble`, every template, with the digit as word and as numeral when the digit is
+    among `attrs`, else over all ten digits ("a red zero" … "a red nine": an image shows some digit, and
+    the average over them names the attribute alone); without, the single prompt `prompt_for` gives
+    (for a combination: its first template, with the word "digit" when the digit is not among `attrs`).
+    class_prompts("digit", ensemble=False)[1][7] == ["a seven"]."""
+    names = (attrs,) if isinstance(attrs, str) else tuple(attrs)
+    if not names or len(set(names)) != len(names) or not set(names) <= set(ATTRIBUTES):
+        raise ValueError(f"attrs: expected an attribute name or distinct names among {list(ATTRIBUTES)}, got {attrs!r}")
+    _check_lang(lang)
+    combos = list(itertools.product(*(range(len(VALUES[a])) for a in names)))
+    prompts = []
+    for combo in combos:
+        fixed = dict(zip(names, combo, strict=True))
+        if not ensemble:
+            prompts.append([_phrase(lang, {"digit": None, **fixed})])
+            continue
+        digits = [fixed["digit"]] if "digit" in fixed else range(10)
+        numerals = (False, True) if "digit" in fixed else (False,)
+        prompts.append(
+            [
+                _phrase(lang, {**fixed, "digit": d}, numeral, template)
+                for d in digits
+                for numeral in numerals
+                for template in range(len(TEMPLATES[lang]))
+            ]
+        )
+    return ([c[0] for c in combos] if isinstance(attrs, str) else combos), prompts
 
 
 # --------------------------------------------------------------------------- tokens

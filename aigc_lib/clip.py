@@ -14,10 +14,16 @@ among the batch's and each caption its own image (the paper's figure 3 gives it 
                                      τ₀ = 0.07, so s ≤ 100 (the paper's clip)         CLIP.scale
     L = ½ [CE(logits, arange B) + CE(logitsᵀ, arange B)]       symmetric InfoNCE     clip_loss
         (rows: image → text; columns: text → image; L = ln B when all logits are equal)
-    zero-shot (section 3.1.4, prompt ensembling 3.1.5): w_k = normalize(mean_p T_e(prompt_{k,p})),
-        p(k | x) = softmax_k(s · I_e(x) · w_k)                 zero_shot_classifier, zero_shot_predict
+    zero-shot (CLIP §3.1.2; prompt ensembling §3.1.4): w_k = normalize(mean_p T_e(prompt_{k,p})),
+        p(k | x) = softmax_k(s · I_e(x) · w_k)          ensemble_prompts, zero_shot_probs (tensors);
+                                                        zero_shot_classifier, zero_shot_predict (model)
     recall@k: the fraction of queries whose match ranks among the top k candidates   recall_at_k
     linear probe: L2-regularised logistic regression on frozen features             linear_probe
+
+Measures on captioned digits (the chapter's and benchmarks/clip.py's protocol): `zero_shot_accuracy`
+(an attribute or a combination, prompts from `captions.class_prompts`), `composition_accuracy` (a
+held-out combination against seen ones), `retrieval_recall` (recall@k among `pool` test images and
+their full captions, averaged over random draws); `class_labels` gives the classes they score.
 
 The towers. `ImageEncoder`: three stride-2 stages of 3 × 3 convolutions with GroupNorm and ReLU
 (32 → 16 → 8 → 4 pixels, channels w, 2w, 4w; stages 2 and 3 add a stride-1 convolution), then a global
@@ -61,13 +67,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aigc_lib.captions import (
+    HOLDOUT,
     LANGS,
     MAX_CAPTION_LEN,
     PAD_ID,
+    VALUES,
     CaptionedDigits,
     caption_tokenizer,
     captions_for,
+    class_prompts,
+    describe,
     encode_captions,
+    matches_holdout,
 )
 from aigc_lib.checks import check_float_tensor, check_int, check_number, shape_of
 from aigc_lib.runtime import eval_mode
@@ -81,12 +92,18 @@ __all__ = [
     "ImageEncoder",
     "TextEncoder",
     "caption_sampler",
+    "class_labels",
     "clip_loss",
+    "composition_accuracy",
+    "ensemble_prompts",
     "linear_probe",
     "recall_at_k",
+    "retrieval_recall",
     "train_clip",
+    "zero_shot_accuracy",
     "zero_shot_classifier",
     "zero_shot_predict",
+    "zero_shot_probs",
 ]
 
 MAX_LOGIT_SCALE = 100.0  # CLIP: "clipped to prevent scaling the logits by more than 100"
@@ -110,6 +127,16 @@ def _clip_loss(logits: Tensor) -> Tensor:
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     targets = torch.arange(len(logits), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def _grouped_clip_loss(logits: Tensor) -> Tensor:
+    """The mean of _clip_loss over G groups' logits (G, g, g), in two cross-entropy calls."""
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    g = logits.shape[-1]
+    targets = torch.arange(g, device=logits.device).repeat(len(logits))
+    rows = F.cross_entropy(logits.flatten(0, 1), targets)
+    cols = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), targets)
+    return 0.5 * (rows + cols)
 
 
 # --------------------------------------------------------------------------- the towers
@@ -316,6 +343,7 @@ def train_clip(
     weight_decay: float = 0.1,
     grad_clip: float | None = 1.0,
     seed: int = 0,
+    group: int | None = None,
     **run: Unpack[RunOptions],
 ) -> History:
     """Train `model` on `clip_loss` with AdamW(lr) (weight decay on matrices only), a linear warm-up of
@@ -326,6 +354,9 @@ def train_clip(
                 callable (step, indices (B,)) -> ids (B, L) giving step `step`'s captions of those images
                 (`caption_sampler(data)`: fresh captions at every step). It must be a function of its
                 arguments alone for a resumed run to be exact.
+    group    -- contrast within groups of this many consecutive pairs of the batch (a divisor of
+                batch_size; None: the whole batch): each image then has group - 1 negatives, while the
+                steps, the samples and the gradient's batch stay the same (a control for batch size).
     Each step's images are batch `step` of epoch permutations seeded by (seed, epoch) (`epoch_indices`);
     trailing all-PAD columns are cut. After every optimizer step logit_scale is clamped to ≤ ln 100.
     `run`: fit's run options (checkpoint, ckpt_every, log_every, desc (here "clip"), progress, on_log).
@@ -336,6 +367,9 @@ def train_clip(
     lr = check_number("lr", lr, inclusive=False)
     weight_decay = check_number("weight_decay", weight_decay)
     warmup = min(100, steps // 10) if warmup is None else check_int("warmup", warmup, low=0)
+    group = batch_size if group is None else check_int("group", group, high=batch_size)
+    if batch_size % group:
+        raise ValueError(f"group: expected a divisor of batch_size={batch_size}, got {group}")
     if grad_clip is not None:
         check_number("grad_clip", grad_clip, 0.0, math.inf, inclusive=False)
     images = _check_images("data", data.images if isinstance(data, CaptionedDigits) else data, model.config)
@@ -368,8 +402,12 @@ def train_clip(
         return images[idx], ids
 
     def loss_fn(m: CLIP, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        logits = m._logits(*batch)
-        return {"loss": _clip_loss(logits), "temperature": 1 / m.scale().detach()}
+        if group == batch_size:
+            loss = _clip_loss(m._logits(*batch))
+        else:
+            img, txt = (e.view(-1, group, e.shape[-1]) for e in (m._encode_image(batch[0]), m._encode_text(batch[1])))
+            loss = _grouped_clip_loss(m.scale() * img @ txt.transpose(1, 2))
+        return {"loss": loss, "temperature": 1 / m.scale().detach()}
 
     @torch.no_grad()
     def on_step(step: int) -> None:  # keep t ≤ ln 100, where its gradient still flows
@@ -401,7 +439,7 @@ def zero_shot_classifier(
 ) -> Tensor:
     """One unit embedding per class (K, embed_dim) from its prompt(s).
 
-    prompts: one str per class, or a list of strs per class (prompt ensembling, CLIP §3.1.5: the mean
+    prompts: one str per class, or a list of strs per class (prompt ensembling, CLIP §3.1.4: the mean
     of the prompts' unit embeddings, renormalised). tokenizer: caption_tokenizer() when None. max_len:
     the longest prompt allowed in tokens (the model's max_len when None)."""
     if not isinstance(model, CLIP):
@@ -427,9 +465,36 @@ def zero_shot_classifier(
     device = next(model.parameters()).device
     with eval_mode(model):
         emb = model._encode_text(ids.to(device))
+    if len({len(g) for g in groups}) == 1:
+        return _ensemble_prompts(emb.view(len(groups), len(groups[0]), -1))
     owner = torch.tensor([k for k, g in enumerate(groups) for _ in g], device=device)
     summed = torch.zeros(len(groups), emb.shape[1], device=device, dtype=emb.dtype).index_add_(0, owner, emb)
-    return F.normalize(summed, dim=-1)  # the mean's direction: normalize(sum) = normalize(mean)
+    return F.normalize(summed, dim=-1)  # as _ensemble_prompts, for classes with different numbers of prompts
+
+
+def ensemble_prompts(prompt_embeddings: Tensor) -> Tensor:
+    """(K, P, D) embeddings of P prompts per class -> (K, D) unit class embeddings: each prompt's
+    embedding normalised, the mean over the P prompts, renormalised (CLIP §3.1.4; the released
+    notebook's "prompt engineering and ensembling"). normalize(mean) = normalize(sum)."""
+    return _ensemble_prompts(check_float_tensor("prompt_embeddings", prompt_embeddings, ndim=3))
+
+
+def _ensemble_prompts(emb: Tensor) -> Tensor:
+    return F.normalize(F.normalize(emb, dim=-1).mean(1), dim=-1)
+
+
+def zero_shot_probs(image_embeddings: Tensor, class_embeddings: Tensor, scale: float | Tensor) -> Tensor:
+    """p(k | x) = softmax_k(scale · cos(image x, class k)), (N, K), from image embeddings (N, D) and class
+    embeddings (K, D) of any length (both are normalised here)."""
+    img = check_float_tensor("image_embeddings", image_embeddings, ndim=2)
+    w = check_float_tensor("class_embeddings", class_embeddings, (None, img.shape[1]))
+    if len(w) == 0:
+        raise ValueError("class_embeddings: expected at least one class, got (0, D)")
+    return _zero_shot_probs(img, w, scale)
+
+
+def _zero_shot_probs(img: Tensor, w: Tensor, scale: float | Tensor) -> Tensor:
+    return torch.softmax(scale * F.normalize(img, dim=-1) @ F.normalize(w.to(img.dtype), dim=-1).T, dim=-1)
 
 
 def zero_shot_predict(
@@ -451,7 +516,7 @@ def zero_shot_predict(
         scale = model.scale()
         for lo in range(0, len(images), batch_size):
             emb = model._encode_image(images[lo : lo + batch_size].to(device))
-            probs.append(torch.softmax(scale * emb @ w.to(emb.dtype).T, dim=-1))
+            probs.append(_zero_shot_probs(emb, w, scale))
     p = torch.cat(probs)
     return p.argmax(-1), p
 
@@ -544,6 +609,78 @@ def _linear_probe(
         opt.step(closure)
     with torch.no_grad():
         return float(((xte @ W + b).argmax(1) == yte).double().mean())
+
+
+# --------------------------------------------------------------------------- measuring on captioned digits
+
+
+def class_labels(data: CaptionedDigits, attrs: str | Sequence[str]) -> Tensor:
+    """Each image's class among `captions.class_prompts(attrs)`'s classes (int64 (N,)): its value of
+    the attribute, or the index of its value combination in itertools.product order."""
+    if not isinstance(data, CaptionedDigits):
+        raise ValueError(f"data: expected CaptionedDigits (captions.captioned_digits), got {type(data).__name__}")
+    names = (attrs,) if isinstance(attrs, str) else tuple(attrs)
+    class_prompts(names)  # checks the names
+    label = torch.zeros(len(data), dtype=torch.int64)
+    for name in names:  # mixed radix, last attribute fastest: itertools.product's order
+        label = label * len(VALUES[name]) + data.attrs[name]
+    return label
+
+
+def zero_shot_accuracy(
+    model: CLIP, data: CaptionedDigits, attrs: str | Sequence[str], lang: str = "en", ensemble: bool = True
+) -> float:
+    """The fraction of `data`'s images whose value (combination) of `attrs` the zero-shot classifier
+    built from `captions.class_prompts(attrs, lang, ensemble)` names correctly."""
+    _, prompts = class_prompts(attrs, lang, ensemble)
+    labels = class_labels(data, attrs)
+    pred, _ = zero_shot_predict(model, data.images, zero_shot_classifier(model, prompts))
+    return float((pred.cpu() == labels).double().mean())
+
+
+def composition_accuracy(model: CLIP, data: CaptionedDigits, entry: Sequence, lang: str = "en") -> dict[str, float]:
+    """Zero-shot accuracy over the value combinations of a held-out entry's attributes (e.g. every
+    (digit, colour) pair for (("digit", 7), ("colour", "red"))), on two groups of `data`'s images:
+    "held_out", those with the entry's combination (never in training), and "seen", those matching no
+    entry of captions.HOLDOUT (every combination trained on). Also their counts "n_held_out", "n_seen"."""
+    entry = tuple(entry)
+    matches_holdout(data, (entry,))  # checks the entry
+    names = [name for name, _ in entry]
+    _, prompts = class_prompts(names, lang)
+    pred, _ = zero_shot_predict(model, data.images, zero_shot_classifier(model, prompts))
+    right = pred.cpu() == class_labels(data, names)
+    groups = {"held_out": matches_holdout(data, (entry,)), "seen": ~matches_holdout(data, HOLDOUT)}
+    out: dict[str, float] = {}
+    for group, mask in groups.items():
+        out[group] = float(right[mask].double().mean()) if mask.any() else math.nan
+        out["n_" + group] = int(mask.sum())
+    return out
+
+
+def retrieval_recall(
+    model: CLIP, data: CaptionedDigits, k: int = 1, pool: int = 100, trials: int = 20, lang: str = "en", seed: int = 0
+) -> dict[str, float]:
+    """Recall@k of text -> image and image -> text retrieval among `pool` images drawn at random from
+    `data` with their full captions (`captions.describe`), averaged over `trials` draws (seeded):
+    {"text_to_image": …, "image_to_text": …}. Two images of a pool with the same full caption count as
+    a miss for each other (a tie goes against the match)."""
+    if not isinstance(data, CaptionedDigits):
+        raise ValueError(f"data: expected CaptionedDigits (captions.captioned_digits), got {type(data).__name__}")
+    check_int("pool", pool, high=len(data)), check_int("k", k, high=pool), check_int("trials", trials)
+    check_int("seed", seed, low=0)
+    texts = [describe(data.row(i), lang) for i in range(len(data))]
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    found = {"text_to_image": 0.0, "image_to_text": 0.0}
+    with eval_mode(model):
+        for _ in range(trials):
+            idx = torch.randperm(len(data), generator=g)[:pool]
+            ids, _ = encode_captions([texts[i] for i in idx.tolist()])
+            sim = model._encode_text(ids.to(device)) @ model._encode_image(data.images[idx].to(device)).T
+            sim = sim.cpu()
+            found["text_to_image"] += _recall_at_k(sim, k, torch.arange(pool)) / trials
+            found["image_to_text"] += _recall_at_k(sim.T.contiguous(), k, torch.arange(pool)) / trials
+    return found
 
 
 # --------------------------------------------------------------------------- argument checks

@@ -470,3 +470,16 @@ ROW = {"digit": 7, "size": 0, "position": 0, "thickness": 1, "colour": 0}
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_subset_keeps_rows_together(test_cycled):
+    mask = test_cycled.attrs["colour"] == 0
+    red = test_cycled.subset(mask)
+    assert len(red) == int(mask.sum()) and bool((red.attrs["colour"] == 0).all())
+    first = torch.nonzero(mask)[0, 0].item()
+    assert red.row(0) == test_cycled.row(first) and torch.equal(red.images[0], test_cycled.images[first])
+    picked = test_cycled.subset(torch.tensor([3, 1]))
+    assert picked.row(0) == test_cycled.row(3) and int(picked.source[1]) == int(test_cycled.source[1])
+    for bad in (mask[:-1], torch.tensor([len(test_cycled)]), [0, 1]):
+        with pytest.raises(ValueError, match="which"):
+            test_cycled.subset(bad)

@@ -18,12 +18,18 @@ from aigc_lib.clip import (
     MAX_LOGIT_SCALE,
     CLIPConfig,
     caption_sampler,
+    class_labels,
     clip_loss,
+    composition_accuracy,
+    ensemble_prompts,
     linear_probe,
     recall_at_k,
+    retrieval_recall,
     train_clip,
+    zero_shot_accuracy,
     zero_shot_classifier,
     zero_shot_predict,
+    zero_shot_probs,
 )
 
 TINY = dict(image_width=8, text_width=16, text_layers=1, text_heads=2, embed_dim=16)
@@ -216,6 +222,65 @@ def test_zero_shot_prompt_ensembling_is_the_renormalised_mean():
     assert torch.allclose(probs.sum(1), torch.ones(5), atol=1e-6)
 
 
+def test_ensemble_prompts_and_zero_shot_probs_against_their_definitions():
+    e = randn(3, 4, 5, dtype=F64) * torch.rand(3, 4, 1, generator=gen(1), dtype=F64) * 3
+    want = torch.stack([F.normalize(sum(F.normalize(e[k, p], dim=0) for p in range(4)) / 4, dim=0) for k in range(3)])
+    assert close(ensemble_prompts(e), want, 1e-12)
+    model = tiny_clip()  # equal-size groups go through ensemble_prompts, others through index_add: the same result
+    groups = [["a seven", "a 7"], ["a three", "an image of a 3"]]
+    uneven = zero_shot_classifier(model, groups + [["a two"]])
+    assert torch.allclose(zero_shot_classifier(model, groups), uneven[:2], atol=1e-6)
+
+    img, w = randn(6, 5, dtype=F64) * 4, randn(3, 5, dtype=F64) * torch.tensor([[0.5], [2.0], [9.0]], dtype=F64)
+    p = zero_shot_probs(img, w, 30.0)
+    cos = torch.tensor(
+        [[F.cosine_similarity(img[i], w[k], dim=0).item() for k in range(3)] for i in range(6)], dtype=F64
+    )
+    assert close(p, torch.softmax(30 * cos, dim=1), 1e-12) and close(p.sum(1), torch.ones(6, dtype=F64), 1e-12)
+    assert close(zero_shot_probs(img * 7, w / 3, torch.tensor(30.0, dtype=F64)), p, 1e-12)  # lengths never matter
+
+
+def test_class_prompts_labels_and_the_measures_on_captioned_digits():
+    classes, prompts = C.class_prompts(("digit", "colour"))
+    assert len(classes) == 40 and classes[29] == (7, 1) and prompts[29][0] == "a green seven"
+    assert C.class_prompts("digit", ensemble=False) == (
+        list(range(10)),
+        [[C.prompt_for("digit", d)] for d in range(10)],
+    )
+    assert len(C.class_prompts("size", "zh")[1][1]) == 30  # ten digits x three templates
+    test = C.captioned_digits("test", n=60, seed=3)
+    labels = class_labels(test, ("digit", "colour"))
+    assert [classes[i] for i in labels.tolist()] == list(
+        zip(test.attrs["digit"].tolist(), test.attrs["colour"].tolist(), strict=True)
+    )
+    assert torch.equal(class_labels(test, "size"), test.attrs["size"])
+
+    model = tiny_clip()
+    pred, _ = zero_shot_predict(model, test.images, zero_shot_classifier(model, C.class_prompts("position", "zh")[1]))
+    assert zero_shot_accuracy(model, test, "position", "zh") == float((pred == test.attrs["position"]).double().mean())
+
+    entry = C.HOLDOUT[0]  # a red seven
+    r = composition_accuracy(model, test, entry)
+    held = (test.attrs["digit"] == 7) & (test.attrs["colour"] == 0)
+    assert r["n_held_out"] == int(held.sum()) and r["n_seen"] == int((~C.matches_holdout(test)).sum())
+    pred, _ = zero_shot_predict(
+        model, test.images, zero_shot_classifier(model, C.class_prompts(("digit", "colour"))[1])
+    )
+    assert r["held_out"] == pytest.approx(float((pred == labels)[held].double().mean()))
+
+    got = retrieval_recall(model, test, k=2, pool=10, trials=3, seed=4)
+    g, want = torch.Generator().manual_seed(4), 0.0
+    for _ in range(3):
+        idx = torch.randperm(len(test), generator=g)[:10]
+        ids = C.encode_captions([C.describe(test.row(i)) for i in idx.tolist()])[0]
+        want += recall_at_k(model.encode_text(ids) @ model.encode_image(test.images[idx]).T, 2) / 3
+    assert got["text_to_image"] == pytest.approx(want)
+    with pytest.raises(ValueError, match="attrs"):
+        C.class_prompts(("digit", "digit"))
+    with pytest.raises(ValueError, match="pool"):
+        retrieval_recall(model, test, pool=61)
+
+
 def test_recall_at_k_on_a_hand_made_matrix():
     sim = torch.tensor(
         [
@@ -301,6 +366,22 @@ def test_train_clip_same_seed_same_run_whatever_torch_rng(small_train):
         runs.append((model, h))
     assert states_equal(runs[0][0], runs[1][0]) and runs[0][1]["loss"] == runs[1][1]["loss"]
     assert not states_equal(runs[0][0], runs[2][0])
+
+
+def test_train_clip_groups_contrast_within_groups(small_train):
+    from aigc_lib.clip import _grouped_clip_loss
+
+    logits = randn(3, 4, 4, dtype=F64) * 5
+    assert close(_grouped_clip_loss(logits), torch.stack([clip_loss(x) for x in logits]).mean(), 1e-6)
+    a, b = tiny_clip(), tiny_clip()
+    ha = train_clip(a, small_train, caption_sampler(small_train), 3, batch_size=16, **RUN)
+    hb = train_clip(b, small_train, caption_sampler(small_train), 3, batch_size=16, group=16, **RUN)
+    assert states_equal(a, b) and ha["loss"] == hb["loss"]  # one group of the whole batch: the plain loss
+    c = tiny_clip()
+    hc = train_clip(c, small_train, caption_sampler(small_train), 3, batch_size=16, group=4, **RUN)
+    assert abs(hc["loss"][0] - math.log(4)) < abs(hc["loss"][0] - math.log(16))  # chance is now ln 4
+    with pytest.raises(ValueError, match="group"):
+        train_clip(tiny_clip(), small_train, caption_sampler(small_train), 1, batch_size=16, group=5, **RUN)
 
 
 def test_train_clip_resumes_exactly_from_a_checkpoint(tmp_path, small_train):

@@ -1158,6 +1158,199 @@ def guidance_lerp(eps_cond, eps_uncond, scale):
     return torch.lerp(eps_uncond, eps_cond, scale)
 
 
+# ------------------------------------------------------------------------------------------ 06
+
+
+def _targets(logits):
+    return torch.arange(len(logits))
+
+
+@mutant("06.clip_loss")
+def clip_loss_images_only(logits_per_image):
+    return F.cross_entropy(logits_per_image, _targets(logits_per_image))
+
+
+@mutant("06.clip_loss")
+def clip_loss_no_half(logits_per_image):
+    t = _targets(logits_per_image)
+    return F.cross_entropy(logits_per_image, t) + F.cross_entropy(logits_per_image.T, t)
+
+
+@mutant("06.clip_loss")
+def clip_loss_summed_over_the_batch(logits_per_image):
+    t = _targets(logits_per_image)
+    return (
+        F.cross_entropy(logits_per_image, t, reduction="sum") + F.cross_entropy(logits_per_image.T, t, reduction="sum")
+    ) / 2
+
+
+@mutant("06.clip_loss")
+def clip_loss_naive_softmax(logits_per_image):
+    e = logits_per_image.exp()
+    d = logits_per_image.diagonal()
+    return -((d - e.sum(1).log()).mean() + (d - e.sum(0).log()).mean()) / 2
+
+
+@mutant("06.clip_loss")
+def clip_loss_rows_twice(logits_per_image):
+    t = _targets(logits_per_image)
+    return (F.cross_entropy(logits_per_image, t) + F.cross_entropy(logits_per_image, t)) / 2
+
+
+@mutant("06.clip_loss")
+def clip_loss_log_of_softmax(logits_per_image):
+    rows, cols = logits_per_image.softmax(1).diagonal(), logits_per_image.softmax(0).diagonal()
+    return -(rows.log().mean() + cols.log().mean()) / 2
+
+
+@mutant("06.clip_loss")
+def clip_loss_shifted_by_the_diagonal(logits_per_image):
+    d = logits_per_image.diagonal()
+    rows = (logits_per_image - d[:, None]).exp().sum(1).log()
+    cols = (logits_per_image - d[None, :]).exp().sum(0).log()
+    return (rows.mean() + cols.mean()) / 2
+
+
+@mutant("06.clip_loss")
+def clip_loss_clamped_logits(logits_per_image):
+    return clip_loss_naive_softmax(logits_per_image.clamp(max=80))
+
+
+@correct("06.clip_loss")
+def clip_loss_by_logsumexp(logits_per_image):
+    d = logits_per_image.diagonal()
+    rows = logits_per_image.logsumexp(1) - d
+    cols = logits_per_image.logsumexp(0) - d
+    return (rows.mean() + cols.mean()) / 2
+
+
+@correct("06.clip_loss")
+def clip_loss_loop_over_rows(logits_per_image):
+    B = len(logits_per_image)
+    total = 0.0
+    for i in range(B):
+        total = total + torch.log_softmax(logits_per_image[i], 0)[i] + torch.log_softmax(logits_per_image[:, i], 0)[i]
+    return -total / (2 * B)
+
+
+@mutant("06.zero_shot_probs")
+def probs_classes_not_normalised(image_embeddings, class_embeddings, scale):
+    return torch.softmax(scale * F.normalize(image_embeddings, dim=-1) @ class_embeddings.T, dim=-1)
+
+
+@mutant("06.zero_shot_probs")
+def probs_images_not_normalised(image_embeddings, class_embeddings, scale):
+    return torch.softmax(scale * image_embeddings @ F.normalize(class_embeddings, dim=-1).T, dim=-1)
+
+
+@mutant("06.zero_shot_probs")
+def probs_softmax_over_images(image_embeddings, class_embeddings, scale):
+    cos = F.normalize(image_embeddings, dim=-1) @ F.normalize(class_embeddings, dim=-1).T
+    return torch.softmax(scale * cos, dim=0)
+
+
+@mutant("06.zero_shot_probs")
+def probs_no_scale(image_embeddings, class_embeddings, scale):
+    return torch.softmax(F.normalize(image_embeddings, dim=-1) @ F.normalize(class_embeddings, dim=-1).T, dim=-1)
+
+
+@mutant("06.zero_shot_probs")
+def probs_divided_by_scale(image_embeddings, class_embeddings, scale):
+    cos = F.normalize(image_embeddings, dim=-1) @ F.normalize(class_embeddings, dim=-1).T
+    return torch.softmax(cos / scale, dim=-1)
+
+
+@mutant("06.zero_shot_probs")
+def probs_plain_exp(image_embeddings, class_embeddings, scale):
+    e = (scale * F.normalize(image_embeddings, dim=-1) @ F.normalize(class_embeddings, dim=-1).T).exp()
+    return e / e.sum(1, keepdim=True)
+
+
+@correct("06.zero_shot_probs")
+def probs_in_float64(image_embeddings, class_embeddings, scale):
+    cos = F.normalize(image_embeddings.double(), dim=-1) @ F.normalize(class_embeddings.double(), dim=-1).T
+    return torch.softmax(float(scale) * cos, dim=-1).to(image_embeddings.dtype)
+
+
+@correct("06.zero_shot_probs")
+def probs_by_cosine_similarity(image_embeddings, class_embeddings, scale):
+    cos = F.cosine_similarity(image_embeddings[:, None, :], class_embeddings[None, :, :], dim=-1)
+    return torch.softmax(scale * cos, dim=1)
+
+
+@mutant("06.ensemble_prompts")
+def ensemble_mean_of_raw_vectors(prompt_embeddings):
+    return F.normalize(prompt_embeddings.mean(1), dim=-1)
+
+
+@mutant("06.ensemble_prompts")
+def ensemble_not_renormalised(prompt_embeddings):
+    return F.normalize(prompt_embeddings, dim=-1).mean(1)
+
+
+@mutant("06.ensemble_prompts")
+def ensemble_over_classes(prompt_embeddings):
+    return F.normalize(F.normalize(prompt_embeddings, dim=-1).mean(0), dim=-1)
+
+
+@mutant("06.ensemble_prompts")
+def ensemble_normalised_along_prompts(prompt_embeddings):
+    return F.normalize(F.normalize(prompt_embeddings, dim=1).mean(1), dim=-1)
+
+
+@correct("06.ensemble_prompts")
+def ensemble_normalised_sum(prompt_embeddings):
+    unit = prompt_embeddings / prompt_embeddings.norm(dim=-1, keepdim=True)
+    total = unit.sum(1)
+    return total / total.norm(dim=-1, keepdim=True)
+
+
+@mutant("06.recall_at_k")
+def recall_ties_in_favour(sim, k):
+    rank = (sim > sim.diagonal()[:, None]).sum(1)
+    return float((rank < k).float().mean())
+
+
+@mutant("06.recall_at_k")
+def recall_columns_as_queries(sim, k):
+    sim = sim[:, : len(sim)].T
+    rank = (sim >= sim.diagonal()[:, None]).sum(1) - 1
+    return float((rank < k).float().mean())
+
+
+@mutant("06.recall_at_k")
+def recall_off_by_one(sim, k):
+    rank = (sim >= sim.diagonal()[:, None]).sum(1) - 1
+    return float((rank <= k).float().mean())
+
+
+@mutant("06.recall_at_k")
+def recall_match_anywhere_in_topk_of_column(sim, k):
+    top = sim.topk(k, dim=0).indices  # the top k queries of each candidate
+    return float(sum(i in top[:, i].tolist() for i in range(len(sim))) / len(sim))
+
+
+@mutant("06.recall_at_k")
+def recall_beats_the_next_value(sim, k):
+    nxt = sim.topk(min(k + 1, sim.shape[1]), dim=1).values[:, -1]
+    return float((sim.diagonal() > nxt).float().mean())
+
+
+@mutant("06.recall_at_k")
+def recall_by_topk_indices(sim, k):
+    top = sim.topk(k, dim=1).indices
+    return float((top == torch.arange(len(sim))[:, None]).any(1).float().mean())
+
+
+@correct("06.recall_at_k")
+def recall_loop(sim, k):
+    hits = 0
+    for i, row in enumerate(sim.tolist()):
+        better_or_equal = sum(1 for j, v in enumerate(row) if j != i and v >= row[i])
+        hits += better_or_equal < k
+    return hits / len(sim)
+
+
 # ---------------------------------------------------------------------------------------- tests
 
 CHAPTERS = sorted(p.stem[2:] for p in Path(exercises.__file__).parent.glob("ch[0-9][0-9].py"))

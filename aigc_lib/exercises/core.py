@@ -11,6 +11,7 @@ import contextlib
 import functools
 import io
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -142,7 +143,9 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) 
         return Verdict(True, "")
     if type(expected) in (float, int):
         if type(got) not in (float, int):
-            return Verdict(False, f"expected a Python number, got {_describe(got)}")
+            convert = isinstance(got, numbers.Real) or (type(got) is torch.Tensor and got.numel() == 1)
+            fix = f" ({type(got).__module__}.{type(got).__name__}): convert it with float(...)" if convert else ""
+            return Verdict(False, f"expected a Python number, got {_describe(got)}{fix}")
         if math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
             return Verdict(True, "")
         return Verdict(False, f"expected {_fmt(expected)}, got {_fmt(got)} (abs error {_fmt(abs(got - expected))})")
