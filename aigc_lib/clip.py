@@ -660,22 +660,28 @@ def composition_accuracy(model: CLIP, data: CaptionedDigits, entry: Sequence, la
 def retrieval_recall(
     model: CLIP, data: CaptionedDigits, k: int = 1, pool: int = 100, trials: int = 20, lang: str = "en", seed: int = 0
 ) -> dict[str, float]:
-    """Recall@k of text -> image and image -> text retrieval among `pool` images drawn at random from
-    `data` with their full captions (`captions.describe`), averaged over `trials` draws (seeded):
-    {"text_to_image": …, "image_to_text": …}. Two images of a pool with the same full caption count as
-    a miss for each other (a tie goes against the match)."""
+    """Recall@k of text -> image and image -> text retrieval among `pool` images of `data` with their
+    full captions (`captions.describe`), averaged over `trials` random pools (seeded): {"text_to_image":
+    …, "image_to_text": …}. Each pool holds images with *distinct* full captions (the first `pool` of a
+    random order, skipping an image whose caption the pool already has): two images with one caption
+    would each be a right answer for the other, and a tie counts against the match."""
     if not isinstance(data, CaptionedDigits):
         raise ValueError(f"data: expected CaptionedDigits (captions.captioned_digits), got {type(data).__name__}")
-    check_int("pool", pool, high=len(data)), check_int("k", k, high=pool), check_int("trials", trials)
-    check_int("seed", seed, low=0)
     texts = [describe(data.row(i), lang) for i in range(len(data))]
+    check_int("pool", pool, high=len(set(texts))), check_int("k", k, high=pool), check_int("trials", trials)
+    check_int("seed", seed, low=0)
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     found = {"text_to_image": 0.0, "image_to_text": 0.0}
     with eval_mode(model):
         for _ in range(trials):
-            idx = torch.randperm(len(data), generator=g)[:pool]
-            ids, _ = encode_captions([texts[i] for i in idx.tolist()])
+            chosen: dict[str, int] = {}
+            for i in torch.randperm(len(data), generator=g).tolist():
+                chosen.setdefault(texts[i], i)
+                if len(chosen) == pool:
+                    break
+            idx = torch.tensor(list(chosen.values()))
+            ids, _ = encode_captions(list(chosen))
             sim = model._encode_text(ids.to(device)) @ model._encode_image(data.images[idx].to(device)).T
             sim = sim.cpu()
             found["text_to_image"] += _recall_at_k(sim, k, torch.arange(pool)) / trials

@@ -271,14 +271,19 @@ def test_class_prompts_labels_and_the_measures_on_captioned_digits():
     got = retrieval_recall(model, test, k=2, pool=10, trials=3, seed=4)
     g, want = torch.Generator().manual_seed(4), 0.0
     for _ in range(3):
-        idx = torch.randperm(len(test), generator=g)[:10]
+        pooled = {}  # the first 10 distinct full captions of a random order
+        for i in torch.randperm(len(test), generator=g).tolist():
+            pooled.setdefault(C.describe(test.row(i)), i)
+        idx = torch.tensor(list(pooled.values())[:10])
         ids = C.encode_captions([C.describe(test.row(i)) for i in idx.tolist()])[0]
         want += recall_at_k(model.encode_text(ids) @ model.encode_image(test.images[idx]).T, 2) / 3
     assert got["text_to_image"] == pytest.approx(want)
+    twins = test.subset(torch.tensor([0, 0, 1, 1, 2]))  # three distinct captions among five images
+    assert retrieval_recall(model, twins, pool=3, k=3, trials=2)["image_to_text"] == 1.0
     with pytest.raises(ValueError, match="attrs"):
         C.class_prompts(("digit", "digit"))
     with pytest.raises(ValueError, match="pool"):
-        retrieval_recall(model, test, pool=61)
+        retrieval_recall(model, twins, pool=4)
 
 
 def test_recall_at_k_on_a_hand_made_matrix():

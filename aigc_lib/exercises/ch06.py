@@ -70,7 +70,10 @@ EXERCISES = (
         cases=(
             Case("all logits equal: the loss is ln B (chance)", lambda: {"logits_per_image": torch.zeros(4, 4)}),
             Case("B=5, a model's logits (not symmetric)", lambda: logits_case(5, 0)),
-            Case("B=1: one pair, nothing to contrast (loss 0)", lambda: {"logits_per_image": torch.tensor([[3.0]])}),
+            Case(
+                "a confident model, scale 100: logits near 100 (exp overflows float32)",
+                lambda: logits_case(6, 100, scale=100.0, noise=0.05),
+            ),
         ),
     ),
     Exercise(
