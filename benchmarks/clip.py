@@ -16,6 +16,10 @@ protocol on the 1,000 test images of `captioned_digits("test")` (held-out combin
   retrieval           -- text -> image recall@1 among 100 test images, full captions, 20 draws;
   compositions        -- `clip.composition_accuracy` for each held-out entry: held-out vs seen images.
 
+The batch-size comparison adds a control: batch 64 contrasted within groups of 16 (train_clip's
+`group`), which keeps batch 64's steps and gradients and gives each image batch 16's 15 negatives.
+Retrieval pools hold images with distinct full captions (`clip.retrieval_recall`).
+
 Compute is reported as training FLOPs (forward + backward of one step counted with
 torch.utils.flop_counter.FlopCounterMode, times the steps). Batch sizes are compared at equal
 samples: steps = samples / batch. Throughput: training images/s of the recipe's step, median of
@@ -98,22 +102,23 @@ def main() -> None:
     flops = {b: step_flops(clip.CLIP(clip.CLIPConfig()), train, b) for b in sorted({64, *args.batches})}
     runs = {}
 
-    def run(steps: int, batch: int) -> dict:
-        if (steps, batch) not in runs:
+    def run(steps: int, batch: int, group: int | None = None) -> dict:
+        if (steps, batch, group) not in runs:
             start = time.perf_counter()
-            ckpt = f"checkpoints/bench_clip_{images}_{steps}_b{batch}.pt"
-            model, _ = ch06.train_clip_model(
-                {"images": images, "steps": steps, "batch": batch}, train, "cpu", checkpoint=ckpt, progress=False
-            )
+            ckpt = f"checkpoints/bench_clip_{images}_{steps}_b{batch}" + (f"_g{group}" if group else "") + ".pt"
+            sizes = {"images": images, "steps": steps, "batch": batch, "group": group}
+            model, _ = ch06.train_clip_model(sizes, train, "cpu", checkpoint=ckpt, progress=False)
             took = time.perf_counter() - start
-            result = {"steps": steps, "batch": batch, "samples": steps * batch, "train_flops": flops[batch] * steps}
-            result |= {"train_s": round(took, 1)} | evaluate(model, train, test)
-            runs[(steps, batch)] = result
+            result = {"steps": steps, "batch": batch, "group": group, "samples": steps * batch}
+            result |= {"train_flops": flops[batch] * steps, "train_s": round(took, 1)} | evaluate(model, train, test)
+            runs[(steps, batch, group)] = result
             print(json.dumps({k: v for k, v in result.items() if not k.startswith("composition")}))
-        return runs[(steps, batch)]
+        return runs[(steps, batch, group)]
 
     curve = [run(s, 64) for s in args.steps]
     batches = [run(args.samples // b, b) for b in args.batches]
+    if 64 in args.batches and 16 in args.batches:  # the control: batch 64's steps, batch 16's negatives
+        batches.append(run(args.samples // 64, 64, group=16))
     peak = matmul_gflops(reps=5)
     rate = throughput(train, 64, repeats=1 if args.quick else 3, steps=20 if args.quick else 200)
     report = {
@@ -131,10 +136,11 @@ def main() -> None:
         f"\ntraining: {rate:.0f} images/s = {rate / 64 * flops[64] / 1e9:.1f} GFLOP/s, "
         f"{report['share_of_peak']:.0%} of the fp32 matmul peak ({peak:.0f} GFLOP/s, {args.threads} threads)"
     )
-    print("\nsteps  batch  TFLOP  digit en/zh   1-prompt probe  size  pos  thick colour R@1/100")
+    print("\nsteps  batch group  TFLOP  digit en/zh   1-prompt probe  size  pos  thick colour R@1/100")
     for r in curve + batches:
         print(
-            f"{r['steps']:6d} {r['batch']:5d} {r['train_flops'] / 1e12:6.2f}  {r['digit_en']:6.1%} {r['digit_zh']:6.1%}"
+            f"{r['steps']:6d} {r['batch']:5d} {r['group'] or r['batch']:5d} {r['train_flops'] / 1e12:6.2f}"
+            f"  {r['digit_en']:6.1%} {r['digit_zh']:6.1%}"
             f" {r['digit_one_prompt']:6.1%} {r['probe_digit']:6.1%} {r['size']:5.1%} {r['position']:5.1%}"
             f" {r['thickness']:5.1%} {r['colour']:5.1%} {r['t2i_recall1_of_100']:6.1%}"
         )
