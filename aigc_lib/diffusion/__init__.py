@@ -41,9 +41,10 @@ from aigc_lib.diffusion.schedule import (
     v_target,
 )
 from aigc_lib.diffusion.train import EMA, train_diffusion
-from aigc_lib.diffusion.unet import ResBlock, SelfAttention, UNet, UNetConfig, timestep_embedding
+from aigc_lib.diffusion.unet import CrossAttention, ResBlock, SelfAttention, UNet, UNetConfig, timestep_embedding
 
 __all__ = [
+    "CrossAttention",
     "EMA",
     "BoundTerms",
     "PREDICTIONS",

@@ -8,6 +8,7 @@ block that adds the time (+ class) embedding, self-attention), then the U-Net th
     e     = MLP(emb(t)) + E_class[y]           (y = n_classes is the null label ∅ of CFG)       UNet.forward
     h     = conv(SiLU(GN(x))) + W e;  out = skip(x) + conv(dropout(SiLU(GN(h))))                 ResBlock
     out   = x + proj(softmax(q kᵀ / √d) v) over the H·W positions, q, k, v = 1×1 convs of GN(x)   SelfAttention
+    out   = x + proj(softmax(q kᵀ / √d) v), q from GN(x), k, v from context tokens (PAD masked)   CrossAttention
 
 Down: conv_in, then per level `blocks` ResBlocks (+ attention) and a stride-2 conv (not after the last
 level); middle: ResBlock, attention, ResBlock; up: per level `blocks + 1` ResBlocks on the
@@ -148,6 +149,48 @@ class SelfAttention(nn.Module):
         h = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, d)
         h = h.transpose(-1, -2).reshape(B, C, H, W)
         return x + self.proj(h)
+
+
+class CrossAttention(nn.Module):
+    """x + proj(softmax(q kᵀ / √d) v): queries from GN(x) at the H·W positions (a 1×1 conv), keys and
+    values from context tokens (B, L, context_dim) such as a text tower's states (one linear map).
+    `mask` (B, L) bool, True for real tokens, keeps padding out of every softmax. An image whose
+    context has no real token (a caption of padding only) gets no update: the block is the identity,
+    so the network computes its unconditional branch. proj starts at zero (the block starts as identity).
+    Equal to nn.MultiheadAttention(channels, heads, kdim=vdim=context_dim) with key_padding_mask=~mask
+    on the flattened positions, weights mapped as tests/test_diffusion_cross_attention.py shows."""
+
+    def __init__(self, channels: int, context_dim: int, groups: int, heads: int):
+        super().__init__()
+        check_int("context_dim", context_dim), check_int("heads", heads)
+        if channels % heads:
+            raise ValueError(f"heads: expected a divisor of channels={channels}, got {heads}")
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight), nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        B, C, H, W = x.shape
+        if context.ndim != 3 or len(context) != B or context.shape[-1] != self.kv.in_features:
+            raise ValueError(
+                f"context: expected (B={B}, L, {self.kv.in_features}) token states, got {shape_of(context)}"
+            )
+        L, nh = context.shape[1], self.heads
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, L)):
+            raise ValueError(f"mask: expected a bool tensor ({B}, {L}), True for real tokens, got {shape_of(mask)}")
+        q = self.q(self.norm(x)).reshape(B, nh, C // nh, H * W).transpose(-1, -2)  # (B, nh, HW, d)
+        k, v = self.kv(context).reshape(B, L, 2, nh, C // nh).permute(2, 0, 3, 1, 4)  # each (B, nh, L, d)
+        if mask is None:
+            h = F.scaled_dot_product_attention(q, k, v)
+            return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        some = mask.any(1)  # an all-padding context would make every weight 0/0: attend to all, then drop it
+        keep = mask | ~some[:, None]
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        update = self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        return x + update * some[:, None, None, None].to(update.dtype)
 
 
 class _Level(nn.Module):
