@@ -73,3 +73,22 @@ def test_starts_as_identity_and_checks_its_inputs():
         m(x, torch.randn(2, 5, 6), torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="heads"):
         CrossAttention(8, 6, groups=2, heads=3)
+    for bad_x in (torch.randn(2, 8, 3), torch.randn(2, 4, 3, 3), torch.ones(2, 8, 3, 3, dtype=torch.int64)):
+        with pytest.raises(ValueError, match="x"):
+            m(bad_x, torch.randn(2, 5, 6))
+    for bad_context in (torch.randn(2, 0, 6), torch.randn(2, 5, 6, dtype=F64), [[0.0]]):
+        with pytest.raises(ValueError, match="context"):
+            m(x, bad_context)
+
+
+def test_non_finite_padding_states_never_leak():
+    m = block()
+    g = torch.Generator().manual_seed(3)
+    x, ctx = torch.randn(2, 8, 3, 3, generator=g, dtype=F64), torch.randn(2, 4, 6, generator=g, dtype=F64)
+    mask = torch.tensor([[True, True, False, False], [False] * 4])
+    poisoned = ctx.clone()
+    poisoned[:, 2:] = float("nan")
+    poisoned[1] = float("inf")
+    out = m(x, poisoned, mask)
+    torch.testing.assert_close(out, m(x, ctx, mask), rtol=0, atol=0)
+    assert torch.equal(out[1], x[1])

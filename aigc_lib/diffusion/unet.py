@@ -162,7 +162,7 @@ class CrossAttention(nn.Module):
 
     def __init__(self, channels: int, context_dim: int, groups: int, heads: int):
         super().__init__()
-        check_int("context_dim", context_dim), check_int("heads", heads)
+        check_int("channels", channels), check_int("context_dim", context_dim), check_int("heads", heads)
         if channels % heads:
             raise ValueError(f"heads: expected a divisor of channels={channels}, got {heads}")
         self.heads = heads
@@ -173,14 +173,29 @@ class CrossAttention(nn.Module):
         nn.init.zeros_(self.proj.weight), nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
-        B, C, H, W = x.shape
-        if context.ndim != 3 or len(context) != B or context.shape[-1] != self.kv.in_features:
+        C = self.q.in_channels
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 4 or x.shape[1] != C:
+            raise ValueError(f"x: expected float features (B, {C}, H, W), got {shape_of(x)}")
+        B, _, H, W = x.shape
+        if (
+            not isinstance(context, Tensor)
+            or context.dtype != x.dtype
+            or context.ndim != 3
+            or len(context) != B
+            or context.shape[1] == 0
+            or context.shape[-1] != self.kv.in_features
+        ):
             raise ValueError(
-                f"context: expected (B={B}, L, {self.kv.in_features}) token states, got {shape_of(context)}"
+                f"context: expected {x.dtype} token states (B={B}, L >= 1, {self.kv.in_features}), got "
+                f"{context.dtype if isinstance(context, Tensor) else ''} {shape_of(context)}"
             )
         L, nh = context.shape[1], self.heads
-        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, L)):
-            raise ValueError(f"mask: expected a bool tensor ({B}, {L}), True for real tokens, got {shape_of(mask)}")
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (B, L):
+                raise ValueError(
+                    f"mask: expected a bool tensor ({B}, {L}), True for real tokens (ids != PAD_ID), got {shape_of(mask)}"
+                )
+            context = context.masked_fill(~mask[..., None], 0.0)  # padding states never reach the arithmetic
         q = self.q(self.norm(x)).reshape(B, nh, C // nh, H * W).transpose(-1, -2)  # (B, nh, HW, d)
         k, v = self.kv(context).reshape(B, L, 2, nh, C // nh).permute(2, 0, 3, 1, 4)  # each (B, nh, L, d)
         if mask is None:
@@ -190,7 +205,7 @@ class CrossAttention(nn.Module):
         keep = mask | ~some[:, None]
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
         update = self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-        return x + update * some[:, None, None, None].to(update.dtype)
+        return torch.where(some[:, None, None, None], x + update, x)
 
 
 class _Level(nn.Module):
