@@ -124,13 +124,12 @@ def clip_loss(logits_per_image: Tensor) -> Tensor:
 
 
 def _clip_loss(logits: Tensor) -> Tensor:
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    targets = torch.arange(len(logits), device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+    return _grouped_clip_loss(logits[None])  # one group: the whole batch
 
 
 def _grouped_clip_loss(logits: Tensor) -> Tensor:
-    """The mean of _clip_loss over G groups' logits (G, g, g), in two cross-entropy calls."""
+    """Symmetric InfoNCE averaged over G groups' logits (G, g, g): ½ [CE(rows) + CE(columns)] against each
+    group's diagonal, in two cross-entropy calls."""
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     g = logits.shape[-1]
     targets = torch.arange(g, device=logits.device).repeat(len(logits))
