@@ -656,6 +656,33 @@ def class_prompts(attrs: str | Sequence[str], lang: str = "en", ensemble: bool =
 # --------------------------------------------------------------------------- measuring attributes
 
 
+def position_of_ink(ink: Tensor) -> Tensor:
+    """ink (N, H, W) bool, each image with at least one ink pixel -> position indices (N,) int64 into
+    POSITIONS, from the box around the ink: its centre's offset (dy, dx) from the canvas centre, in
+    pixels (pixel i spans [i, i + 1)); "centre" when |dx| ≤ 2.5 and |dy| ≤ 2.5, else the side of the
+    larger offset (left/right when |dx| ≥ |dy|, top/bottom otherwise; rows grow downwards)."""
+    if not isinstance(ink, Tensor) or ink.dtype != torch.bool or ink.ndim != 3:
+        raise ValueError(f"ink: expected a bool tensor (N, H, W), got {shape_of(ink)}")
+    if len(ink) and not ink.flatten(1).any(1).all():
+        raise ValueError("ink: every image needs at least one ink pixel to have a position")
+    n, h, w = ink.shape
+    rows, cols = torch.arange(h).expand(n, -1), torch.arange(w).expand(n, -1)
+    any_row, any_col = ink.any(2), ink.any(1)
+    top, bottom = torch.where(any_row, rows, h).amin(1), torch.where(any_row, rows, -1).amax(1)
+    left, right = torch.where(any_col, cols, w).amin(1), torch.where(any_col, cols, -1).amax(1)
+    return _position_of_box(top, left, bottom, right, h, w)
+
+
+def _position_of_box(top: Tensor, left: Tensor, bottom: Tensor, right: Tensor, h: int, w: int) -> Tensor:
+    dy, dx = (top + bottom + 1) / 2 - h / 2, (left + right + 1) / 2 - w / 2  # box centre - canvas centre
+    side = torch.where(
+        dx.abs() >= dy.abs(),
+        torch.where(dx < 0, POSITIONS.index("left"), POSITIONS.index("right")),
+        torch.where(dy < 0, POSITIONS.index("top"), POSITIONS.index("bottom")),
+    )
+    return torch.where(torch.maximum(dx.abs(), dy.abs()) <= 2.5, POSITIONS.index("centre"), side).long()
+
+
 def measure_attributes(images: Tensor, ink: float = 0.5) -> dict[str, Tensor]:
     """Read size, position, thickness and colour off images (N, 3, 32, 32) in [0, 1] with no learning
     (for judging generated images; the digit needs a learned judge). Returns value indices (int64 (N,),
@@ -698,13 +725,7 @@ def measure_attributes(images: Tensor, ink: float = 0.5) -> dict[str, Tensor]:
     left, right = torch.where(any_col, cols, w).amin(1), torch.where(any_col, cols, -1).amax(1)
     found &= on.flatten(1).any(1)
     large = torch.maximum(bottom - top, right - left) + 1 > sum(SIZE_PX) / 2
-    dy, dx = (top + bottom + 1) / 2 - h / 2, (left + right + 1) / 2 - w / 2
-    side = torch.where(
-        dx.abs() >= dy.abs(),
-        torch.where(dx < 0, POSITIONS.index("left"), POSITIONS.index("right")),
-        torch.where(dy < 0, POSITIONS.index("top"), POSITIONS.index("bottom")),
-    )
-    position = torch.where(torch.maximum(dx.abs(), dy.abs()) <= 2.5, POSITIONS.index("centre"), side)
+    position = _position_of_box(top, left, bottom, right, h, w)
     near = F.conv2d(on[:, None].float(), ring, padding=1)[:, 0] > 0  # the ink and a 1-pixel rim (antialiasing)
     level = torch.where(on, value, torch.nan).flatten(1).nanquantile(0.9, dim=1).nan_to_num(1.0)  # full ink's value
     mass = (value * near).sum((1, 2)) / level.clamp(min=1e-6)

@@ -235,12 +235,17 @@ class TextEncoder(nn.Module):
         self.tok.apply(init_normal_)
         self.blocks.apply(init_normal_)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def states(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """ids (B, L) -> (token states (B, L, text_width) after the final LayerNorm, zero at padding;
+        real (B, L) bool, True for tokens): what chapter 07's U-Net attends to."""
         real = ids != PAD_ID  # (B, L) True for tokens, False for padding
         x = self.tok(ids) + self.pos[: ids.shape[1]]
         for block in self.blocks:
             x = block(x, key_padding=real)[0]
-        x = self.ln(x) * real[..., None]
+        return self.ln(x) * real[..., None], real
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x, real = self.states(ids)
         return x.sum(1) / real.sum(1, keepdim=True)  # mean over the real tokens
 
 

@@ -3,6 +3,7 @@
     python benchmarks/quality_curves.py dcgan 1500 3000 4500 6000     # generator updates
     python benchmarks/quality_curves.py unet 1500 3000 6000 3000:p0.5  # training steps[:p<p_uncond>][:v]
     python benchmarks/quality_curves.py dcgan 3000 --workdir /tmp/q    # checkpoints there (default ./quality_runs)
+    python benchmarks/quality_curves.py dcgan 10000 --budget full      # the full budget's width (64)
 
 Both are scored exactly as the chapters score them, by `metrics.evaluate_digits` (the course's digit
 classifier: FD against mnist5k("test"), recognisability = share classified with confidence >= 0.9,
@@ -13,7 +14,7 @@ dcgan -- recipe "02.dcgan" (z 64, width 32, batch 64, Adam 2e-4, non-saturating 
     step's batch is seeded by the step, so one trajectory serves every point: each budget resumes the
     previous one's checkpoint with a larger `steps` and continues exactly the run a longer budget would
     make (the 3,000-update point is the chapter's own model when its checkpoint is copied into the
-    workdir as dcgan.pt, or retrained). The smallest budget is trained from scratch.
+    workdir as dcgan_w32.pt, or retrained). The smallest budget is trained from scratch.
 unet -- recipe "05.unet" (base 12, batch 32, lr 1.5e-3 with warm-up and a cosine decay over the run,
     p_uncond 0.3 unless given, the eps target unless ":v" asks for v-prediction), one SEPARATE run per
     budget (the learning-rate schedule spans the run, so a shorter run is not a prefix of a longer
@@ -45,17 +46,19 @@ def summary(ev: dict) -> dict:
     return {k: ev[k] for k in KEYS}
 
 
-def dcgan_curve(budgets: list[int], workdir: Path) -> dict:
+def dcgan_curve(budgets: list[int], workdir: Path, budget: str = "standard") -> dict:
     recipe, train = recipes.get("02.dcgan"), data.mnist5k("train")
-    width = recipe.sizes_for("standard")["width"]
+    width = recipe.sizes_for(budget)["width"]
     out = {}
     first, rest = budgets[0], budgets[1:]
-    G, _, _ = recipe.train({"width": width, "steps": first}, train, "cpu", checkpoint=workdir / f"dcgan_{first}.pt")
+    G, _, _ = recipe.train(
+        {"width": width, "steps": first}, train, "cpu", checkpoint=workdir / f"dcgan_w{width}_{first}.pt"
+    )
     out[first] = summary(metrics.evaluate_digits(gan.to_unit(gan.sample(G, 1000, seed=123))))
     print(first, out[first], flush=True)
-    trajectory = workdir / "dcgan.pt"  # resumed and extended budget after budget
+    trajectory = workdir / f"dcgan_w{width}.pt"  # resumed and extended budget after budget
     if not trajectory.exists():
-        shutil.copy(workdir / f"dcgan_{first}.pt", trajectory)
+        shutil.copy(workdir / f"dcgan_w{width}_{first}.pt", trajectory)
     for steps in rest:
         t0 = time.perf_counter()
         G, _, _ = recipe.train({"width": width, "steps": steps}, train, "cpu", checkpoint=trajectory)
@@ -105,14 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("model", choices=("dcgan", "unet"))
     p.add_argument("budgets", nargs="+", help="dcgan: generator updates; unet: steps[:p<p_uncond>][:v]")
     p.add_argument("--workdir", type=Path, default=Path("quality_runs"))
+    p.add_argument(
+        "--budget", choices=("standard", "full"), default="standard", help="dcgan: the recipe's width at this budget"
+    )
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.model == "dcgan":
         budgets = sorted(int(b) for b in args.budgets)
-        result = dcgan_curve(budgets, args.workdir)
+        result = dcgan_curve(budgets, args.workdir, args.budget)
     else:
         result = unet_curve(args.budgets, args.workdir)
-    (args.workdir / f"{args.model}.json").write_text(json.dumps(result, indent=1))
+    (args.workdir / f"{args.model}_{args.budget}.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

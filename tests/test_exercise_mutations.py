@@ -1351,6 +1351,214 @@ def recall_loop(sim, k):
     return hits / len(sim)
 
 
+# ------------------------------------------------------------------------------------------ 07
+
+
+def _scores(q, k):
+    return q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+
+
+@mutant("07.cross_attention")
+def cross_attention_no_mask(q, k, v, mask):
+    return torch.softmax(_scores(q, k), dim=-1) @ v
+
+
+@mutant("07.cross_attention")
+def cross_attention_mask_after_softmax(q, k, v, mask):
+    w = torch.softmax(_scores(q, k.masked_fill(~mask[..., None], 0)), dim=-1) * mask[:, None, :]
+    return w @ v.masked_fill(~mask[..., None], 0)
+
+
+@mutant("07.cross_attention")
+def cross_attention_no_sqrt_d(q, k, v, mask):
+    k0, v0 = k.masked_fill(~mask[..., None], 0), v.masked_fill(~mask[..., None], 0)
+    s = (q @ k0.transpose(-1, -2)).masked_fill(~mask[:, None, :], -math.inf)
+    return torch.nan_to_num(torch.softmax(s, dim=-1)) @ v0
+
+
+@mutant("07.cross_attention")
+def cross_attention_softmax_over_positions(q, k, v, mask):
+    k0, v0 = k.masked_fill(~mask[..., None], 0), v.masked_fill(~mask[..., None], 0)
+    s = _scores(q, k0).masked_fill(~mask[:, None, :], -math.inf)
+    return torch.nan_to_num(torch.softmax(s, dim=-2)) @ v0
+
+
+@mutant("07.cross_attention")
+def cross_attention_nan_for_padding_only(q, k, v, mask):
+    k0, v0 = k.masked_fill(~mask[..., None], 0), v.masked_fill(~mask[..., None], 0)
+    return torch.softmax(_scores(q, k0).masked_fill(~mask[:, None, :], -math.inf), dim=-1) @ v0
+
+
+@mutant("07.cross_attention")
+def cross_attention_inverted_mask(q, k, v, mask):
+    return cross_attention_loop(q, k, v, ~mask)
+
+
+@correct("07.cross_attention")
+def cross_attention_large_negative_zeroed_values(q, k, v, mask):  # padding only: uniform weights over zeros
+    k0, v0 = k.masked_fill(~mask[..., None], 0), v.masked_fill(~mask[..., None], 0)
+    return torch.softmax(_scores(q, k0).masked_fill(~mask[:, None, :], -1e9), dim=-1) @ v0
+
+
+@correct("07.cross_attention")
+def cross_attention_loop(q, k, v, mask):
+    out = torch.zeros_like(q)
+    for b in range(len(q)):
+        real = mask[b].nonzero().flatten()
+        if len(real):
+            out[b] = torch.softmax(q[b] @ k[b, real].T / math.sqrt(q.shape[-1]), dim=-1) @ v[b, real]
+    return out
+
+
+@correct("07.cross_attention")
+def cross_attention_sdpa(q, k, v, mask):
+    k0, v0 = k.masked_fill(~mask[..., None], 0), v.masked_fill(~mask[..., None], 0)
+    some = mask.any(1)
+    out = F.scaled_dot_product_attention(q, k0, v0, attn_mask=(mask | ~some[:, None])[:, None, :])
+    return out * some[:, None, None]
+
+
+@mutant("07.latent_scale")
+def scale_is_the_std(latents):
+    return float(latents.std())
+
+
+@mutant("07.latent_scale")
+def scale_from_the_variance(latents):
+    return 1.0 / float(latents.var())
+
+
+@mutant("07.latent_scale")
+def scale_from_rms(latents):  # the mean counted as spread
+    return 1.0 / float(latents.pow(2).mean().sqrt())
+
+
+@mutant("07.latent_scale")
+def scale_mean_of_channel_stds(latents):
+    return 1.0 / float(latents.transpose(0, 1).flatten(1).std(1).mean())
+
+
+@mutant("07.latent_scale")
+def scale_from_the_largest_value(latents):
+    return 1.0 / float(latents.abs().max())
+
+
+@correct("07.latent_scale")
+def scale_biased_std_float64(latents):
+    x = latents.double().flatten()
+    return 1.0 / math.sqrt(float(((x - x.mean()) ** 2).mean()))
+
+
+@correct("07.latent_scale")
+def scale_numpy(latents):
+    return float(1 / latents.numpy().std())
+
+
+@mutant("07.guidance_batch")
+def guidance_zero_states_as_empty(context, mask):
+    return torch.cat([context, torch.zeros_like(context)]), torch.cat([mask, mask])
+
+
+@mutant("07.guidance_batch")
+def guidance_unconditional_first(context, mask):
+    return torch.cat([context, context]), torch.cat([torch.zeros_like(mask), mask])
+
+
+@mutant("07.guidance_batch")
+def guidance_mask_unchanged(context, mask):
+    return torch.cat([context, context]), torch.cat([mask, mask])
+
+
+@mutant("07.guidance_batch")
+def guidance_inverted_mask(context, mask):
+    return torch.cat([context, context]), torch.cat([mask, ~mask])
+
+
+@mutant("07.guidance_batch")
+def guidance_interleaved(context, mask):
+    return context.repeat_interleave(2, 0), torch.stack([mask, torch.zeros_like(mask)], 1).flatten(0, 1)
+
+
+@correct("07.guidance_batch")
+def guidance_repeat_and_mask(context, mask):
+    both = context.repeat(2, 1, 1)
+    keep = mask.repeat(2, 1)
+    keep[len(mask) :] = False
+    return both, keep
+
+
+@mutant("07.position_of_ink")
+def position_from_centroid(ink):
+    n, h, w = ink.shape
+    ys, xs = torch.arange(h).float(), torch.arange(w).float()
+    mass = ink.float().sum((1, 2))
+    dy = (ink.float().sum(2) @ ys) / mass + 0.5 - h / 2
+    dx = (ink.float().sum(1) @ xs) / mass + 0.5 - w / 2
+    return _side(dx, dy)
+
+
+def _box_offsets(ink):
+    n, h, w = ink.shape
+    rows = [r.nonzero().flatten() for r in ink.any(2)]
+    cols = [c.nonzero().flatten() for c in ink.any(1)]
+    dy = torch.tensor([(int(r[0]) + int(r[-1]) + 1) / 2 - h / 2 for r in rows])
+    dx = torch.tensor([(int(c[0]) + int(c[-1]) + 1) / 2 - w / 2 for c in cols])
+    return dx, dy
+
+
+def _side(dx, dy, near=lambda dx, dy: torch.maximum(dx.abs(), dy.abs()) <= 2.5, horizontal_wins=True):
+    horizontal = dx.abs() >= dy.abs() if horizontal_wins else dx.abs() > dy.abs()
+    side = torch.where(horizontal, torch.where(dx < 0, 0, 1), torch.where(dy < 0, 2, 3))
+    return torch.where(near(dx, dy), 4, side).long()
+
+
+@mutant("07.position_of_ink")
+def position_euclidean_centre(ink):
+    dx, dy = _box_offsets(ink)
+    return _side(dx, dy, near=lambda dx, dy: (dx**2 + dy**2).sqrt() <= 2.5)
+
+
+@mutant("07.position_of_ink")
+def position_rows_and_columns_swapped(ink):
+    dx, dy = _box_offsets(ink)
+    return _side(dy, dx)
+
+
+@mutant("07.position_of_ink")
+def position_no_centre(ink):
+    dx, dy = _box_offsets(ink)
+    return _side(dx, dy, near=lambda dx, dy: torch.zeros_like(dx, dtype=torch.bool))
+
+
+@mutant("07.position_of_ink")
+def position_vertical_wins_ties(ink):
+    dx, dy = _box_offsets(ink)
+    return _side(dx, dy, horizontal_wins=False)
+
+
+@mutant("07.position_of_ink")
+def position_left_right_flipped(ink):
+    dx, dy = _box_offsets(ink)
+    return _side(-dx, dy)
+
+
+@correct("07.position_of_ink")
+def position_pixel_centres(ink):  # pixel centres at i: box centre (top + bottom) / 2 against (H - 1) / 2
+    n, h, w = ink.shape
+    out = []
+    for img in ink:
+        r, c = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        dy = (r[0] + r[-1]).item() / 2 - (h - 1) / 2
+        dx = (c[0] + c[-1]).item() / 2 - (w - 1) / 2
+        if max(abs(dx), abs(dy)) <= 2.5:
+            out.append(4)
+        elif abs(dx) >= abs(dy):
+            out.append(0 if dx < 0 else 1)
+        else:
+            out.append(2 if dy < 0 else 3)
+    return torch.tensor(out)
+
+
 # ---------------------------------------------------------------------------------------- tests
 
 CHAPTERS = sorted(p.stem[2:] for p in Path(exercises.__file__).parent.glob("ch[0-9][0-9].py"))

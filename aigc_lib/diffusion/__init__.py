@@ -20,6 +20,7 @@ from aigc_lib.diffusion.likelihood import BoundTerms, discretized_gaussian_nll, 
 from aigc_lib.diffusion.prompts import PROMPT_FORMS, prompt_to_label
 from aigc_lib.diffusion.sampling import (
     SAMPLERS,
+    caption_guidance_batch,
     ddim_step,
     ddim_timesteps,
     ddpm_step,
@@ -41,7 +42,15 @@ from aigc_lib.diffusion.schedule import (
     v_target,
 )
 from aigc_lib.diffusion.train import EMA, train_diffusion
-from aigc_lib.diffusion.unet import CrossAttention, ResBlock, SelfAttention, UNet, UNetConfig, timestep_embedding
+from aigc_lib.diffusion.unet import (
+    CrossAttention,
+    ResBlock,
+    SelfAttention,
+    UNet,
+    UNetConfig,
+    masked_attention,
+    timestep_embedding,
+)
 
 __all__ = [
     "CrossAttention",
@@ -55,6 +64,7 @@ __all__ = [
     "SelfAttention",
     "UNet",
     "UNetConfig",
+    "caption_guidance_batch",
     "cosine_schedule",
     "ddim_step",
     "ddim_timesteps",
@@ -62,6 +72,7 @@ __all__ = [
     "diffusion_loss",
     "discretized_gaussian_nll",
     "guided_eps",
+    "masked_attention",
     "linear_schedule",
     "posterior_mean_variance",
     "predict_eps",

@@ -218,6 +218,8 @@ def sample(
     steps: int | None = None,
     eta: float = 0.0,
     labels: Tensor | int | None = None,
+    context: Tensor | None = None,
+    mask: Tensor | None = None,
     guidance: float = 1.0,
     prediction: str = "eps",
     clip_x0: bool | None = None,
@@ -230,11 +232,14 @@ def sample(
     `ddpm_step` (steps = T, all of them) or `ddim_step` (steps from `ddim_timesteps`; default 50, η = eta).
 
     labels: None (the null label ∅ for a conditional model: "unconditional"), an int, or (n,) int64.
-    guidance w ≠ 1 with labels: ε̃ = ε(x, ∅) + w (ε(x, y) − ε(x, ∅)) from ONE batched forward pass on
-    [x; x] with labels [y; ∅] per step (`guided_eps`). clip_x0: clip x̂_0 to [−1, 1] (default: True for
-    DDPM, False for DDIM, as in Ho et al. and Song et al.). generator: seeds x_T and the noise (drawn
-    on the generator's device, the CPU by default). trajectory=True (or "xt"): also return about a
-    dozen snapshots of x_t, from x_T to the final images; trajectory="x0": the predictions x̂_0 instead."""
+    context (n, L, D) and mask (n, L) bool: a caption's token states for a text-conditional U-Net (mask
+    True for real tokens); the unconditional branch is the caption of padding only (mask all False).
+    guidance w ≠ 1 with labels or a caption: ε̃ = ε(x, ∅) + w (ε(x, y) − ε(x, ∅)) from ONE batched
+    forward pass on [x; x] with labels [y; ∅] (or masks [mask; none]) per step (`guided_eps`).
+    clip_x0: clip x̂_0 to [−1, 1] (default: True for DDPM, False for DDIM, as in Ho et al. and Song et al.).
+    generator: seeds x_T and the noise (drawn on the generator's device, the CPU by default).
+    trajectory=True (or "xt"): also return about a dozen snapshots of x_t, from x_T to the final images;
+    trajectory="x0": the predictions x̂_0 instead."""
     schedule, prediction = _check_schedule(schedule), _check_prediction(prediction)
     _check_model(model)
     check_int("n", n), check_int("batch_size", batch_size)
@@ -246,8 +251,11 @@ def sample(
     guidance = check_number("guidance", guidance, low=-math.inf)
     n_classes = getattr(model, "n_classes", None)
     labels = _check_labels(labels, n, n_classes)
-    if guidance != 1.0 and labels is None:
-        raise ValueError(f"guidance: a scale w != 1 (got {guidance:g}) needs labels to guide towards")
+    context, mask = _check_context(context, mask, n, getattr(getattr(model, "config", None), "context_dim", None))
+    if labels is not None and context is not None:
+        raise ValueError("labels: pass labels or a caption (context), not both")
+    if guidance != 1.0 and labels is None and context is None:
+        raise ValueError(f"guidance: a scale w != 1 (got {guidance:g}) needs labels or a caption to guide towards")
     if sampler == "ddpm":
         if steps not in (None, schedule.T):
             raise ValueError(f"steps: DDPM runs all T={schedule.T} steps; got steps={steps!r} (use sampler='ddim')")
@@ -279,8 +287,13 @@ def sample(
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
             y = labels[start : start + k].to(device) if labels is not None else None
-            guided = y is not None and guidance != 1.0
-            if guided:
+            guided = (y is not None or context is not None) and guidance != 1.0
+            if context is not None:
+                c, m = context[start : start + k].to(device, dtype), mask[start : start + k].to(device)
+                y_in = {"context": c, "mask": m}
+                if guided:  # [caption; the same caption as padding only = ∅]
+                    y_in = dict(zip(("context", "mask"), _caption_guidance_batch(c, m), strict=True))
+            elif guided:
                 y_in = torch.cat([y, torch.full_like(y, null)])  # (2k,): [y; ∅]
             elif y is None and null is not None:
                 y_in = torch.full((k,), null, dtype=torch.int64, device=device)  # ∅
@@ -335,6 +348,40 @@ def _check_labels(labels: object, n: int, n_classes: int | None) -> Tensor | Non
             f"got values in [{int(labels.min())}, {int(labels.max())}]"
         )
     return labels
+
+
+def caption_guidance_batch(context: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Classifier-free guidance with captions in ONE network call: the batch of 2B captions whose first B
+    are the captions and whose last B are the same token states with every token masked — a caption of
+    padding only, which the U-Net reads as ∅ (no cross-attention update, nothing pooled). Not zero
+    states with a True mask: the network would attend to them like any caption. Returns
+    (context (2B, L, D), mask (2B, L)); the images and timesteps are simply repeated: [x; x], [t; t]."""
+    if not isinstance(context, Tensor) or not context.is_floating_point() or context.ndim != 3:
+        raise ValueError(f"context: expected float token states (B, L, D), got {shape_of(context)}")
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(context.shape[:2]):
+        raise ValueError(f"mask: expected a bool tensor {tuple(context.shape[:2])}, got {shape_of(mask)}")
+    return _caption_guidance_batch(context, mask)
+
+
+def _caption_guidance_batch(context: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.cat([context, context]), torch.cat([mask, torch.zeros_like(mask)])
+
+
+def _check_context(context: object, mask: object, n: int, width: int | None) -> tuple[Tensor | None, Tensor | None]:
+    """sample's caption: None, or token states (n, L, width) with a bool mask (n, L), True for real tokens."""
+    if context is None and mask is None:
+        return None, None
+    if width is None:
+        raise ValueError("context: the model does not read text (config.context_dim=None); pass context=None")
+    if not isinstance(context, Tensor) or not context.is_floating_point() or context.ndim != 3:
+        raise ValueError(f"context: expected float token states ({n}, L, {width}), got {shape_of(context)}")
+    if len(context) != n or context.shape[-1] != width:
+        raise ValueError(f"context: expected token states ({n}, L, {width}), got {shape_of(context)}")
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(context.shape[:2]):
+        raise ValueError(
+            f"mask: expected a bool tensor {tuple(context.shape[:2])}, True for real tokens, got {shape_of(mask)}"
+        )
+    return context, mask
 
 
 def to_unit(x: Tensor) -> Tensor:

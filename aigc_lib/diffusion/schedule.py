@@ -302,7 +302,7 @@ def _diffusion_loss(
     t: Tensor,
     eps: Tensor,
     schedule: NoiseSchedule,
-    labels: Tensor | None,
+    labels: Tensor | dict | None,
     prediction: str,
 ) -> Tensor:
     xt = _q_sample(x0, t, eps, schedule)  # (B, C, H, W), eq. 4
@@ -311,8 +311,12 @@ def _diffusion_loss(
     return F.mse_loss(out.float(), target.float())
 
 
-def _call(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
-    return model(x, t) if labels is None else model(x, t, labels)
+def _call(model: nn.Module, x: Tensor, t: Tensor, cond: Tensor | dict | None) -> Tensor:
+    """The network on one batch: cond None (no condition), labels (B,), or keyword tensors such as
+    {"context": token states, "mask": real tokens} for a text-conditional U-Net."""
+    if cond is None:
+        return model(x, t)
+    return model(x, t, **cond) if isinstance(cond, dict) else model(x, t, cond)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Unpack
 
 import torch
@@ -81,6 +81,7 @@ def train_diffusion(
     *,
     schedule: NoiseSchedule,
     labels: Tensor | None = None,
+    context: Callable[[int, Tensor], tuple[Tensor, Tensor]] | None = None,
     p_uncond: float = 0.1,
     batch_size: int = 64,
     lr: float = 2e-3,
@@ -90,6 +91,7 @@ def train_diffusion(
     ema_decay: float = 0.999,
     prediction: str = "eps",
     seed: int = 0,
+    rescale: bool = True,
     **run: Unpack[RunOptions],
 ) -> tuple[History, EMA]:
     """Train `model` on L_simple (eq. 14) over shuffled epochs of `images` (N, C, H, W) in [0, 1]
@@ -98,6 +100,11 @@ def train_diffusion(
 
     labels (N,) int64 with a conditional model: each label is replaced by the null label ∅ with
     probability p_uncond (condition dropout, so one model also learns ε(x, ∅) for guidance).
+    context with a text-conditional model (config.context_dim): a function (step, indices (B,)) ->
+    (token states (B, L, D), mask (B, L) bool) of captions for those images, e.g.
+    `text_to_image.caption_context`; a dropped caption becomes padding only (its mask row all False).
+    It must depend on (step, indices) alone for exact resume. rescale=False: `images` are used as
+    given (e.g. latents scaled to unit variance) instead of [0, 1] mapped to [−1, 1].
     Each step's batch, labels, dropped labels, t and ε come from a generator seeded by (seed, step),
     so a run resumed from `checkpoint=` ends with the same weights (and EMA) as an uninterrupted one.
     `run`: fit's run options (checkpoint, ckpt_every (here 500 by default), log_every, desc (here
@@ -117,7 +124,7 @@ def train_diffusion(
             f"images: expected a non-empty floating-point batch (N, C, H, W) in [0, 1], got {shape_of(images)}"
         )
     lo, hi = float(images.min()), float(images.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
+    if rescale and (lo < -1e-3 or hi > 1 + 1e-3):
         raise ValueError(
             f"images: expected values in [0, 1] (they are scaled to [−1, 1] here), got [{lo:.3g}, {hi:.3g}]"
         )
@@ -133,6 +140,13 @@ def train_diffusion(
                 f"[{int(labels.min())}, {int(labels.max())}]"
             )
         labels = labels.cpu()
+    if context is not None:
+        if labels is not None:
+            raise ValueError("context: pass labels or captions (context), not both")
+        if getattr(getattr(model, "config", None), "context_dim", None) is None:
+            raise ValueError("context: the model does not read text (config.context_dim=None)")
+        if not callable(context):
+            raise ValueError(f"context: expected a function (step, indices) -> (states, mask), got {context!r:.60}")
     run.setdefault("ckpt_every", 500)
     run.setdefault("desc", "diffusion")
     param = next(model.parameters())
@@ -140,7 +154,8 @@ def train_diffusion(
     cuda = device.type == "cuda"
     if cuda:
         model.to(memory_format=torch.channels_last)
-    data = (images.detach().to("cpu", torch.float32) * 2 - 1).contiguous()  # [0, 1] -> [−1, 1], (N, C, H, W)
+    data = images.detach().to("cpu", torch.float32)
+    data = (data * 2 - 1 if rescale else data).contiguous()  # [0, 1] -> [−1, 1], (N, C, H, W)
     if cuda:
         data = data.pin_memory()
     order = epoch_indices(len(data), min(batch_size, len(data)), seed)
@@ -160,6 +175,10 @@ def train_diffusion(
         if labels is not None:  # condition dropout: ∅ with probability p_uncond
             drop = torch.rand(len(idx), generator=gen) < p_uncond
             batch["labels"] = torch.where(drop, torch.full_like(idx, n_classes), labels[idx])
+        elif context is not None:  # caption dropout: padding only with probability p_uncond
+            drop = torch.rand(len(idx), generator=gen) < p_uncond
+            states, real = context(step, idx)
+            batch["labels"] = {"context": states, "mask": real & ~drop[:, None]}
         return batch
 
     def loss_fn(m: nn.Module, batch: dict) -> Tensor:
@@ -169,7 +188,10 @@ def train_diffusion(
                 x0.contiguous(memory_format=torch.channels_last),
                 eps.contiguous(memory_format=torch.channels_last),
             )
-        return _diffusion_loss(m, x0, batch["t"], eps, schedule, batch.get("labels"), prediction)  # eq. 14
+        cond = batch.get("labels")
+        if isinstance(cond, dict):
+            cond = {"context": cond["context"].to(device, dtype), "mask": cond["mask"].to(device)}
+        return _diffusion_loss(m, x0, batch["t"], eps, schedule, cond, prediction)  # eq. 14
 
     def on_step(step: int) -> None:  # the weights after `step` optimizer updates join the average
         ema.update(model)

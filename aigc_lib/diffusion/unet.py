@@ -66,6 +66,7 @@ class UNetConfig:
     upsample: str = (
         "conv"  # "conv": nearest ×2 then a 3×3 conv (DDPM); "transpose": a 2×2 stride-2 transposed conv (cheaper)
     )
+    context_dim: int | None = None  # text-conditional: token states of this width (cross-attention + pooled)
 
     def __post_init__(self) -> None:
         for name in ("image_channels", "base", "blocks", "groups", "heads", "image_size"):
@@ -77,6 +78,8 @@ class UNetConfig:
             raise ValueError(f"time_dim: expected an even width for sin/cos pairs, got {self.time_dim}")
         if self.n_classes is not None:
             check_int("n_classes", self.n_classes)
+        if self.context_dim is not None:
+            check_int("context_dim", self.context_dim)
         mults = tuple(self.mults)
         if not mults or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in mults):
             raise ValueError(f"mults: expected a non-empty tuple of positive ints, got {self.mults!r}")
@@ -151,6 +154,33 @@ class SelfAttention(nn.Module):
         return x + self.proj(h)
 
 
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-attention written out: queries q (B, N, d) over keys k (B, L, d) and values v (B, L, d), of
+    which only the real ones (mask (B, L) True) count:
+
+        a = softmax over real j of q_i · k_j / √d,   out_i = Σ_j a_ij v_j
+
+    Returns (out (B, N, d), weights a (B, N, L), zero at padding). A row of padding only has nothing to
+    attend to: its weights and its output are zero, so the block adds nothing (the unconditional branch).
+    The arithmetic of CrossAttention (one head), which runs it through F.scaled_dot_product_attention."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 3:
+            raise ValueError(f"{name}: expected a float tensor (B, ·, d), got {shape_of(x)}")
+    if k.shape != v.shape or len(q) != len(k) or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"k, v: expected (B, L, d) matching q {shape_of(q)}, got k {shape_of(k)}, v {shape_of(v)}")
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(k.shape[:2]):
+        raise ValueError(
+            f"mask: expected a bool tensor {tuple(k.shape[:2])}, True for real tokens, got {shape_of(mask)}"
+        )
+    k, v = k.masked_fill(~mask[..., None], 0.0), v.masked_fill(~mask[..., None], 0.0)  # padding never in the sums
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5  # (B, N, L)
+    scores = scores.masked_fill(~mask[:, None, :], -torch.inf)
+    some = mask.any(1)[:, None, None]
+    weights = torch.where(some, torch.softmax(torch.where(some, scores, 0.0), dim=-1), 0.0)
+    weights = weights.masked_fill(~mask[:, None, :], 0.0)
+    return weights @ v, weights
+
+
 class CrossAttention(nn.Module):
     """x + proj(softmax(q kᵀ / √d) v): queries from GN(x) at the H·W positions (a 1×1 conv), keys and
     values from context tokens (B, L, context_dim) such as a text tower's states (one linear map).
@@ -171,6 +201,16 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight), nn.init.zeros_(self.proj.bias)
+
+    def weights(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        """The attention maps (B, heads, H·W, L): how much each image position reads each caption token
+        (`masked_attention`'s weights per head; zero at padding and for a caption of padding only)."""
+        B, C, H, W = x.shape
+        nh, L = self.heads, context.shape[1]
+        q = self.q(self.norm(x)).reshape(B, nh, C // nh, H * W).transpose(-1, -2).flatten(0, 1)  # (B·nh, HW, d)
+        k = self.kv(context).reshape(B, L, 2, nh, C // nh)[:, :, 0].transpose(1, 2).flatten(0, 1)  # (B·nh, L, d)
+        _, a = masked_attention(q, k, k, mask.repeat_interleave(nh, 0))
+        return a.reshape(B, nh, H * W, L)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
         C = self.q.in_channels
@@ -215,6 +255,10 @@ class _Level(nn.Module):
         super().__init__()
         self.res = nn.ModuleList(ResBlock(c, c_out, emb_dim, cfg.groups, cfg.dropout) for c in c_ins)
         self.attn = nn.ModuleList(SelfAttention(c_out, cfg.groups, cfg.heads) if attn else nn.Identity() for _ in c_ins)
+        if attn and cfg.context_dim is not None:  # text: cross-attention after each self-attention
+            self.cross = nn.ModuleList(CrossAttention(c_out, cfg.context_dim, cfg.groups, cfg.heads) for _ in c_ins)
+        else:
+            self.cross = nn.ModuleList(nn.Identity() for _ in c_ins)
 
 
 class _Upsample(nn.Module):
@@ -242,7 +286,13 @@ class UNet(nn.Module):
     concatenated skip activations, then nearest-neighbour upsampling and a conv; out: GN, SiLU, conv.
     Conditioning: emb = MLP(timestep_embedding(t, time_dim)) + class_embedding(y), added in every ResBlock.
     The class embedding has n_classes + 1 rows: the last (label n_classes) is the null label ∅ of
-    classifier-free guidance; labels=None means ∅ for the whole batch."""
+    classifier-free guidance; labels=None means ∅ for the whole batch.
+
+    Text (config.context_dim): `context` (B, L, context_dim) token states and `mask` (B, L) True for real
+    tokens. Every attention block is followed by a CrossAttention to them, and their pooled mean over real
+    tokens enters emb through a linear map (Rombach et al. 2022 §3.3 use cross-attention; the pooled
+    vector is Imagen's and SDXL's addition). context=None, or a caption of padding only (no True in its
+    mask row), gives the unconditional branch ∅: no cross-attention update and nothing pooled."""
 
     def __init__(self, config: UNetConfig | None = None):
         super().__init__()
@@ -255,6 +305,7 @@ class UNet(nn.Module):
         E = c.time_dim
         self.time_mlp = nn.Sequential(nn.Linear(E, E), nn.SiLU(), nn.Linear(E, E))
         self.class_emb = nn.Embedding(c.n_classes + 1, E) if c.n_classes else None
+        self.text_emb = nn.Linear(c.context_dim, E) if c.context_dim is not None else None  # pooled text
         self.conv_in = nn.Conv2d(c.image_channels, c.base, 3, padding=1)
         chans = [c.base * m for m in c.mults]
         res = c.resolutions
@@ -271,6 +322,7 @@ class UNet(nn.Module):
                 skips.append(ch)
         self.mid1 = ResBlock(ch, ch, E, c.groups, c.dropout)
         self.mid_attn = SelfAttention(ch, c.groups, c.heads)
+        self.mid_cross = CrossAttention(ch, c.context_dim, c.groups, c.heads) if c.context_dim else nn.Identity()
         self.mid2 = ResBlock(ch, ch, E, c.groups, c.dropout)
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(chans))):
@@ -285,6 +337,19 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(c.groups, ch)
         self.conv_out = nn.Conv2d(ch, c.image_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight), nn.init.zeros_(self.conv_out.bias)
+
+    def _check_context(self, B: int, context: object, mask: object) -> None:
+        width = self.config.context_dim
+        if context is None:
+            if mask is not None:
+                raise ValueError("mask: given without context; pass both or neither")
+            return
+        if width is None:
+            raise ValueError("context: this U-Net does not read text (context_dim=None); pass context=None")
+        if not isinstance(context, Tensor) or context.ndim != 3 or len(context) != B or context.shape[-1] != width:
+            raise ValueError(f"context: expected token states ({B}, L, {width}), got {shape_of(context)}")
+        if mask is None:
+            raise ValueError(f"mask: expected a bool tensor ({B}, {context.shape[1]}), True for real tokens, got None")
 
     def _check_inputs(self, x: object, t: object, labels: object) -> None:
         c = self.config
@@ -315,26 +380,44 @@ class UNet(nn.Module):
                 f"(the null label), got values in [{int(labels.min())}, {int(labels.max())}]"
             )
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        labels: Tensor | None = None,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
         self._check_inputs(x, t, labels)
+        self._check_context(len(x), context, mask)
         emb = self.time_mlp(_timestep_embedding(t, self.config.time_dim).to(self.conv_in.weight.dtype))  # (B, E)
         if self.class_emb is not None:
             if labels is None:
                 labels = torch.full_like(t, self.n_classes)  # all ∅
             emb = emb + self.class_emb(labels)
+        if context is not None:
+            context = context.to(emb.dtype).masked_fill(~mask[..., None], 0.0)  # padding never reaches the sums
+            count = mask.sum(1, keepdim=True)  # (B, 1) real tokens
+            pooled = context.sum(1) / count.clamp(min=1)  # (B, context_dim), the mean over real tokens
+            emb = emb + self.text_emb(pooled) * (count > 0)  # padding only: nothing added (∅)
+
+        def attend(attn: nn.Module, cross: nn.Module, h: Tensor) -> Tensor:
+            h = attn(h)
+            return cross(h, context, mask) if context is not None and isinstance(cross, CrossAttention) else h
+
         h = self.conv_in(x)  # (B, base, H, W)
         hs = [h]
         for i, level in enumerate(self.down):
-            for block, attn in zip(level.res, level.attn, strict=True):
-                h = attn(block(h, emb))  # (B, base·mult_i, H_i, W_i)
+            for block, attn, cross in zip(level.res, level.attn, level.cross, strict=True):
+                h = attend(attn, cross, block(h, emb))  # (B, base·mult_i, H_i, W_i)
                 hs.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)  # (B, ·, H_i / 2, W_i / 2)
                 hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)  # (B, ch, H_last, W_last)
+        h = self.mid2(attend(self.mid_attn, self.mid_cross, self.mid1(h, emb)), emb)  # (B, ch, H_last, W_last)
         for i, level in enumerate(self.up):
-            for block, attn in zip(level.res, level.attn, strict=True):
-                h = attn(block(torch.cat([h, hs.pop()], dim=1), emb))  # skip connection
+            for block, attn, cross in zip(level.res, level.attn, level.cross, strict=True):
+                h = attend(attn, cross, block(torch.cat([h, hs.pop()], dim=1), emb))  # skip connection
             if i < len(self.upsample):
                 h = self.upsample[i](h)  # (B, ch, 2H, 2W)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W)
