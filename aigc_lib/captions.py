@@ -687,8 +687,8 @@ def measure_attributes(images: Tensor, ink: float = 0.5) -> dict[str, Tensor]:
     """Read size, position, thickness and colour off images (N, 3, 32, 32) in [0, 1] with no learning
     (for judging generated images; the digit needs a learned judge). Returns value indices (int64 (N,),
     -1 where nothing is drawn: no 3 × 3 patch reaches 0.2 above the background) for "size",
-    "position", "thickness" and "colour", and the measures they come from: "box" (top, left, bottom,
-    right) of the ink pixels and "stroke_width" in pixels.
+    "position", "thickness" and "colour", and the measures they come from: "ink" (N, H, W) bool, the
+    pixels counted as ink, "box" (top, left, bottom, right) of the ink pixels and "stroke_width" in pixels.
 
     Ink: each channel's median is the background and is subtracted; a pixel is ink when its brightest
     channel exceeds `ink` × the image's peak (the brightest 3 × 3 mean, so one hot pixel cannot set
@@ -744,6 +744,7 @@ def measure_attributes(images: Tensor, ink: float = 0.5) -> dict[str, Tensor]:
     }
     out = {k: torch.where(found, v, missing) for k, v in out.items()}
     out["box"] = torch.stack([top, left, bottom, right], 1)
+    out["ink"] = on
     out["stroke_width"] = torch.where(found, width, torch.tensor(float("nan")))
     return out
 

@@ -294,3 +294,16 @@ def test_caption_guided_eps_is_what_sample_guides_with():
         got = pl.caption_guided_eps(m, x, t, ctx, mask, 4.0)
         want = m(x, t) + 4.0 * (m(x, t, context=ctx, mask=mask) - m(x, t))
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_attention_maps_record_every_block_at_every_step():
+    torch.manual_seed(0)
+    unet = text_unet(image_channels=3, image_size=32, mults=(1, 2, 2), attn_res=(16, 8), context_dim=64).eval()
+    model = pl.TextToImage(cl.CLIP(), unet, dm.linear_schedule(50))
+    out = pl.attention_maps(model, "a red 7", steps=3, seed=1)
+    assert out["tokens"] == list("a red 7") and out["image"].shape == (3, 32, 32)
+    assert torch.equal(out["image"], pl.generate(model, ["a red 7"], steps=3, seed=1)[0])  # the same image
+    shapes = sorted({tuple(m.shape) for m in out["maps"].values()})
+    assert shapes == [(3, 8, 8, 7), (3, 16, 16, 7)] and len(out["maps"]) == 7
+    for m in out["maps"].values():
+        assert torch.allclose(m.sum(-1), torch.ones(m.shape[:-1]), atol=1e-5)  # a distribution over the tokens

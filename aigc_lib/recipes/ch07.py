@@ -27,12 +27,12 @@ from aigc_lib.text_to_image.pipeline import caption_context, frozen
 from aigc_lib.training import History
 
 IMAGES = {"smoke": 500, "standard": 20_000, "full": 20_000}
-JUDGE_STEPS = {"smoke": 20, "standard": 1_500, "full": 4_000}
+JUDGE_STEPS = {"smoke": 20, "standard": 1_000, "full": 4_000}
 JUDGE_BATCH = 128
-AE_STEPS = {"smoke": 20, "standard": 1_000, "full": 4_000}
+AE_STEPS = {"smoke": 20, "standard": 800, "full": 4_000}
 AE_BATCH = 64
-UNET_BASE = {"smoke": 16, "standard": 64, "full": 128}
-UNET_STEPS = {"smoke": 20, "standard": 3_000, "full": 20_000}
+UNET_BASE = {"smoke": 16, "standard": 32, "full": 64}
+UNET_STEPS = {"smoke": 20, "standard": 2_500, "full": 20_000}
 UNET_BATCH = 64
 T = 1000  # linear_schedule(T), chapter 05's
 CAPTIONS = {"lang": "both", "drop": 0.3, "numerals": 0.3}  # fresh captions per step, English or Chinese

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from aigc_lib import captions as cap
 from aigc_lib.checks import check_int, check_number
 from aigc_lib.clip import CLIP, caption_sampler
-from aigc_lib.diffusion import NoiseSchedule, UNet, sample
+from aigc_lib.diffusion import CrossAttention, NoiseSchedule, UNet, sample
 from aigc_lib.runtime import eval_mode
 from aigc_lib.text_to_image.autoencoder import LatentAutoencoder, decode_latents
 from aigc_lib.text_to_image.judge import AttributeJudge, judge_predict
@@ -112,11 +112,12 @@ def prompt_following(
     guidance: float = 3.0,
     steps: int = 50,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     """Ask for every attribute of each of `rows`' images (`captions.describe(row, lang)`), generate one
     image per caption and check it: {"images", attribute -> (N,) bool "shows what was asked", "all"}."""
     texts = [cap.describe(rows.row(i), lang) for i in range(len(rows))]
-    images = generate(model, texts, guidance=guidance, steps=steps, seed=seed)
+    images = generate(model, texts, guidance=guidance, steps=steps, seed=seed, progress=progress)
     shown = judge_images(judge, images)
     out: dict[str, Tensor] = {"images": images}
     for a in cap.ATTRIBUTES:
@@ -137,3 +138,35 @@ def caption_guided_eps(unet: UNet, x: Tensor, t: Tensor, context: Tensor, mask: 
     cond = unet(x, t, context=context, mask=mask)
     uncond = unet(x, t, context=context, mask=torch.zeros_like(mask))
     return uncond + guidance * (cond - uncond)
+
+
+@torch.no_grad()
+def attention_maps(model: TextToImage, text: str, *, seed: int = 0, steps: int = 50, guidance: float = 3.0) -> dict:
+    """Where the U-Net reads each token of `text` while it draws one image: every cross-attention block's
+    weights (heads averaged) over the sampling steps, {"image": (3, 32, 32), "tokens": the caption's
+    characters, "maps": {block name: (steps, H, W, L) weights}}; at each step the weights are the
+    conditional half of the guided batch (the ∅ half attends to nothing)."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"text: expected a non-empty caption, got {text!r:.60}")
+    ids, _ = cap.encode_captions([text])
+    states, real = text_states(model.clip, ids)
+    blocks = {name: m for name, m in model.unet.named_modules() if isinstance(m, CrossAttention)}
+    maps: dict[str, list[Tensor]] = {name: [] for name in blocks}
+
+    def hook(name: str):
+        def record(module: CrossAttention, args: tuple) -> None:
+            x, context, mask = args
+            w = module.weights(x[:1], context[:1], mask[:1]).mean(1)  # (1, HW, L): the caption's half
+            side = int(round(w.shape[1] ** 0.5))
+            maps[name].append(w[0].reshape(side, side, -1).float().cpu())
+
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in blocks.items()]
+    try:
+        image = generate(model, [text], guidance=guidance, steps=steps, seed=seed)[0]
+    finally:
+        for h in handles:
+            h.remove()
+    tokens = list(text)  # caption_tokenizer: one token per character
+    return {"image": image, "tokens": tokens, "maps": {k: torch.stack(v) for k, v in maps.items()}}
