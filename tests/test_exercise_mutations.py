@@ -1400,6 +1400,21 @@ def cross_attention_large_negative_zeroed_values(q, k, v, mask):  # padding only
     return torch.softmax(_scores(q, k0).masked_fill(~mask[:, None, :], -1e9), dim=-1) @ v0
 
 
+@mutant("07.cross_attention")
+def cross_attention_real_tokens_first(q, k, v, mask):  # assumes padding only at the end
+    out = torch.zeros_like(q)
+    for b, n in enumerate(mask.sum(1).tolist()):
+        if n:
+            out[b] = torch.softmax(q[b] @ k[b, :n].T / math.sqrt(q.shape[-1]), dim=-1) @ v[b, :n]
+    return out
+
+
+@mutant("07.cross_attention")
+def cross_attention_padding_read_from_values(q, k, v, mask):
+    real = torch.isfinite(k).all(-1) & (k.abs().amax(-1) < 1e3)
+    return cross_attention_loop(q, k, v, real)
+
+
 @correct("07.cross_attention")
 def cross_attention_loop(q, k, v, mask):
     out = torch.zeros_like(q)
@@ -1436,6 +1451,11 @@ def scale_from_rms(latents):  # the mean counted as spread
 @mutant("07.latent_scale")
 def scale_mean_of_channel_stds(latents):
     return 1.0 / float(latents.transpose(0, 1).flatten(1).std(1).mean())
+
+
+@mutant("07.latent_scale")
+def scale_channels_centred_first(latents):
+    return 1.0 / float((latents - latents.mean((0, 2, 3), keepdim=True)).std())
 
 
 @mutant("07.latent_scale")
@@ -1504,6 +1524,25 @@ def _box_offsets(ink):
     dy = torch.tensor([(int(r[0]) + int(r[-1]) + 1) / 2 - h / 2 for r in rows])
     dx = torch.tensor([(int(c[0]) + int(c[-1]) + 1) / 2 - w / 2 for c in cols])
     return dx, dy
+
+
+@mutant("07.position_of_ink")
+def position_strict_threshold(ink):
+    dx, dy = _box_offsets(ink)
+    return _side(dx, dy, near=lambda dx, dy: torch.maximum(dx.abs(), dy.abs()) < 2.5)
+
+
+@mutant("07.position_of_ink")
+def position_threshold_three(ink):
+    dx, dy = _box_offsets(ink)
+    return _side(dx, dy, near=lambda dx, dy: torch.maximum(dx.abs(), dy.abs()) <= 3)
+
+
+@mutant("07.position_of_ink")
+def position_height_for_both_axes(ink):
+    n, h, w = ink.shape
+    dx, dy = _box_offsets(ink)
+    return _side(dx + w / 2 - h / 2, dy)
 
 
 def _side(dx, dy, near=lambda dx, dy: torch.maximum(dx.abs(), dy.abs()) <= 2.5, horizontal_wins=True):

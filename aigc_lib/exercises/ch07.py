@@ -17,24 +17,30 @@ def cross_attention(q, k, v, mask):
     return diffusion.masked_attention(q, k, v, mask)[0]
 
 
-def attention_case(B: int, N: int, L: int, d: int, seed: int, lengths=None, dtype=torch.float32, pad=1e4) -> dict:
+def attention_case(
+    B: int, N: int, L: int, d: int, seed: int, lengths=None, dtype=torch.float32, pad=1e4, mask=None
+) -> dict:
     """Queries from image positions, keys/values from caption tokens; padding holds large junk values,
-    so attending to it (or averaging it in) moves the output far from the right one."""
+    so attending to it (or averaging it in) moves the output far from the right one. `mask` (B, L)
+    overrides `lengths` (real tokens anywhere, not only first)."""
     g = _gen(seed)
     q, k, v = (torch.randn(B, n, d, generator=g, dtype=dtype) for n in (N, L, L))
     lengths = [L] * B if lengths is None else lengths
-    mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
-    k, v = k.masked_fill(~mask[..., None], pad), v.masked_fill(~mask[..., None], pad)
+    if mask is None:
+        mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+    if pad is not None:
+        k, v = k.masked_fill(~mask[..., None], pad), v.masked_fill(~mask[..., None], pad)
     return {"q": q, "k": k, "v": v, "mask": mask}
 
 
-def latent_case(shape: tuple, seed: int, mean: float, stds=None, dtype=torch.float32) -> dict:
-    """Latents (N, c, h, w) with a nonzero mean and, if `stds` is given, a different spread per channel."""
+def latent_case(shape: tuple, seed: int, mean, stds=None, dtype=torch.float32) -> dict:
+    """Latents (N, c, h, w) with a nonzero mean (one number, or one per channel) and, if `stds` is
+    given, a different spread per channel."""
     g = _gen(seed)
     z = torch.randn(shape, generator=g, dtype=dtype)
     if stds is not None:
         z = z * torch.tensor(stds, dtype=dtype)[None, :, None, None]
-    return {"latents": z + mean}
+    return {"latents": z + torch.as_tensor(mean, dtype=dtype).reshape(-1, 1, 1)}
 
 
 def guidance_case(B: int, L: int, D: int, seed: int, lengths=None, dtype=torch.float32) -> dict:
@@ -45,9 +51,10 @@ def guidance_case(B: int, L: int, D: int, seed: int, lengths=None, dtype=torch.f
     return {"context": context, "mask": mask}
 
 
-def boxes_case(boxes: list[tuple[int, int, int, int]], size: int = 32) -> dict:
-    """Ink masks holding one filled rectangle each: (top, left, bottom, right), inclusive pixel rows/columns."""
-    ink = torch.zeros(len(boxes), size, size, dtype=torch.bool)
+def boxes_case(boxes: list[tuple[int, int, int, int]], size: int = 32, width: int | None = None) -> dict:
+    """Ink masks (size rows x width columns) holding one filled rectangle each: (top, left, bottom, right),
+    inclusive pixel rows/columns."""
+    ink = torch.zeros(len(boxes), size, width or size, dtype=torch.bool)
     for i, (top, left, bottom, right) in enumerate(boxes):
         ink[i, top : bottom + 1, left : right + 1] = True
     return {"ink": ink}
@@ -64,8 +71,9 @@ EXERCISES = (
         key="07.cross_attention",
         function="cross_attention",
         nudge="Scores are q·k/√d for every (position, token) pair. Padding must get no weight at all: not a small "
-        "one, none — so mask the scores before the softmax, not after. And a caption of padding only has nothing "
-        "to attend to: what should its output be?",
+        "one, none — so mask the scores before the softmax, not after. Real tokens are where the mask is True, "
+        "wherever they are. A caption of padding only has nothing to attend to: what should its output be? The "
+        "output keeps q's dtype.",
         reference=cross_attention,
         hint="scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5; scores = scores.masked_fill(~mask[:, None, :], "
         "float('-inf')); w = torch.softmax(scores, dim=-1); w = torch.nan_to_num(w) (a row of -inf gives NaN: "
@@ -110,7 +118,8 @@ EXERCISES = (
         function="guidance_batch",
         nudge="Guidance needs the network's estimate with the caption and without it, in one call. 'Without a "
         "caption' is a caption of padding only: which of the two tensors says what is padding? Zero vectors that "
-        "the mask calls real are still a caption the network reads.",
+        "the mask calls real are still a caption the network reads. The second half repeats the same token "
+        "states; only its mask changes.",
         reference=diffusion.caption_guidance_batch,
         hint="return torch.cat([context, context]), torch.cat([mask, torch.zeros_like(mask)]) — the captions first, "
         "then the same states with every token masked out (the unconditional branch ∅).",
@@ -125,7 +134,9 @@ EXERCISES = (
     Exercise(
         key="07.position_of_ink",
         function="position_of_ink",
-        nudge="Use the box around the ink, not the ink's centre of mass: its centre against the canvas centre. "
+        nudge="Use the box around the ink, not the ink's centre of mass: its centre against the canvas centre "
+        "(pixel i covers [i, i + 1), so a box from column l to r has its centre at (l + r + 1) / 2 and the canvas's "
+        "is at W / 2; pixel-centre coordinates, (l + r) / 2 against (W - 1) / 2, give the same offsets). "
         "Rows grow downwards. Centre means BOTH offsets are within 2.5 pixels (not the distance); otherwise the larger "
         "offset decides, and a tie goes to left/right.",
         reference=captions.position_of_ink,
@@ -141,8 +152,9 @@ EXERCISES = (
                 ),
             ),
             Case(
-                "offsets of 2 and 2 (centre: each within 2.5) and a corner box (|dx| = |dy|: right)",
-                lambda: boxes_case([(12, 12, 23, 23), (0, 20, 11, 31)]),
+                "offsets of 2 and 2 (centre: each within 2.5), exactly 2.5 (centre), 3 (not), and a corner box "
+                "(|dx| = |dy|: right)",
+                lambda: boxes_case([(12, 12, 23, 23), (10, 13, 21, 23), (10, 13, 21, 24), (0, 20, 11, 31)]),
             ),
             Case("8 rendered digits (their ink)", lambda: renders_case(8, 3)),
         ),
