@@ -93,12 +93,12 @@ def test_sample_guides_with_the_caption_against_padding_only():
     s = dm.linear_schedule(100)
     w = 2.5
     got = dm.sample(m, 3, s, steps=1, context=ctx, mask=mask, guidance=w, generator=torch.Generator().manual_seed(3),
-                    progress=False)  # fmt: skip
+                    progress=False, clamp=False)  # fmt: skip
     x = torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(3))
     t = torch.full((3,), 0, dtype=torch.int64)
     with torch.no_grad():
         eps = _guided_eps(m(x, t, context=ctx, mask=mask), m(x, t), w)
-    want = _ddim_step(eps, x, 0, -1, s, 0.0, None, "eps", False).clamp(-1, 1)
+    want = _ddim_step(eps, x, 0, -1, s, 0.0, None, "eps", False)  # latents: not clamped to [-1, 1]
     assert torch.allclose(got, want, atol=1e-5)
     # w = 1 is the conditional model alone; a model without text refuses a caption
     one = dm.sample(
@@ -237,6 +237,15 @@ def test_text_states_are_the_text_towers_and_the_pipeline_is_deterministic():
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, b) and 0 <= float(a.min()) <= float(a.max()) <= 1
     with pytest.raises(ValueError, match="texts"):
         pl.generate(model, "a red seven")
+    # with an autoencoder the sampler's latents reach the decoder unclamped (a third of them lie beyond ±1)
+    torch.manual_seed(1)
+    latent = pl.TextToImage(
+        clip_model, text_unet(context_dim=64), dm.linear_schedule(50), aem.LatentAutoencoder(), scale=1.0
+    )
+    seen = []
+    latent.autoencoder.decoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    pl.generate(latent, ["a red seven"] * 8, steps=2, seed=4)
+    assert float(seen[0].abs().max()) > 1
     with pytest.raises(ValueError, match="cannot be encoded"):
         pl.generate(model, ["a red seven ☃"])
 

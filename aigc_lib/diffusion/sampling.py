@@ -227,6 +227,7 @@ def sample(
     trajectory: bool | str = False,
     progress: bool = True,
     batch_size: int = 500,
+    clamp: bool = True,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """n images (n, C, H, W) in [−1, 1] (float32, on the CPU) from x_T ~ N(0, I), stepping down with
     `ddpm_step` (steps = T, all of them) or `ddim_step` (steps from `ddim_timesteps`; default 50, η = eta).
@@ -239,7 +240,8 @@ def sample(
     clip_x0: clip x̂_0 to [−1, 1] (default: True for DDPM, False for DDIM, as in Ho et al. and Song et al.).
     generator: seeds x_T and the noise (drawn on the generator's device, the CPU by default).
     trajectory=True (or "xt"): also return about a dozen snapshots of x_t, from x_T to the final images;
-    trajectory="x0": the predictions x̂_0 instead."""
+    trajectory="x0": the predictions x̂_0 instead. clamp: clip the final samples to [−1, 1], the range of
+    pixels; pass False for latents, which are not bounded (a third of unit-variance latents lie beyond ±1)."""
     schedule, prediction = _check_schedule(schedule), _check_prediction(prediction)
     _check_model(model)
     check_int("n", n), check_int("batch_size", batch_size)
@@ -321,7 +323,7 @@ def sample(
                 if trajectory in (True, "xt") and ((i + 1) % every == 0 or last):
                     snaps.append(x.float().cpu())
                 bar.update()
-            outs.append(x.float().clamp(-1, 1).cpu())
+            outs.append((x.float().clamp(-1, 1) if clamp else x.float()).cpu())
             trajs.append(snaps)
     images = torch.cat(outs)
     if not trajectory:

@@ -60,6 +60,15 @@ def boxes_case(boxes: list[tuple[int, int, int, int]], size: int = 32, width: in
     return {"ink": ink}
 
 
+def l_shape_case() -> dict:
+    """An L: a 2-pixel-wide bar down the left of a centred 12 x 12 box and a 1-pixel foot along its bottom.
+    The box is centred (centre); the ink's centre of mass sits 3 pixels left of it (left)."""
+    ink = torch.zeros(1, 32, 32, dtype=torch.bool)
+    ink[0, 10:22, 10:12] = True
+    ink[0, 21, 10:22] = True
+    return {"ink": ink}
+
+
 def renders_case(n: int, seed: int) -> dict:
     """The ink of rendered test digits (the brightest channel above 0.5): thin strokes, holes, leaning shapes."""
     images = captions.captioned_digits("test", n=n, seed=seed).images
@@ -86,7 +95,7 @@ EXERCISES = (
                 lambda: attention_case(2, 6, 5, 4, 1, lengths=[2, 5]),
             ),
             Case(
-                "a caption of padding only: nothing to attend to, the output is 0",
+                "2 captions: 3 real tokens, and padding only (nothing to attend to: its output is 0)",
                 lambda: attention_case(2, 3, 4, 4, 2, lengths=[3, 0]),
             ),
         ),
@@ -156,7 +165,9 @@ EXERCISES = (
                 "(|dx| = |dy|: right)",
                 lambda: boxes_case([(12, 12, 23, 23), (10, 13, 21, 23), (10, 13, 21, 24), (0, 20, 11, 31)]),
             ),
-            Case("8 rendered digits (their ink)", lambda: renders_case(8, 3)),
+            Case(
+                "an L whose box is centred but whose ink leans left (the box decides: centre)", lambda: l_shape_case()
+            ),
         ),
     ),
 )

@@ -16,8 +16,9 @@ rescales it to unit variance before adding noise (`latent_scale`; Rombach et al.
 
     scale = 1 / std(μ_φ(x))  over the training images;   the diffusion model sees z = scale · μ_φ(x)
 
-The diffusion model's noise schedule assumes data of unit variance: with latents of std 5 the noise at
-the last step would not drown the signal, and with std 0.2 the early steps would destroy it at once.
+The diffusion model's noise schedule assumes data of unit variance: with latents of std 5 every step's
+signal-to-noise ratio would be 25 times the schedule's (the model would spend most steps on nearly clean
+data), and with std 0.2 the early steps would destroy the signal at once.
 Here the latent is the posterior mean μ_φ(x), not a sample: deterministic, and σ_φ is small at this β.
 """
 

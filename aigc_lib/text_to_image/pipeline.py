@@ -93,6 +93,7 @@ def generate(
     z = sample(
         model.unet, len(texts), model.schedule, steps=steps, eta=eta, context=states, mask=real, guidance=guidance,
         generator=torch.Generator().manual_seed(seed), progress=progress, batch_size=batch_size,
+        clamp=model.autoencoder is None,  # pixels live in [−1, 1]; latents are not bounded
     )  # fmt: skip
     return model.decode(z)
 
