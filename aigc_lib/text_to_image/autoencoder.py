@@ -31,7 +31,7 @@ from typing import Unpack
 import torch
 from torch import Tensor, nn
 
-from aigc_lib.checks import check_int, check_number, shape_of
+from aigc_lib.checks import check_float_tensor, check_int, check_number, shape_of
 from aigc_lib.runtime import eval_mode
 from aigc_lib.training import History, RunOptions, adamw_warmup_cosine, epoch_indices, fit
 from aigc_lib.vae import _gaussian_kl, _reparameterize
@@ -179,12 +179,4 @@ def latent_scale(latents: Tensor) -> float:
 
 
 def _check_images(images: object, c: LatentAEConfig) -> Tensor:
-    want = (c.image_channels, c.image_size, c.image_size)
-    if (
-        not isinstance(images, Tensor)
-        or not images.is_floating_point()
-        or images.ndim != 4
-        or tuple(images.shape[1:]) != want
-    ):
-        raise ValueError(f"images: expected (B, {', '.join(map(str, want))}) floats in [0, 1], got {shape_of(images)}")
-    return images
+    return check_float_tensor("images", images, (None, c.image_channels, c.image_size, c.image_size))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aigc_lib.captions import ATTRIBUTES, VALUES, CaptionedDigits
-from aigc_lib.checks import check_int, check_number, shape_of
+from aigc_lib.checks import check_float_tensor, check_int, check_number
 from aigc_lib.clip import CLIPConfig, ImageEncoder
 from aigc_lib.runtime import eval_mode, step_generator
 from aigc_lib.training import History, RunOptions, adamw_warmup_cosine, epoch_indices, fit
@@ -117,11 +117,4 @@ def judge_accuracy(judge: AttributeJudge, data: CaptionedDigits) -> dict[str, fl
 
 
 def _check_images(images: object) -> Tensor:
-    if (
-        not isinstance(images, Tensor)
-        or not images.is_floating_point()
-        or images.ndim != 4
-        or tuple(images.shape[1:]) != (3, 32, 32)
-    ):
-        raise ValueError(f"images: expected a float tensor (N, 3, 32, 32) in [0, 1], got {shape_of(images)}")
-    return images
+    return check_float_tensor("images", images, (None, 3, 32, 32))  # captioned digits, in [0, 1]
