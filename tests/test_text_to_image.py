@@ -66,6 +66,10 @@ def test_a_caption_of_padding_only_is_the_unconditional_branch():
         mixed[1] = False
         out = m(x, t, context=ctx, mask=mixed)
         assert torch.allclose(out[1], uncond[1], atol=1e-6) and torch.allclose(out[0], cond[0], atol=1e-6)
+        with pytest.raises(ValueError, match="mask"):
+            m(x, t, context=ctx, mask=mask.long())  # ~ on integers would flip bits, not select padding
+        with pytest.raises(ValueError, match="mask"):
+            m(x, t, context=ctx)
         # padding positions of a real caption change nothing
         ctx2 = ctx.clone()
         ctx2[0, 3:] = 99.0

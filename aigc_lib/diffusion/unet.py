@@ -348,8 +348,10 @@ class UNet(nn.Module):
             raise ValueError("context: this U-Net does not read text (context_dim=None); pass context=None")
         if not isinstance(context, Tensor) or context.ndim != 3 or len(context) != B or context.shape[-1] != width:
             raise ValueError(f"context: expected token states ({B}, L, {width}), got {shape_of(context)}")
-        if mask is None:
-            raise ValueError(f"mask: expected a bool tensor ({B}, {context.shape[1]}), True for real tokens, got None")
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(context.shape[:2]):
+            raise ValueError(
+                f"mask: expected a bool tensor ({B}, {context.shape[1]}), True for real tokens, got {shape_of(mask)}"
+            )
 
     def _check_inputs(self, x: object, t: object, labels: object) -> None:
         c = self.config
