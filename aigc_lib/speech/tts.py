@@ -1,0 +1,177 @@
+"""Text-to-speech end to end: the teacher's corpus as training data, speaking a number, and the measures.
+
+    utts = teacher.teacher_corpus(numbers, "en")
+    vocab = PhonemeVocab([p for u in utts for p in u.phonemes])
+    data = tts_data(utts, vocab)                      # log-mels, phoneme ids, frame durations
+    wave, mel, durations = speak(model, vocab, "342", "en", speed=1.2)
+
+espeak is also the front end here (grapheme to phoneme): a text becomes the phonemes espeak would say,
+as in several open TTS systems; the model turns them into sound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from aigc_lib.speech import audio, teacher
+from aigc_lib.speech.fastspeech import FastSpeech, PhonemeVocab, SpeechBatchData, pad_corpus
+from aigc_lib.speech.judge import NumberJudge, judge_numbers
+
+MEL = audio.MelConfig()  # 22.05 kHz, 1024-point STFT, hop 256 (11.6 ms), 80 mels up to 8 kHz
+GRIFFIN_LIM_ITERS = 60
+
+
+def utterance_mels(utterances: list[teacher.Utterance], cfg: audio.MelConfig = MEL) -> list[Tensor]:
+    """Each utterance's log-mel, (frames, n_mels)."""
+    return [audio.log_mel(u.wave, cfg).T.contiguous() for u in utterances]
+
+
+def tts_data(utterances: list[teacher.Utterance], vocab: PhonemeVocab, cfg: audio.MelConfig = MEL) -> SpeechBatchData:
+    """Phoneme ids, the teacher's frame durations and log-mels, padded."""
+    return pad_corpus(
+        [vocab.encode(u.phonemes) for u in utterances],
+        [u.durations(cfg.hop) for u in utterances],
+        utterance_mels(utterances, cfg),
+    )
+
+
+def padded_mels(mels: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """(frames_i, n_mels) log-mels -> ((N, n_mels, T) padded with the quietest value, (N,) lengths)."""
+    floor = min(float(m.min()) for m in mels)
+    batch = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True, padding_value=floor)
+    return batch.transpose(1, 2).contiguous(), torch.tensor([len(m) for m in mels])
+
+
+@dataclass(frozen=True)
+class NumberCorpus:
+    """The numbers 0-999 read by the teacher's default voice in English and in Mandarin. `held_out[lang]`:
+    numbers the model never trains on (their utterances in `test[lang]`); `train`: all the others, both
+    languages; `vocab`: the phoneme tokens of `train`; `data`: `train` as tensors."""
+
+    train: list[teacher.Utterance]
+    test: dict[str, list[teacher.Utterance]]
+    held_out: dict[str, list[int]]
+    vocab: PhonemeVocab
+    data: SpeechBatchData
+
+
+def number_corpus(held_out: int = 100, seed: int = 0, cache: str | None = "checkpoints") -> NumberCorpus:
+    """Split 0-999 per language: `held_out` numbers drawn at random (seeded) for testing, the rest for training.
+    A held-out number's phonemes all occur in training (its words do, in other numbers)."""
+    g = torch.Generator().manual_seed(seed)
+    train, test, held = [], {}, {}
+    for lang in teacher.LANGS:
+        utterances = teacher.teacher_corpus(list(range(1000)), lang, cache=cache)
+        held[lang] = sorted(torch.randperm(1000, generator=g)[:held_out].tolist())
+        chosen = set(held[lang])
+        train += [u for n, u in enumerate(utterances) if n not in chosen]
+        test[lang] = [utterances[n] for n in held[lang]]
+    vocab = PhonemeVocab([p for u in train for p in u.phonemes])
+    return NumberCorpus(train, test, held, vocab, tts_data(train, vocab))
+
+
+def judge_corpus(
+    variants: tuple[str, ...], per_voice: int, seed: int = 0, cache: str | None = "checkpoints"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The judge's training speech: `per_voice` numbers (seeded draw; all 1000 when per_voice=1000) read by
+    each espeak voice variant in both languages -> (log-mels (N, n_mels, T) padded, frames (N,), numbers (N,))."""
+    mels, numbers = [], []
+    for i, variant in enumerate(variants):
+        for j, lang in enumerate(teacher.LANGS):
+            g = torch.Generator().manual_seed(seed * 1000 + 2 * i + j)
+            chosen = sorted(torch.randperm(1000, generator=g)[:per_voice].tolist())
+            mels += utterance_mels(teacher.teacher_corpus(chosen, lang, variant, cache=cache))
+            numbers += chosen
+    return *padded_mels(mels), torch.tensor(numbers)
+
+
+def wavenet_codes(utterances: list[teacher.Utterance], sample_rate: int = 8000, channels: int = 256) -> Tensor:
+    """The utterances resampled to `sample_rate`, joined end to end (each begins and ends in silence), μ-law coded."""
+    waves = [audio.resample(u.wave, audio.SAMPLE_RATE, sample_rate) for u in utterances]
+    return audio.mu_law_encode(torch.cat(waves), channels)
+
+
+def phonemes_for(text: str, lang: str, vocab: PhonemeVocab) -> Tensor:
+    """The text's phonemes as espeak says them with the language's default voice, as ids (1, P)."""
+    if lang not in teacher.LANGS:
+        raise ValueError(f"lang: expected one of {sorted(teacher.LANGS)}, got {lang!r}")
+    return vocab.encode(teacher.synthesize(text, teacher.LANGS[lang]).phonemes)[None]
+
+
+@torch.no_grad()
+def synthesize_mels(model: FastSpeech, phonemes: list[Tensor], speed: float = 1.0, batch_size: int = 64):
+    """Predicted log-mels (frames_i, n_mels) and durations (P_i,) for each (P_i,) phoneme-id string."""
+    device = next(model.parameters()).device
+    model.eval()
+    mels, durs = [], []
+    for i in range(0, len(phonemes), batch_size):
+        ids = torch.nn.utils.rnn.pad_sequence(phonemes[i : i + batch_size], batch_first=True).to(device)
+        mel, mask, dur = model.synthesize(ids, speed)
+        for j in range(len(ids)):
+            mels.append(mel[j, : int(mask[j].sum())].cpu())
+            durs.append(dur[j, : int((ids[j] != 0).sum())].cpu())
+    return mels, durs
+
+
+def vocode(mels: list[Tensor], cfg: audio.MelConfig = MEL, iters: int = GRIFFIN_LIM_ITERS) -> list[Tensor]:
+    """Log-mels (frames, n_mels) -> waveforms by Griffin-Lim (the course's vocoder; seeded, deterministic)."""
+    return [audio.mel_to_audio(m.T, cfg, iters=iters) for m in mels]
+
+
+def speak(model: FastSpeech, vocab: PhonemeVocab, text: str, lang: str, speed: float = 1.0):
+    """Say `text` (a number: '342' in English, 三百四十二 in Mandarin) -> (wave, log-mel (frames, n_mels), durations)."""
+    mels, durs = synthesize_mels(model, [phonemes_for(text, lang, vocab)[0]], speed)
+    return vocode(mels)[0], mels[0], durs[0]
+
+
+def evaluate_tts(
+    model: FastSpeech,
+    vocab: PhonemeVocab,
+    utterances: list[teacher.Utterance],
+    numbers: list[int],
+    judge: NumberJudge | None = None,
+) -> dict[str, float]:
+    """The chapter's measures on teacher utterances of `numbers` (phrases the model never trained on):
+    mcd_teacher_durations -- MCD (dB, 13 mel-cepstra, frame by frame) of the mel decoded with the
+                             teacher's durations against the teacher's mel;
+    mcd_predicted         -- the same with predicted durations, aligned by DTW;
+    duration_error        -- |predicted total frames - teacher's| / teacher's, summed over the set;
+    and, with a judge: heard_teacher (accuracy on the teacher's audio), heard_vocoded (the teacher's
+    mel through Griffin-Lim: the vocoder's ceiling), heard_tts (the model's audio), relative (tts / teacher)."""
+    data = tts_data(utterances, vocab)
+    device = next(model.parameters()).device
+    model.eval()
+    mcd_tf = []
+    with torch.no_grad():
+        for i in range(0, len(data), 64):
+            ids, dur, target = (t.to(device) for t in data.batch(torch.arange(i, min(i + 64, len(data)))))
+            mel, mask, _ = model(ids, dur)
+            for j in range(len(ids)):
+                n = int(mask[j].sum())
+                mcd_tf.append(float(audio.mel_cepstral_distortion(mel[j, :n].T.cpu(), target[j, :n].T.cpu())))
+    mels, durs = synthesize_mels(model, [vocab.encode(u.phonemes) for u in utterances])
+    reference = utterance_mels(utterances)
+    out = {
+        "mcd_teacher_durations": sum(mcd_tf) / len(mcd_tf),
+        "mcd_predicted": sum(audio.mcd_dtw(a.T, b.T) for a, b in zip(mels, reference, strict=True)) / len(mels),
+        "duration_error": abs(sum(len(m) for m in mels) - sum(len(m) for m in reference))
+        / sum(len(m) for m in reference),
+    }
+    if judge is not None:
+        truth = torch.tensor(numbers)
+
+        def heard(waves: list[Tensor]) -> float:
+            return float((judge_numbers(judge, *padded_mels(utterance_mels_of(waves))) == truth).float().mean())
+
+        out["heard_teacher"] = heard([u.wave for u in utterances])
+        out["heard_vocoded"] = heard(vocode(reference))
+        out["heard_tts"] = heard(vocode(mels))
+        out["relative"] = out["heard_tts"] / max(out["heard_teacher"], 1e-9)
+    return out
+
+
+def utterance_mels_of(waves: list[Tensor], cfg: audio.MelConfig = MEL) -> list[Tensor]:
+    return [audio.log_mel(w, cfg).T.contiguous() for w in waves]
