@@ -163,7 +163,10 @@ def _lab_widgets(paths: list[str] | None = None) -> str:
 def _espeak() -> str:
     from aigc_lib.speech import teacher
 
-    return f"espeak-ng {teacher.espeak_version()}"
+    for voice, text in (("en-us", "7"), ("cmn", "七"), ("en-us+f2", "7")):  # the chapter's voices and a variant
+        if len(teacher.synthesize(text, voice).wave) == 0:
+            raise RuntimeError(f"espeak-ng read {text!r} with voice {voice!r} as silence")
+    return f"espeak-ng {teacher.espeak_version()}: English, Mandarin and voice variants speak"
 
 
 def _module(name: str) -> Callable[[], str]:

@@ -276,3 +276,19 @@ def test_judge_ignores_padding_frames():
     assert a.shape == (1, 3, 10) and torch.allclose(a, b, atol=1e-5)
     heard = jd.judge_numbers(judge, torch.cat([padded, padded]), torch.tensor([30, 30]))
     assert heard.shape == (2,) and heard[0] == heard[1] and 0 <= heard[0] <= 999
+
+
+# --- what a learner types -------------------------------------------------------------------------------------
+
+
+def test_number_phrase_reads_what_a_learner_types():
+    from aigc_lib.speech.tts import number_phrase
+
+    assert number_phrase(" 342 ", "en") == "342" and number_phrase("３４２", "en") == "342"  # full-width digits
+    assert number_phrase("708", "zh") == "七百零八"  # digits in Mandarin mode become numerals
+    assert number_phrase("三百四十二。", "zh") == "三百四十二" and number_phrase("两百", "zh") == "二百"
+    with pytest.raises(ValueError, match="out of range"):
+        number_phrase("1000", "en")
+    for bad, lang in (("hello", "en"), ("-5", "en"), ("3.5", "en"), ("", "zh"), ("你好", "zh"), ("三百", "en")):
+        with pytest.raises(ValueError, match="expected a number from 0 to 999"):
+            number_phrase(bad, lang)

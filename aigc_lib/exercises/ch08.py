@@ -85,7 +85,8 @@ EXERCISES = (
         function="mel_filterbank",
         nudge="Slaney's mel scale (audio.hz_to_mel / audio.mel_to_hz, not 2595·log10(1 + f/700)). n_mels + 2 "
         "points evenly spaced in MEL between f_min and f_max (None: sample_rate / 2), taken back to Hz; FFT bin k "
-        "sits at k·sample_rate/n_fft, k = 0 … n_fft//2. Filter m is a triangle rising from point m to m + 1 and "
+        "sits at k·sample_rate/n_fft, k = 0 … n_fft//2. Filter m is a triangle, straight in Hz, rising from the "
+        "frequency of point m to that of m + 1 and "
         "falling to m + 2, then scaled by 2 / (f_{m+2} − f_m) so every filter has the same area. float32 "
         "(n_mels, n_fft//2 + 1).",
         reference=mel_filterbank,

@@ -11,6 +11,7 @@ as in several open TTS systems; the model turns them into sound.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +25,14 @@ MEL = audio.MelConfig()  # 22.05 kHz, 1024-point STFT, hop 256 (11.6 ms), 80 mel
 GRIFFIN_LIM_ITERS = 60
 
 
+def wave_mels(waves: list[Tensor], cfg: audio.MelConfig = MEL) -> list[Tensor]:
+    """Each waveform's log-mel, (frames, n_mels)."""
+    return [audio.log_mel(w, cfg).T.contiguous() for w in waves]
+
+
 def utterance_mels(utterances: list[teacher.Utterance], cfg: audio.MelConfig = MEL) -> list[Tensor]:
     """Each utterance's log-mel, (frames, n_mels)."""
-    return [audio.log_mel(u.wave, cfg).T.contiguous() for u in utterances]
+    return wave_mels([u.wave for u in utterances], cfg)
 
 
 def tts_data(utterances: list[teacher.Utterance], vocab: PhonemeVocab, cfg: audio.MelConfig = MEL) -> SpeechBatchData:
@@ -94,6 +100,32 @@ def wavenet_codes(utterances: list[teacher.Utterance], sample_rate: int = 8000, 
     return audio.mu_law_encode(torch.cat(waves), channels)
 
 
+_ZH_NUMERALS = set("零一二三四五六七八九十百")
+
+
+def number_phrase(text: str, lang: str) -> str:
+    """What a learner typed -> the text the teacher reads: a number 0-999 as digits (any width: '３４２' too) or,
+    in Mandarin, as Chinese numerals (两 read as 二); spaces and punctuation dropped. Digits typed in Mandarin
+    mode become numerals (342 -> 三百四十二). ValueError, in plain words, for anything else."""
+    if lang not in teacher.LANGS:
+        raise ValueError(f"lang: expected one of {sorted(teacher.LANGS)}, got {lang!r}")
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected a string, got {type(text).__name__}")
+    # keep signs and decimal points, so that -5 and 3.5 are refused rather than read as 5 and 35
+    kept = "".join(c for c in unicodedata.normalize("NFKC", text) if c.isalnum() or c in "-−.").replace("两", "二")
+    if kept.isdigit():
+        n = int(kept)
+        if n > 999:
+            raise ValueError(f"text: {n} is out of range: this model has learned the numbers 0-999 only")
+        return teacher.number_text(n, lang)
+    if lang == "zh" and kept and set(kept) <= _ZH_NUMERALS:
+        return kept
+    raise ValueError(
+        f"text: expected a number from 0 to 999 (digits{', or Chinese numerals such as 七百零八' if lang == 'zh' else ''}), "
+        f"got {text!r}"
+    )
+
+
 def phonemes_for(text: str, lang: str, vocab: PhonemeVocab) -> Tensor:
     """The text's phonemes as espeak says them with the language's default voice, as ids (1, P)."""
     if lang not in teacher.LANGS:
@@ -122,8 +154,9 @@ def vocode(mels: list[Tensor], cfg: audio.MelConfig = MEL, iters: int = GRIFFIN_
 
 
 def speak(model: FastSpeech, vocab: PhonemeVocab, text: str, lang: str, speed: float = 1.0):
-    """Say `text` (a number: '342' in English, 三百四十二 in Mandarin) -> (wave, log-mel (frames, n_mels), durations)."""
-    mels, durs = synthesize_mels(model, [phonemes_for(text, lang, vocab)[0]], speed)
+    """Say `text`, a number 0-999 (`number_phrase`: '342', or 三百四十二 in Mandarin) -> (wave, log-mel
+    (frames, n_mels), durations)."""
+    mels, durs = synthesize_mels(model, [phonemes_for(number_phrase(text, lang), lang, vocab)[0]], speed)
     return vocode(mels)[0], mels[0], durs[0]
 
 
@@ -137,14 +170,17 @@ def evaluate_tts(
     """The chapter's measures on teacher utterances of `numbers` (phrases the model never trained on):
     mcd_teacher_durations -- MCD (dB, 13 mel-cepstra, frame by frame) of the mel decoded with the
                              teacher's durations against the teacher's mel;
-    mcd_predicted         -- the same with predicted durations, aligned by DTW;
-    duration_error        -- |predicted total frames - teacher's| / teacher's, summed over the set;
+    mcd_teacher_durations_dtw -- the same aligned by DTW (which can only lower it), to compare with:
+    mcd_predicted         -- the mel decoded with predicted durations, aligned to the teacher's by DTW;
+    duration_error        -- |predicted total frames - teacher's| / teacher's, frames summed over the set;
+    duration_error_phrase -- the same per phrase, averaged (errors of opposite sign do not cancel);
+    duration_error_max    -- the largest per phrase; duration_bias: the mean signed per-phrase error;
     and, with a judge: heard_teacher (accuracy on the teacher's audio), heard_vocoded (the teacher's
     mel through Griffin-Lim: the vocoder's ceiling), heard_tts (the model's audio), relative (tts / teacher)."""
     data = tts_data(utterances, vocab)
     device = next(model.parameters()).device
     model.eval()
-    mcd_tf = []
+    mcd_tf, mcd_tf_dtw = [], []
     with torch.no_grad():
         for i in range(0, len(data), 64):
             ids, dur, target = (t.to(device) for t in data.batch(torch.arange(i, min(i + 64, len(data)))))
@@ -152,26 +188,28 @@ def evaluate_tts(
             for j in range(len(ids)):
                 n = int(mask[j].sum())
                 mcd_tf.append(float(audio.mel_cepstral_distortion(mel[j, :n].T.cpu(), target[j, :n].T.cpu())))
+                mcd_tf_dtw.append(audio.mcd_dtw(mel[j, :n].T.cpu(), target[j, :n].T.cpu()))
     mels, durs = synthesize_mels(model, [vocab.encode(u.phonemes) for u in utterances])
     reference = utterance_mels(utterances)
     out = {
         "mcd_teacher_durations": sum(mcd_tf) / len(mcd_tf),
+        "mcd_teacher_durations_dtw": sum(mcd_tf_dtw) / len(mcd_tf_dtw),
         "mcd_predicted": sum(audio.mcd_dtw(a.T, b.T) for a, b in zip(mels, reference, strict=True)) / len(mels),
         "duration_error": abs(sum(len(m) for m in mels) - sum(len(m) for m in reference))
         / sum(len(m) for m in reference),
     }
+    errors = [(len(m) - len(r)) / len(r) for m, r in zip(mels, reference, strict=True)]
+    out["duration_error_phrase"] = sum(abs(e) for e in errors) / len(errors)
+    out["duration_error_max"] = max(abs(e) for e in errors)
+    out["duration_bias"] = sum(errors) / len(errors)
     if judge is not None:
         truth = torch.tensor(numbers)
 
         def heard(waves: list[Tensor]) -> float:
-            return float((judge_numbers(judge, *padded_mels(utterance_mels_of(waves))) == truth).float().mean())
+            return float((judge_numbers(judge, *padded_mels(wave_mels(waves))) == truth).float().mean())
 
         out["heard_teacher"] = heard([u.wave for u in utterances])
         out["heard_vocoded"] = heard(vocode(reference))
         out["heard_tts"] = heard(vocode(mels))
         out["relative"] = out["heard_tts"] / max(out["heard_teacher"], 1e-9)
     return out
-
-
-def utterance_mels_of(waves: list[Tensor], cfg: audio.MelConfig = MEL) -> list[Tensor]:
-    return [audio.log_mel(w, cfg).T.contiguous() for w in waves]
