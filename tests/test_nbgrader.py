@@ -2,6 +2,7 @@
 typical mistakes and one who hands in the untouched notebook get the scores the course's grader
 gives them, and nbgrader's Validate fails an unfinished notebook."""
 
+import ast
 import csv
 import math
 import os
@@ -60,11 +61,22 @@ def solution_cells(chapter: str) -> dict[str, str]:
     }
 
 
+def notebook_imports(chapter: str) -> dict:
+    """The names the chapter's notebook imports (its import statements, run alone): what an answer may use."""
+    [path] = SOLUTIONS.glob(f"{chapter}_*.ipynb")
+    first = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    tree = ast.parse("\n".join(line for line in first.source.splitlines() if not line.startswith("%")))
+    namespace = {"torch": torch, "F": torch.nn.functional, "math": math}
+    exec(compile(ast.Module([n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], []),
+              "<imports>", "exec"), namespace)  # fmt: skip
+    return namespace
+
+
 def library_score(chapter: str, answers: dict[str, str]) -> float:
     """What the course's own case runner gives the same answers (no nbgrader, no sandbox)."""
     total = 0.0
     for ex in exercises_for(chapter).values():
-        namespace = {"torch": torch, "F": torch.nn.functional, "math": math}
+        namespace = notebook_imports(chapter)
         if ex.function in answers:
             exec(answers[ex.function], namespace)
         fn = namespace.get(ex.function)
@@ -72,6 +84,13 @@ def library_score(chapter: str, answers: dict[str, str]) -> float:
             total += sum(r.points for r in run_cases(ex, fn) + run_cases(ex, fn, hidden=True))
     return total
 
+
+CH08_MISTAKES = {  # μ-law codes truncated instead of rounded; a stack that assumes equal lengths
+    "mu_law_encode": "import math\n\ndef mu_law_encode(wave, channels=256):\n    mu = channels - 1\n    x = wave.clamp(-1, 1)\n"
+    "    y = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)\n    return ((y + 1) / 2 * mu).long()",
+    "length_regulate": "def length_regulate(h, durations):\n"
+    "    return torch.stack([torch.repeat_interleave(h[b], durations[b], dim=0) for b in range(len(h))])",
+}
 
 CH03_MISTAKES = {  # the typical wrong answers: the variance for the std, KL averaged over dimensions
     "reparameterize": "def reparameterize(mu, logvar, eps):\n    return mu + torch.exp(logvar) * eps",
@@ -82,8 +101,8 @@ CH03_MISTAKES = {  # the typical wrong answers: the variance for the std, KL ave
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("chapter", "mistakes"),
-    [("00", WRONG), ("03", CH03_MISTAKES)],
-    ids=["ch00 (exercises only)", "ch03 (trains models)"],
+    [("00", WRONG), ("03", CH03_MISTAKES), ("08", CH08_MISTAKES)],
+    ids=["ch00 (exercises only)", "ch03 (trains models)", "ch08 (speech: espeak in a subprocess, audio outputs)"],
 )
 def test_nbgrader_scores_like_the_course_grader(tmp_path, chapter, mistakes):
     course = tmp_path / "course"

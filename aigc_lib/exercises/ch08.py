@@ -83,15 +83,15 @@ EXERCISES = (
     Exercise(
         key="08.mel_filterbank",
         function="mel_filterbank",
-        nudge="Slaney's mel scale (audio.hz_to_mel / audio.mel_to_hz, not 2595·log10(1 + f/700)). n_mels + 2 "
+        nudge="Slaney's mel scale (the cell's hz_to_mel / mel_to_hz, not 2595·log10(1 + f/700)). n_mels + 2 "
         "points evenly spaced in MEL between f_min and f_max (None: sample_rate / 2), taken back to Hz; FFT bin k "
         "sits at k·sample_rate/n_fft, k = 0 … n_fft//2. Filter m is a triangle, straight in Hz, rising from the "
         "frequency of point m to that of m + 1 and "
         "falling to m + 2, then scaled by 2 / (f_{m+2} − f_m) so every filter has the same area. float32 "
         "(n_mels, n_fft//2 + 1).",
         reference=mel_filterbank,
-        hint="f_max = sample_rate / 2 if f_max is None else f_max; m = torch.linspace(audio.hz_to_mel(f_min), "
-        "audio.hz_to_mel(f_max), n_mels + 2, dtype=torch.float64); f = audio.mel_to_hz(m); bins = torch.arange(n_fft "
+        hint="f_max = sample_rate / 2 if f_max is None else f_max; m = torch.linspace(float(hz_to_mel(f_min)), "
+        "float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64); f = mel_to_hz(m); bins = torch.arange(n_fft "
         "// 2 + 1, dtype=torch.float64) * sample_rate / n_fft; up = (bins - f[:-2, None]) / (f[1:-1] - f[:-2])[:, "
         "None]; down = (f[2:, None] - bins) / (f[2:] - f[1:-1])[:, None]; w = torch.clamp(torch.minimum(up, down), "
         "min=0); return (w * (2 / (f[2:] - f[:-2]))[:, None]).float()",
