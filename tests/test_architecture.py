@@ -11,7 +11,7 @@ PACKAGE = ROOT / "aigc_lib"
 LAYERS = {
     0: {"__init__", "runtime", "checks", "training", "data", "captions", "plots", "generation", "metrics", "paths"},
     1: {"history", "rnn", "gan", "vae", "transformer", "diffusion"},  # one model family per chapter 00-05
-    2: {"clip", "text_to_image", "speech"},  # compositions of several families (chapters 06 on)
+    2: {"clip", "text_to_image", "speech", "responsible"},  # compositions of several families (chapters 06 on)
     3: {"recipes", "exercises", "grading", "notebooks", "doctor", "__main__"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
