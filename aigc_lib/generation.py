@@ -42,6 +42,7 @@ __all__ = [
     "check_generate_args",
     "check_token_batch",
     "generate",
+    "generate_batch",
     "generate_text",
     "greedy_until_eos",
     "sample_probs",
@@ -220,6 +221,43 @@ def _generate(model, ids, max_new_tokens, temperature, top_k, generator, cache=T
             tokens.append(int(token))
             window = tokens[-context:] if context else tokens
             logits, _ = _eval_step(model, torch.tensor([window], device=device), None)
+
+
+@torch.no_grad()
+def generate_batch(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    top_p: float | None = None,
+) -> Tensor:
+    """`generate` for B prompts at once: prompt_ids (B, T0) int64 -> (B, max_new_tokens) sampled ids.
+
+    One forward reads all prompts, then every step feeds the B new tokens with the carried state, so B
+    texts cost about as many forward calls as one (the model must take a batch with its state, as the
+    GPT's KV cache and the LSTM's (h, c) do). Each row samples as `generate` would, from one generator."""
+    if not isinstance(prompt_ids, Tensor) or prompt_ids.dtype != torch.int64 or prompt_ids.ndim != 2:
+        raise ValueError(f"prompt_ids: expected an int64 tensor (B, T0), got {shape_of(prompt_ids)}")
+    check_generate_args(model, prompt_ids[0], max_new_tokens, temperature, top_k, generator, top_p)
+    _prompt_ids(prompt_ids.flatten(), getattr(model, "vocab_size", None))  # every row's ids in range
+    device = next(model.parameters()).device
+    context = getattr(model, "context_length", None)
+    tokens = prompt_ids[:, -context:] if context else prompt_ids
+    out = torch.empty(len(prompt_ids), max_new_tokens, dtype=torch.int64, device=device)
+    if max_new_tokens == 0:
+        return out
+    logits, state = _eval_step(model, tokens.to(device), None)
+    for i in range(max_new_tokens):
+        probs = _sample_probs(_f32(logits[:, -1]), temperature, top_k, top_p)  # (B, V)
+        if generator is not None:
+            probs = probs.to(generator.device)
+        out[:, i] = torch.multinomial(probs, 1, generator=generator).to(device)[:, 0]
+        if i + 1 < max_new_tokens:
+            logits, state = _eval_step(model, out[:, i : i + 1], state)
+    return out
 
 
 def generate_text(

@@ -1807,6 +1807,356 @@ def regulate_by_cumsum(h, durations):
     return out
 
 
+# ------------------------------------------------------------------------------------------ 09
+
+
+def _quantize(w, scale_of, round_=torch.round):
+    scale = scale_of(w)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return round_(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+@mutant("09.quantize_int8")
+def quantize_by_128(weight):
+    return _quantize(weight.float(), lambda w: w.abs().amax(1) / 128)
+
+
+@mutant("09.quantize_int8")
+def quantize_one_scale_per_tensor(weight):
+    w = weight.float()
+    return _quantize(w, lambda w: (w.abs().amax() / 127).expand(len(w)))
+
+
+@mutant("09.quantize_int8")
+def quantize_per_column(weight):
+    return _quantize(weight.float(), lambda w: w.abs().amax(0) / 127)
+
+
+@mutant("09.quantize_int8")
+def quantize_truncates(weight):
+    return _quantize(weight.float(), lambda w: w.abs().amax(1) / 127, torch.trunc)
+
+
+@mutant("09.quantize_int8")
+def quantize_largest_signed_value(weight):
+    return _quantize(weight.float(), lambda w: w.amax(1).abs() / 127)  # a negative largest magnitude is missed
+
+
+@mutant("09.quantize_int8")
+def quantize_zero_row_scale_zero(weight):
+    w = weight.float()
+    scale = w.abs().amax(1) / 127
+    return torch.round(w / scale[:, None]).nan_to_num(0.0).clamp(-127, 127).to(torch.int8), scale
+
+
+@mutant("09.quantize_int8")
+def quantize_zero_row_tiny_scale(weight):
+    w = weight.float()
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-8)
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+@mutant("09.quantize_int8")
+def quantize_keeps_float64(weight):
+    return _quantize(weight, lambda w: w.abs().amax(1) / 127)  # a float64 scale for a float64 weight
+
+
+@mutant("09.quantize_int8")
+def quantize_scale_as_column(weight):
+    q, scale = _quantize(weight.float(), lambda w: w.abs().amax(1) / 127)
+    return q, scale[:, None]
+
+
+@mutant("09.quantize_int8")
+def quantize_q_as_int64(weight):
+    q, scale = _quantize(weight.float(), lambda w: w.abs().amax(1) / 127)
+    return q.long(), scale
+
+
+@mutant("09.quantize_int8")
+def quantize_returns_a_list(weight):
+    return list(_quantize(weight.float(), lambda w: w.abs().amax(1) / 127))
+
+
+@correct("09.quantize_int8")
+def quantize_half_up_in_float64(weight):  # differs only exactly half-way, where no case lands
+    w = weight.double()
+    scale = w.abs().amax(1, keepdim=True) / 127
+    scale[scale == 0] = 1
+    return torch.floor(w / scale + 0.5).to(torch.int8), scale.flatten().float()
+
+
+@correct("09.quantize_int8")
+def quantize_row_by_row(weight):
+    qs, scales = [], []
+    for row in weight.float():
+        s = float(row.abs().max()) / 127 or 1.0
+        scales.append(s)
+        qs.append(torch.round(row / torch.tensor(s, dtype=torch.float32)).to(torch.int8))
+    return torch.stack(qs), torch.tensor(scales, dtype=torch.float32)
+
+
+def _soft(student, teacher, T):
+    return F.log_softmax(student / T, -1), F.softmax(teacher / T, -1)
+
+
+@mutant("09.distillation_loss")
+def distill_without_t_squared(student_logits, teacher_logits, temperature):
+    log_q, p = _soft(student_logits, teacher_logits, temperature)
+    return F.kl_div(log_q, p, reduction="none").sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_times_t(student_logits, teacher_logits, temperature):
+    log_q, p = _soft(student_logits, teacher_logits, temperature)
+    return temperature * F.kl_div(log_q, p, reduction="none").sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_reversed_kl(student_logits, teacher_logits, temperature):  # KL(student ‖ teacher)
+    log_p, q = _soft(teacher_logits, student_logits, temperature)
+    return temperature**2 * F.kl_div(log_p, q, reduction="none").sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_sum_over_rows(student_logits, teacher_logits, temperature):
+    log_q, p = _soft(student_logits, teacher_logits, temperature)
+    return temperature**2 * F.kl_div(log_q, p, reduction="sum")
+
+
+@mutant("09.distillation_loss")
+def distill_batchmean(student_logits, teacher_logits, temperature):  # divides by B only, not B · L
+    log_q, p = _soft(student_logits, teacher_logits, temperature)
+    return temperature**2 * F.kl_div(log_q, p, reduction="batchmean")
+
+
+@mutant("09.distillation_loss")
+def distill_mean_over_tokens_too(student_logits, teacher_logits, temperature):
+    log_q, p = _soft(student_logits, teacher_logits, temperature)
+    return temperature**2 * F.kl_div(log_q, p, reduction="none").mean()  # what reduction="mean" does
+
+
+@mutant("09.distillation_loss")
+def distill_teacher_only_softened(student_logits, teacher_logits, temperature):
+    log_q, p = F.log_softmax(student_logits, -1), F.softmax(teacher_logits / temperature, -1)
+    return temperature**2 * F.kl_div(log_q, p, reduction="none").sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_kl_div_arguments_swapped(student_logits, teacher_logits, temperature):
+    log_p = F.log_softmax(teacher_logits / temperature, -1)
+    q = F.softmax(student_logits / temperature, -1)
+    return temperature**2 * F.kl_div(log_p, q, reduction="none").sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_log_target_without_flag(student_logits, teacher_logits, temperature):
+    log_q, log_p = (F.log_softmax(z / temperature, -1) for z in (student_logits, teacher_logits))
+    return temperature**2 * F.kl_div(log_q, log_p, reduction="none").sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_log_target_nan(student_logits, teacher_logits, temperature):  # exp(−inf) · (−inf − x) = NaN
+    log_q, log_p = (F.log_softmax(z / temperature, -1) for z in (student_logits, teacher_logits))
+    return temperature**2 * F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_p_log_p_over_q(student_logits, teacher_logits, temperature):  # 0 · (−inf) = NaN
+    log_q, p = _soft(student_logits, teacher_logits, temperature)
+    return temperature**2 * (p * (p.log() - log_q)).sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_softmax_over_dim0(student_logits, teacher_logits, temperature):
+    log_q = F.log_softmax(student_logits / temperature, 0)
+    p = F.softmax(teacher_logits / temperature, 0)
+    return temperature**2 * F.kl_div(log_q, p, reduction="none").sum(-1).mean()
+
+
+@mutant("09.distillation_loss")
+def distill_returns_a_float(student_logits, teacher_logits, temperature):
+    log_q, p = _soft(student_logits, teacher_logits, temperature)
+    return float(temperature**2 * F.kl_div(log_q, p, reduction="none").sum(-1).mean())
+
+
+@correct("09.distillation_loss")
+def distill_by_cross_entropy_minus_entropy(student_logits, teacher_logits, temperature):
+    log_q, p = _soft(student_logits, teacher_logits, temperature)
+    kl = torch.xlogy(p, p).sum(-1) - torch.where(p > 0, p * log_q, 0.0).sum(-1)
+    return temperature**2 * kl.mean()
+
+
+@correct("09.distillation_loss")
+def distill_in_float64(student_logits, teacher_logits, temperature):
+    log_q, p = _soft(student_logits.double(), teacher_logits.double(), temperature)
+    kl = F.kl_div(log_q, p, reduction="sum") / (p.numel() // p.shape[-1])
+    return (temperature**2 * kl).to(student_logits.dtype)
+
+
+@correct("09.distillation_loss")
+def distill_flattened_batchmean(student_logits, teacher_logits, temperature):
+    V = student_logits.shape[-1]
+    log_q, p = _soft(student_logits.reshape(-1, V), teacher_logits.reshape(-1, V), temperature)
+    return F.kl_div(log_q, p, reduction="batchmean") * temperature * temperature
+
+
+def _pairs(ids):
+    return torch.unique(torch.stack([ids[:-1], ids[1:]], 1), dim=0)
+
+
+def _z(s, n, gamma):
+    return (s - gamma * n) / math.sqrt(n * gamma * (1 - gamma))
+
+
+def _gamma(green):
+    return int(green[0].sum()) / green.shape[0]
+
+
+@mutant("09.watermark_z")
+def z_counts_repeated_pairs(ids, green):
+    return _z(int(green[ids[:-1], ids[1:]].sum()), len(ids) - 1, _gamma(green))
+
+
+@mutant("09.watermark_z")
+def z_distinct_greens_over_all_pairs(ids, green):
+    return _z(int(green[_pairs(ids).T.unbind()].sum()), len(ids) - 1, _gamma(green))
+
+
+@mutant("09.watermark_z")
+def z_assumes_half_green(ids, green):
+    return _z(int(green[_pairs(ids).T.unbind()].sum()), len(_pairs(ids)), 0.5)
+
+
+@mutant("09.watermark_z")
+def z_table_transposed(ids, green):  # green[token, previous]
+    pairs = _pairs(ids)
+    return _z(int(green[pairs[:, 1], pairs[:, 0]].sum()), len(pairs), _gamma(green))
+
+
+@mutant("09.watermark_z")
+def z_token_with_itself(ids, green):
+    pairs = torch.unique(torch.stack([ids, ids], 1), dim=0)
+    return _z(int(green[pairs[:, 0], pairs[:, 1]].sum()), len(pairs), _gamma(green))
+
+
+@mutant("09.watermark_z")
+def z_divides_by_n(ids, green):
+    pairs = _pairs(ids)
+    n, gamma = len(pairs), _gamma(green)
+    return (int(green[pairs[:, 0], pairs[:, 1]].sum()) - gamma * n) / (n * gamma * (1 - gamma))
+
+
+@mutant("09.watermark_z")
+def z_as_a_tensor(ids, green):
+    pairs = _pairs(ids)
+    n, gamma = len(pairs), green[0].float().mean()
+    return (green[pairs[:, 0], pairs[:, 1]].sum() - gamma * n) / torch.sqrt(n * gamma * (1 - gamma))
+
+
+@correct("09.watermark_z")
+def z_by_a_set_of_pairs(ids, green):
+    pairs = set(zip(ids[:-1].tolist(), ids[1:].tolist(), strict=True))
+    s = sum(bool(green[a, b]) for a, b in pairs)
+    gamma = green.float().mean().item()  # every row holds as many: the whole table's fraction is the same
+    return _z(s, len(pairs), gamma)
+
+
+@correct("09.watermark_z")
+def z_in_float32_tensors(ids, green):
+    codes = torch.unique(ids[:-1] * green.shape[0] + ids[1:])
+    s = green.flatten()[codes].float().sum()
+    n = torch.tensor(float(len(codes)))
+    gamma = green[0].float().sum() / green.shape[0]
+    return float((s - gamma * n) / torch.sqrt(n * gamma * (1 - gamma)))
+
+
+def test_watermark_z_reference_is_the_librarys_detect():
+    from aigc_lib.exercises.ch09 import text_case, watermark_z
+    from aigc_lib.responsible import watermark
+
+    for V, key, gamma, bias in [(69, 3, 0.5, 0.6), (40, 7, 0.25, 0.9), (11, 2, 0.3, 0.0)]:
+        case = text_case(V, key, gamma, n=200, seed=key, bias=bias)
+        assert watermark_z(**case) == pytest.approx(watermark.detect(case["ids"], V, key, gamma), rel=1e-12)
+
+
+def _distances(samples, train):
+    return torch.cdist(samples.flatten(1), train.flatten(1))
+
+
+@mutant("09.copy_score")
+def copy_squared_distances(samples, train, k):
+    d = _distances(samples, train).square().topk(k, 1, largest=False).values
+    return d[:, 0] / d.mean(1)
+
+
+@mutant("09.copy_score")
+def copy_mean_over_all_training_images(samples, train, k):
+    d = _distances(samples, train)
+    return d.amin(1) / d.mean(1)
+
+
+@mutant("09.copy_score")
+def copy_nearest_left_out_of_the_mean(samples, train, k):
+    d = _distances(samples, train).topk(k + 1, 1, largest=False).values
+    return d[:, 0] / d[:, 1:].mean(1)
+
+
+@mutant("09.copy_score")
+def copy_k_minus_one_others(samples, train, k):
+    d = _distances(samples, train).topk(k, 1, largest=False).values
+    return d[:, 0] / d[:, 1:].mean(1)
+
+
+@mutant("09.copy_score")
+def copy_ratio_inverted(samples, train, k):
+    d = _distances(samples, train).topk(k, 1, largest=False).values
+    return d.mean(1) / d[:, 0]
+
+
+@mutant("09.copy_score")
+def copy_cosine_distance(samples, train, k):
+    d = 1 - F.normalize(samples.flatten(1), dim=1) @ F.normalize(train.flatten(1), dim=1).T
+    d = d.topk(k, 1, largest=False).values
+    return d[:, 0] / d.mean(1)
+
+
+@mutant("09.copy_score")
+def copy_mean_of_k_farthest(samples, train, k):
+    d = _distances(samples, train)
+    return d.amin(1) / d.topk(k, 1).values.mean(1)
+
+
+@mutant("09.copy_score")
+def copy_always_float32(samples, train, k):
+    d = _distances(samples, train).topk(k, 1, largest=False).values
+    return (d[:, 0] / d.mean(1)).float()
+
+
+@correct("09.copy_score")
+def copy_by_sorting_differences(samples, train, k):
+    diff = samples.flatten(1)[:, None, :] - train.flatten(1)[None, :, :]
+    d = diff.square().sum(-1).sqrt().sort(1).values[:, :k]
+    return d[:, 0] / d.mean(1)
+
+
+@correct("09.copy_score")
+def copy_in_float64(samples, train, k):
+    x, y = samples.flatten(1).double(), train.flatten(1).double()
+    d2 = (x * x).sum(1, keepdim=True) - 2 * x @ y.T + (y * y).sum(1)  # the fast expansion, safe in float64
+    d = d2.clamp_min(0).sqrt().topk(k, 1, largest=False).values
+    return (d[:, 0] / d.mean(1)).to(samples.dtype)
+
+
+@correct("09.copy_score")
+def copy_sample_by_sample(samples, train, k):
+    out = []
+    for x in samples:
+        d = sorted(float(torch.linalg.vector_norm(x - t)) for t in train)[:k]
+        out.append(d[0] / (sum(d) / k))
+    return torch.tensor(out, dtype=samples.dtype)
+
+
 # ---------------------------------------------------------------------------------------- tests
 
 CHAPTERS = sorted(p.stem[2:] for p in Path(exercises.__file__).parent.glob("ch[0-9][0-9].py"))

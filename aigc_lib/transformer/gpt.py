@@ -20,7 +20,7 @@ shared `training.fit` loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Unpack
 
@@ -241,11 +241,13 @@ def train_gpt(
     grad_clip: float | None = 1.0,
     seed: int = 0,
     compile: bool = False,
+    loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     **run: Unpack[RunOptions],
 ) -> History:
     """Next-token cross-entropy on random windows of `train_ids`, AdamW (decay on matrices only, betas
     (0.9, 0.99)), linear warmup then cosine to lr·min_lr_ratio, gradient clipping, bf16 autocast on
-    CUDA (fit), optionally `torch.compile`d. `run`: fit's run options (checkpoint, ckpt_every,
+    CUDA (fit), optionally `torch.compile`d. `loss(logits, x, y)`: another objective on the same
+    batches (chapter 09's distillation); default the cross-entropy. `run`: fit's run options (checkpoint, ckpt_every,
     log_every, desc, progress, on_log, e.g. a plots.LiveLossCurve). Returns fit's History ("loss" in
     nats per token)."""
     if not isinstance(model, GPT):
@@ -257,11 +259,15 @@ def train_gpt(
     check_int("batch_size", batch_size)
     batches = _random_windows(_check_ids("train_ids", train_ids, block + 1).to(device), batch_size, block, seed)
     opt, sched = adamw_warmup_cosine(model, lr, check_int("steps", steps), warmup_steps, min_lr_ratio, weight_decay)
+    if loss is not None and not callable(loss):
+        raise ValueError(f"loss: expected a callable (logits, x, y) -> loss or None, got {type(loss).__name__}")
     forward = torch.compile(model) if compile else model
 
     def loss_fn(_: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
         logits, _cache = forward(x)
+        if loss is not None:
+            return loss(logits, x, y)
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())  # −(1/T) Σ log p(x_{t+1} | x_{≤t})
 
     run.setdefault("desc", "char-GPT")
