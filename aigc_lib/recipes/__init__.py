@@ -35,6 +35,9 @@ class Recipe:
     sizes: Mapping[str, Mapping[str, Any]]  # budget -> sizes
     checkpoint: str  # a file name pattern under checkpoints/, e.g. "02_dcgan_{budget}_{width}.pt"
     train: Callable[..., Any]
+    # data(sizes) -> the `data` the notebook passes to run(), for the command line (`python -m aigc_lib
+    # train NAME`); None when training needs more than a dataset (another recipe's trained model)
+    data: Callable[[Mapping[str, Any]], Any] | None = None
 
     def sizes_for(self, budget: str | None = None) -> dict[str, Any]:
         budget = budget or current_budget()
