@@ -28,6 +28,7 @@ batch are not equivalent and their trainers say so (`warn_not_equivalent`) or re
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import socket
@@ -289,7 +290,7 @@ def run_local(fn: Callable[..., Any], world_size: int, *args: Any, threads: int 
                                    f"within {timeout} s") from None  # fmt: skip
             if error is not None:
                 raise RuntimeError(f"rank {rank} of {world_size} failed:\n{error}")
-            out[rank] = value
+            out[rank] = torch.load(io.BytesIO(value), weights_only=False)  # our own child's bytes
     finally:
         for p in procs:  # a failed rank leaves the others waiting in a collective: stop them
             p.join(timeout=10 if len(out) == world_size else 0)
@@ -308,7 +309,10 @@ def _local_rank(rank: int, world: int, port: int, threads: int, fn, args, result
     torch.set_num_threads(threads)
     try:
         ctx, device = setup("cpu")
-        results.put((rank, None, fn(ctx, device, *args)))
+        # As bytes: a tensor put on a queue as itself is shared memory that dies with this process.
+        value = io.BytesIO()
+        torch.save(fn(ctx, device, *args), value)
+        results.put((rank, None, value.getvalue()))
     except BaseException:  # noqa: BLE001 - the parent reports it with the traceback
         results.put((rank, traceback.format_exc(), None))
     finally:
