@@ -323,3 +323,64 @@ def barrier() -> None:
     """Wait until every rank gets here (nothing to wait for in one process)."""
     if world_size() > 1:
         dist.barrier()
+
+
+# --- a demonstration for the course: what DDP sends, and gradient accumulation with no_sync --------
+
+
+def accumulation_demo(
+    ranks: Context, device: torch.device, micro_batches: int = 4, bucket_cap_mb: float = 0.02
+) -> dict:
+    """`run_local` worker. A small MLP in DDP (buckets of `bucket_cap_mb`) takes one global batch three
+    ways and counts the all-reduces (a communication hook): in one piece; in `micro_batches` pieces with
+    `no_sync()` on all but the last (gradients add up locally, one all-reduce at the end); and in pieces
+    without no_sync (an all-reduce per piece). Returns the counts and how far each way's averaged
+    gradient is from the first's."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    torch.manual_seed(0)  # the same model on every rank
+    model = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)).to(device)
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+    sent = {"calls": 0, "numbers": 0}
+
+    def counting_allreduce(state, bucket):  # no annotations: DDP checks them against its own types
+        sent["calls"] += 1
+        sent["numbers"] += bucket.buffer().numel()
+        return default_hooks.allreduce_hook(None, bucket)  # the default: all-reduce, then divide by N
+
+    ddp.register_comm_hook(None, counting_allreduce)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16 * ranks.world_size, 32, generator=g), torch.randn(16 * ranks.world_size, 1, generator=g)
+    x, y = shard(x, ranks.rank, ranks.world_size).to(device), shard(y, ranks.rank, ranks.world_size).to(device)
+
+    def gradient(pieces: int, skip_sync: bool) -> tuple[torch.Tensor, int, int]:
+        model.zero_grad(set_to_none=True)
+        sent.update(calls=0, numbers=0)
+        for i, (xi, yi) in enumerate(zip(x.chunk(pieces), y.chunk(pieces), strict=True)):
+            last = i == pieces - 1
+            with ddp.no_sync() if skip_sync and not last else _nothing():
+                loss = nn.functional.mse_loss(ddp(xi), yi) / pieces  # the mean over the whole shard
+                loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()]), sent["calls"], sent["numbers"]
+
+    gradient(1, False)  # DDP re-buckets the gradients after its first backward, in the order they came
+    whole, calls, numbers = gradient(1, False)
+    accumulated, calls_no_sync, _ = gradient(micro_batches, True)
+    naive, calls_naive, _ = gradient(micro_batches, False)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "all-reduces, one batch": calls,
+        "numbers sent per rank, one batch": numbers,
+        f"all-reduces, {micro_batches} micro-batches with no_sync": calls_no_sync,
+        f"all-reduces, {micro_batches} micro-batches without": calls_naive,
+        "gradient difference, no_sync": float((accumulated - whole).abs().max()),
+        "gradient difference, without": float((naive - whole).abs().max()),
+    }
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
