@@ -1,7 +1,13 @@
 """The course's command line: `python -m aigc_lib COMMAND` (`--help` lists the commands).
 
 doctor | workspace [DIR] | build-chapters [--check] [--force] | grade ... (= aigc-grade) |
-gradescope-autograder NN ZIP | classifier [--retrain]
+gradescope-autograder NN ZIP | classifier [--retrain] | train [RECIPE] [--budget B] [--steps N] [--batch N]
+
+`train` trains a chapter's recipe, the model its notebook uses, and writes the notebook's checkpoint. The
+same command runs on N processes or GPUs under PyTorch's launcher (one process per GPU, NCCL; gloo on CPU):
+
+    torchrun --nproc_per_node=4 -m aigc_lib train 05.unet
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 -m aigc_lib train 05.unet
 """
 
 from __future__ import annotations
@@ -31,6 +37,66 @@ def classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def train(args: argparse.Namespace) -> int:
+    """Train recipe `args.recipe` (on every rank when torchrun launched us) and report on rank 0."""
+    from aigc_lib import distributed, recipes
+    from aigc_lib.runtime import current_budget
+
+    found = recipes.all_recipes()
+    trainable = sorted(name for name, r in found.items() if r.data is not None)
+    if args.recipe is None:
+        for name in sorted(found):
+            how = "" if found[name].data is not None else "   (not from the command line: needs another recipe's model)"
+            print(f"{name:<16}{found[name].summary[:90]}{how}")
+        return 0
+    if args.recipe not in found or found[args.recipe].data is None:
+        why = "unknown" if args.recipe not in found else "needs inputs besides a dataset (another recipe's model)"
+        print(f"error: recipe {args.recipe!r}: {why}; the command line trains {', '.join(trainable)}", file=sys.stderr)
+        return 2
+    recipe = found[args.recipe]
+    budget = args.budget or current_budget()
+    sizes, suffix = _override(recipe.name, recipe.sizes_for(budget), steps=args.steps, batch=args.batch)
+    checkpoint = args.checkpoint or Path(recipe.checkpoint_for(budget).removesuffix(".pt") + suffix + ".pt")
+    ranks, device = distributed.setup(args.device)
+    try:
+        if ranks.is_main:  # rank 0 builds the data first: caches (speech) are written once
+            data = recipe.data(sizes)
+        distributed.barrier()
+        if not ranks.is_main:
+            data = recipe.data(sizes)
+        run = {"checkpoint": checkpoint, "progress": not args.quiet}
+        if args.log_every:
+            run["log_every"] = args.log_every
+        if args.ckpt_every:
+            run["ckpt_every"] = args.ckpt_every
+        result = recipe.train(sizes, data, device, **run)
+        history = next(r for r in (result if isinstance(result, tuple) else (result,)) if hasattr(r, "losses"))
+        if ranks.is_main:
+            print(
+                f"{recipe.name} ({budget}, {sizes}) on {ranks.world_size} process(es), {device}: "
+                f"final loss {history.losses[-1]:.4f}; checkpoint {checkpoint}"
+            )
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def _override(name: str, sizes: dict, *, steps: int | None, batch: int | None) -> tuple[dict, str]:
+    """The recipe's sizes with --steps / --batch, and a checkpoint suffix naming what was changed."""
+    suffix = ""
+    for flag, value, keys in (("steps", steps, ("steps",)), ("batch", batch, ("batch", "batch_size"))):
+        if value is None:
+            continue
+        key = next((k for k in keys if k in sizes), None)
+        if key is None or value < 1:
+            raise SystemExit(
+                f"error: --{flag}: recipe {name!r} has sizes {sorted(sizes)}; expected a positive int there"
+            )
+        sizes = {**sizes, key: value}
+        suffix += f"_{flag}{value}"
+    return sizes, suffix
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["grade"]:  # the grader's own options, as `aigc-grade` takes them
@@ -55,7 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     zipped = sub.add_parser("gradescope-autograder", help="build the autograder zip to upload to Gradescope")
     zipped.add_argument("chapter", help="chapter number, e.g. 00")
     zipped.add_argument("zip", type=Path, help="where to write the zip")
+    fit_ = sub.add_parser("train", help="train a chapter's recipe by name; torchrun ... -m aigc_lib train: N processes")
+    fit_.add_argument("recipe", nargs="?", help="e.g. 05.unet (omit: list the recipes)")
+    fit_.add_argument("--budget", choices=("smoke", "standard", "full"), help="default: $AIGC_BUDGET or by device")
+    fit_.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if torch sees a GPU (rank r: cuda:r)")
+    fit_.add_argument("--steps", type=int, help="override the recipe's steps (the checkpoint name says so)")
+    fit_.add_argument("--batch", type=int, help="override the global batch, split among the ranks")
+    fit_.add_argument("--checkpoint", type=Path, help="default: the notebook's checkpoint under checkpoints/")
+    fit_.add_argument("--log-every", type=int, help="log (and average over ranks) every N steps")
+    fit_.add_argument("--ckpt-every", type=int, help="save every N steps")
+    fit_.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+
+    if args.command == "train":
+        return train(args)
 
     if args.command == "classifier":
         from aigc_lib import metrics

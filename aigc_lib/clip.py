@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aigc_lib import distributed
 from aigc_lib.captions import (
     HOLDOUT,
     LANGS,
@@ -335,6 +336,25 @@ def caption_sampler(
     return sample
 
 
+def _check_ranks(batch_size: int, group: int) -> None:
+    """Under N ranks each contrasts its own B/N pairs: exactly one process with group B/N, not batch B's negatives."""
+    ranks = distributed.world_size()
+    if ranks == 1 or batch_size % ranks:  # fit reports a batch that does not split
+        return
+    per_rank = batch_size // ranks
+    if group == batch_size:
+        distributed.warn_not_equivalent(
+            "train_clip",
+            f"each rank contrasts its own {per_rank} pairs, so every image has {per_rank - 1} negatives instead "
+            f"of {batch_size - 1}: the run equals one process with group={per_rank}, not the whole batch's "
+            "contrast (gather the features across ranks for that)",
+        )
+    elif per_rank % group:
+        raise ValueError(
+            f"group: {group} does not divide the {per_rank} pairs of each of {ranks} ranks; pick a divisor of {per_rank}"
+        )
+
+
 def train_clip(
     model: CLIP,
     data: CaptionedDigits | Tensor,
@@ -374,6 +394,7 @@ def train_clip(
     group = batch_size if group is None else check_int("group", group, high=batch_size)
     if batch_size % group:
         raise ValueError(f"group: expected a divisor of batch_size={batch_size}, got {group}")
+    _check_ranks(batch_size, group)
     if grad_clip is not None:
         check_number("grad_clip", grad_clip, 0.0, math.inf, inclusive=False)
     images = _check_images("data", data.images if isinstance(data, CaptionedDigits) else data, model.config)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aigc_lib import distributed
 from aigc_lib.checks import check_int, check_number, shape_of
 from aigc_lib.runtime import autocast, eval_mode, step_generator
 from aigc_lib.training import History, RunOptions, fit, fused_optimizer_ok
@@ -637,6 +638,11 @@ def train_gan(
         raise ValueError(f"G, D: expected nn.Modules, got {type(G).__name__} and {type(D).__name__}")
     check_int("steps", steps), check_int("batch_size", batch_size), check_int("d_steps", d_steps)
     spec, r1_gamma = _loss(loss), _check_r1(r1_gamma, D)
+    distributed.require_one_process(
+        "train_gan",
+        "the loss function steps D's optimizer itself, where DDP cannot average D's gradients, and "
+        "BatchNorm's batch statistics would be each rank's own",
+    )
     if not isinstance(data, Tensor) or not data.is_floating_point() or data.ndim < 2:
         raise ValueError(f"data: expected a floating-point tensor (N, ...), got {shape_of(data)}")
     n_classes = getattr(G, "n_classes", 0)

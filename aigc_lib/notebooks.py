@@ -64,6 +64,11 @@ def _edited(nb: nbformat.NotebookNode) -> bool:
     return nb.metadata.get("aigc", {}).get("generated") != content_key(nb)
 
 
+def notebooks_in(folder: Path) -> list[Path]:
+    """The course's notebooks in `folder`: the chapters NN_topic, then the appendices AN_topic."""
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb")) + sorted(folder.glob("A[0-9]_*.ipynb"))
+
+
 def build_chapters(
     solutions: Path = SOLUTIONS, chapters: Path = CHAPTERS, *, check: bool = False, force: bool = False
 ) -> list[Path]:
@@ -72,7 +77,7 @@ def build_chapters(
     Compares what the course authors, not what a frontend rewrites on save. A chapter whose
     cells were edited since it was generated (a learner solved it in place) is not overwritten:
     EditedNotebook says so, unless `force=True`, which first keeps a copy beside it (.bak)."""
-    sources = sorted(solutions.glob("[0-9][0-9]_*.ipynb"))
+    sources = notebooks_in(solutions)
     if not sources:
         raise FileNotFoundError(f"solutions: no NN_topic.ipynb notebooks in {solutions}")
     changed, edited = [], []
@@ -109,7 +114,7 @@ def make_workspace(target: Path = WORKSPACE, chapters: Path = CHAPTERS) -> tuple
     never touch. Never overwrites: returns (copied, already there)."""
     target.mkdir(parents=True, exist_ok=True)
     copied, kept = [], []
-    for src in sorted(chapters.glob("[0-9][0-9]_*.ipynb")):
+    for src in notebooks_in(chapters):
         dest = target / src.name
         if dest.exists():
             kept.append(dest)

@@ -36,6 +36,15 @@ fit steps the generator's optimizer and checkpoints the other one through `extra
 (grad_clip clips opt_g's parameters only; clip D inside gan_loss if it needs it. The D backward runs
 under fit's bf16 autocast, which needs no GradScaler.)
 
+Several processes (torchrun, `aigc_lib.distributed`): when a process group runs, fit wraps the loss in
+DistributedDataParallel, gives rank r its slice of every batch (every tensor is split along its first
+dimension, which must divide by the number of ranks), averages the logged metrics over the ranks, shows
+progress, calls `on_log` and writes the checkpoint on rank 0 only (the others wait for the write), and
+on resume sends rank 0's checkpoint to every rank. The checkpoint keeps every rank's random state, so a
+resumed run with the same number of ranks is exact. An interrupt saves nothing under several ranks (they
+cannot meet to agree): the last periodic checkpoint stands. N ranks with the global batch reproduce one
+process when the loss is a mean over the batch's examples; see `distributed` for what is not.
+
 Carried state (LSTM, truncated BPTT): keep it in the closure, detach it every step and reset it at
 steps the batch function names (e.g. each pass over the text). It is not in the checkpoint: a resumed
 run starts it from zeros, which is exact at a reset step (make ckpt_every a multiple of the pass) and
@@ -66,6 +75,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from aigc_lib import distributed
 from aigc_lib.runtime import autocast, checkpoint_path
 
 CKPT_VERSION = 1
@@ -241,17 +251,24 @@ def fit(
     device = next(model.parameters()).device
     path = checkpoint_path(checkpoint) if checkpoint is not None else None
     extra = dict(extra_state or {})
+    ranks = distributed.context()
+    if not ranks.is_main:  # rank 0 alone shows progress
+        progress, on_log = False, None
 
     step, history = 0, History()
-    if path is not None and path.exists():
-        step, history = _load(path, model, optimizer, scheduler, extra)
+    state = _read_checkpoint(path, ranks) if path is not None else None
+    if state is not None:
+        step, history = _restore(path, state, model, optimizer, scheduler, extra, ranks)
         if step >= steps:  # finished before: weights and RNG are now as they were at the end
             if on_log is not None:
                 on_log(history)
             if progress:
                 print(f"{desc}: loaded the finished run from {path} (step {step}); delete it to retrain")
             return history
+    elif ranks.distributed:
+        distributed.fork_rng_per_rank(ranks.rank)
     draw = _batch_fn(batches, start=step)
+    forward = _distributed_loss(model, loss_fn, ranks) if ranks.distributed else None
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     log = _Log(log_every, device, history)
@@ -262,10 +279,10 @@ def fit(
     hold_ctrl_c = _HoldCtrlC()
     try:
         while step < steps:
-            batch = _to_device(draw(step), device)
+            batch = _to_device(distributed.shard(draw(step), ranks.rank, ranks.world_size), device)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
-                metrics = _as_metrics(loss_fn(model, batch))
+                metrics = _as_metrics(loss_fn(model, batch) if forward is None else forward(batch))
             metrics["loss"].backward()
             if grad_clip is not None:
                 metrics["grad_norm"] = nn.utils.clip_grad_norm_(params, grad_clip)
@@ -289,10 +306,14 @@ def fit(
                     on_log(log.history)
             if path is not None and (step % ckpt_every == 0 or step == steps):
                 log.flush(path)
-                _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
+                _save(path, step, model, optimizer, scheduler, extra, log.history, rng, ranks)
     except KeyboardInterrupt:
         bar.close()
-        if path is None:
+        if ranks.distributed:
+            if ranks.is_main:
+                print(f"interrupted at step {step}; under {ranks.world_size} ranks an interrupt saves nothing: "
+                      "re-run to resume from the last periodic checkpoint")  # fmt: skip
+        elif path is None:
             print(f"interrupted at step {step}; nothing saved (no checkpoint= given)")
         else:
             log.flush(path)
@@ -303,7 +324,18 @@ def fit(
         hold_ctrl_c.uninstall()
         bar.close()
         model.train(was_training)
+        del forward  # DDP's gradient hooks go with it
     return log.history
+
+
+def _distributed_loss(model: nn.Module, loss_fn: Callable, ranks: distributed.Context) -> nn.Module:
+    if ranks.is_main and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        distributed.warn_not_equivalent(
+            "fit",
+            "the model has BatchNorm, whose batch statistics are per rank (B/N examples each); "
+            "nn.SyncBatchNorm.convert_sync_batchnorm(model) computes them over the global batch",
+        )
+    return distributed.ddp_loss(model, loss_fn)
 
 
 # --- logging: per-step metrics stay on the device until a flush -----------------------------------
@@ -342,8 +374,9 @@ class _Log:
         """Move buffered metrics to the history; raise NonFiniteLossError on nan/inf. Returns a postfix."""
         if not self.rows:
             return {}
-        # One device -> host copy for the whole window.
+        # One device -> host copy for the whole window (after one all-reduce under several ranks).
         flat = torch.cat([v.reshape(1).to(self.device, torch.float32) for row in self.rows for v in row])
+        distributed.average_(flat)
         values, k = _to_host(flat), len(self.names)
         rows = [dict(zip(self.names, values[i : i + k], strict=True)) for i in range(0, len(values), k)]
         start, self.rows = self.first_step, []
@@ -509,8 +542,38 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain model's keys
 
 
-def _save(path: Path, step: int, model, optimizer, scheduler, extra: dict, history: History, rng: dict) -> None:
-    """Write atomically (tmp file + os.replace): an interrupt mid-write leaves the old file intact."""
+def _save(
+    path: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    extra: dict,
+    history: History,
+    rng: dict,
+    ranks: distributed.Context | None = None,
+) -> None:
+    """Write atomically (tmp file + os.replace): an interrupt mid-write leaves the old file intact.
+    Under several ranks every rank checks the weights and sends its random state; rank 0 writes, and
+    the others wait until it has (its outcome, an error too, reaches every rank)."""
+    ranks = ranks or distributed.Context()
+    _check_finite_weights(path, step, model, history)  # identical weights: every rank agrees
+    rank_rngs = distributed.gather(rng) if ranks.distributed else None
+    error = None
+    if ranks.is_main:
+        try:
+            _write(path, step, model, optimizer, scheduler, extra, history, rng, rank_rngs)
+        except Exception as err:
+            if not ranks.distributed:
+                raise
+            error = err
+    if ranks.distributed:
+        error = distributed.from_main(error)  # the barrier: no rank goes on before the file is written
+    if error is not None:
+        raise error
+
+
+def _check_finite_weights(path: Path, step: int, model, history: History) -> None:
     # A checkpoint must never hold nan/inf weights: one sync per save to check them.
     tensors = [t for t in _unwrap(model).state_dict().values() if t.is_floating_point()]
     if tensors and not _to_host(torch.stack([t.isfinite().all() for t in tensors]).all()):
@@ -520,6 +583,9 @@ def _save(path: Path, step: int, model, optimizer, scheduler, extra: dict, histo
             step,
             history,
         )
+
+
+def _write(path, step, model, optimizer, scheduler, extra, history, rng, rank_rngs) -> None:
     state = {
         "version": CKPT_VERSION,
         "step": step,
@@ -530,20 +596,49 @@ def _save(path: Path, step: int, model, optimizer, scheduler, extra: dict, histo
         "history": history.as_dict(),
         "rng": _rng_state(rng),
     }
+    if rank_rngs is not None:  # every rank's torch streams, so a resume with as many ranks is exact
+        state["rank_rng"] = rank_rngs
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _load(path: Path, model, optimizer, scheduler, extra: dict) -> tuple[int, History]:
-    hint = f"delete {str(path)!r} or pass another checkpoint= path to start from scratch"
+def _hint(path: Path) -> str:
+    return f"delete {str(path)!r} or pass another checkpoint= path to start from scratch"
+
+
+def _read_checkpoint(path: Path, ranks: distributed.Context) -> dict | None:
+    """The checkpoint at `path` (None if there is none). Under several ranks rank 0 reads it and sends
+    it to all, so the other machines of a multi-node run need no copy of the file."""
+    if not ranks.distributed:
+        return _read(path) if path.exists() else None
+    outcome: Any = None
+    if ranks.is_main:
+        try:
+            outcome = _read(path) if path.exists() else None
+        except ValueError as err:
+            outcome = err
+    outcome = distributed.from_main(outcome)
+    if isinstance(outcome, ValueError):
+        raise outcome
+    return outcome
+
+
+def _read(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"checkpoint: cannot read {str(path)!r} ({err}); {hint}") from err
+        raise ValueError(f"checkpoint: cannot read {str(path)!r} ({err}); {_hint(path)}") from err
     if not isinstance(state, dict) or state.get("version") != CKPT_VERSION:
-        raise ValueError(f"checkpoint: {str(path)!r} is not a checkpoint written by fit(); {hint}")
+        raise ValueError(f"checkpoint: {str(path)!r} is not a checkpoint written by fit(); {_hint(path)}")
+    return state
+
+
+def _restore(
+    path: Path, state: dict, model, optimizer, scheduler, extra: dict, ranks: distributed.Context | None = None
+) -> tuple[int, History]:
+    hint = _hint(path)
     if (scheduler is None) != (state["scheduler"] is None) or set(extra) != set(state["extra"]):
         raise ValueError(
             f"checkpoint: {str(path)!r} was saved with scheduler={state['scheduler'] is not None} and "
@@ -560,7 +655,20 @@ def _load(path: Path, model, optimizer, scheduler, extra: dict) -> tuple[int, Hi
     except (RuntimeError, ValueError, KeyError) as err:
         raise ValueError(f"checkpoint: {str(path)!r} does not match this model/optimizer ({err}); {hint}") from err
     _set_rng_state(state["rng"])
+    if ranks is not None and ranks.distributed:
+        _set_rank_rng_state(state.get("rank_rng"), ranks)
     return state["step"], History.from_dict(state["history"])
+
+
+def _set_rank_rng_state(rank_rngs: list | None, ranks: distributed.Context) -> None:
+    """This rank's own torch streams, saved by a run with as many ranks; else a fresh stream per rank."""
+    if rank_rngs is None or len(rank_rngs) != ranks.world_size:
+        distributed.fork_rng_per_rank(ranks.rank)
+        return
+    mine = rank_rngs[ranks.rank]
+    torch.set_rng_state(mine["torch"])
+    if "cuda" in mine and torch.cuda.is_available() and len(mine["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(mine["cuda"])
 
 
 # --- argument checks -------------------------------------------------------------------------------

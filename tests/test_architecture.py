@@ -9,7 +9,19 @@ from aigc_lib.paths import ROOT
 
 PACKAGE = ROOT / "aigc_lib"
 LAYERS = {
-    0: {"__init__", "runtime", "checks", "training", "data", "captions", "plots", "generation", "metrics", "paths"},
+    0: {
+        "__init__",
+        "runtime",
+        "checks",
+        "distributed",
+        "training",
+        "data",
+        "captions",
+        "plots",
+        "generation",
+        "metrics",
+        "paths",
+    },
     1: {"history", "rnn", "gan", "vae", "transformer", "diffusion"},  # one model family per chapter 00-05
     2: {"clip", "text_to_image", "speech", "responsible"},  # compositions of several families (chapters 06 on)
     3: {"recipes", "exercises", "grading", "notebooks", "doctor", "__main__"},

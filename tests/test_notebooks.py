@@ -7,9 +7,10 @@ import nbformat
 import pytest
 
 from aigc_lib.exercises import exercises_for
-from aigc_lib.notebooks import CHAPTERS, SOLUTIONS, build_chapters, render, student_edition
+from aigc_lib.notebooks import CHAPTERS, SOLUTIONS, build_chapters, notebooks_in, render, student_edition
 
 SOURCES = sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = notebooks_in(SOLUTIONS)  # the chapters (with exercises), then the appendices (without)
 
 
 def test_chapters_are_in_sync_with_solutions():
@@ -17,7 +18,7 @@ def test_chapters_are_in_sync_with_solutions():
     assert not drift, f"chapters/ drifted from solutions/: {drift}; run `python -m aigc_lib build-chapters`"
 
 
-@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.name)
+@pytest.mark.parametrize("src", NOTEBOOKS, ids=lambda p: p.name)
 def test_student_edition_hides_solutions_and_hidden_tests(src):
     text = (CHAPTERS / src.name).read_text(encoding="utf-8")
     for marker in ["BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "hidden=True"]:
@@ -103,14 +104,14 @@ def test_the_workspace_is_the_learners_own(tmp_path):
     from aigc_lib.notebooks import make_workspace
 
     copied, kept = make_workspace(tmp_path / "ws")
-    assert [p.name for p in copied] == [p.name for p in SOURCES] and kept == []
+    assert [p.name for p in copied] == [p.name for p in NOTEBOOKS] and kept == []
     (tmp_path / "ws" / SOURCES[0].name).write_text("my work")
     copied, kept = make_workspace(tmp_path / "ws")
-    assert copied == [] and len(kept) == len(SOURCES)
+    assert copied == [] and len(kept) == len(NOTEBOOKS)
     assert (tmp_path / "ws" / SOURCES[0].name).read_text() == "my work"
 
 
-@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.name)
+@pytest.mark.parametrize("src", NOTEBOOKS, ids=lambda p: p.name)
 def test_each_chapter_says_how_long_it_runs_and_where(src):
     """The first cell gives the running time at each budget, and the long cells it names by section
     (§N) are sections the chapter has."""

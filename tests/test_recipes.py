@@ -118,3 +118,15 @@ def test_unet_recipe_trains_as_chapter_05_did_and_loads_its_checkpoint(tmp_path)
         torch.equal(a, b)
         for a, b in zip(loaded.model.state_dict().values(), ema.model.state_dict().values(), strict=True)
     )
+
+
+def test_char_gpt_recipe_is_chapter_04s_gpt_and_checkpoint():
+    from aigc_lib import transformer as tr
+    from aigc_lib.recipes import ch04
+
+    assert ch04.VOCAB == data.CharTokenizer.from_text(data.shakespeare_text("all")).vocab_size
+    recipe = recipes.get("04.char_gpt")
+    sizes = recipe.sizes_for("standard")
+    gpt = tr.GPT(ch04.gpt_config(3, 96))
+    assert sizes["steps"] == max(10, int(3.65e12 // (3 * gpt.flops_per_token() * 12 * 64)))  # the notebook's count
+    assert recipe.checkpoint_for("standard") == "checkpoints/04_gpt_standard_3x96_ctx64.pt"

@@ -35,6 +35,9 @@ class Recipe:
     sizes: Mapping[str, Mapping[str, Any]]  # budget -> sizes
     checkpoint: str  # a file name pattern under checkpoints/, e.g. "02_dcgan_{budget}_{width}.pt"
     train: Callable[..., Any]
+    # data(sizes) -> the `data` the notebook passes to run(), for the command line (`python -m aigc_lib
+    # train NAME`); None when training needs more than a dataset (another recipe's trained model)
+    data: Callable[[Mapping[str, Any]], Any] | None = None
 
     def sizes_for(self, budget: str | None = None) -> dict[str, Any]:
         budget = budget or current_budget()
@@ -74,3 +77,14 @@ def get(name: str) -> Recipe:
     if name not in recipes:
         raise ValueError(f"recipe: unknown {name!r}; the course has {', '.join(sorted(recipes)) or 'none yet'}")
     return recipes[name]
+
+
+def train_replica(ranks: Any, device: Any, name: str, sizes: Mapping[str, Any], data: Any, run: Mapping) -> tuple:
+    """One rank's part of training recipe `name` at `sizes` on `data` (`distributed.run_local`'s
+    worker: `run_local(train_replica, 2, "04.char_gpt", sizes, data, {"progress": False})`).
+    Returns this rank's trained weights (on the CPU) and its History."""
+    result = get(name).train(dict(sizes), data, device, **{"checkpoint": None, **run})
+    parts = result if isinstance(result, tuple) else (result,)
+    model = next(p for p in parts if hasattr(p, "state_dict"))
+    history = next(p for p in parts if hasattr(p, "losses"))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history

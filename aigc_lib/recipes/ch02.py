@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from aigc_lib import gan
-from aigc_lib.data import ImageData
+from aigc_lib.data import ImageData, mnist5k
 from aigc_lib.recipes import Recipe
 
 STEPS = {"smoke": 10, "standard": 3_000, "full": 10_000}
@@ -26,6 +26,11 @@ def train_dcgan(
     return G, D, result
 
 
+def mnist_train(sizes: Any = None) -> ImageData:
+    """The notebook's training digits: `data.mnist5k("train")`."""
+    return mnist5k("train")
+
+
 RECIPES = (
     Recipe(
         name="02.dcgan",
@@ -33,5 +38,6 @@ RECIPES = (
         sizes={budget: {"width": WIDTH[budget], "steps": STEPS[budget]} for budget in STEPS},
         checkpoint="02_dcgan_{budget}_{width}.pt",
         train=train_dcgan,
+        data=mnist_train,
     ),
 )

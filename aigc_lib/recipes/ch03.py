@@ -9,6 +9,7 @@ import torch
 from aigc_lib import vae
 from aigc_lib.data import ImageData
 from aigc_lib.recipes import Recipe
+from aigc_lib.recipes.ch02 import mnist_train
 from aigc_lib.training import History
 
 EPOCHS = {"smoke": 1, "standard": 30, "full": 100}
@@ -33,5 +34,6 @@ RECIPES = (
         sizes={budget: {"epochs": n} for budget, n in EPOCHS.items()},
         checkpoint="03_vae_conv_bin_{budget}.pt",
         train=train_conv_vae,
+        data=mnist_train,
     ),
 )

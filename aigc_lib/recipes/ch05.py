@@ -13,6 +13,7 @@ import torch
 from aigc_lib import diffusion
 from aigc_lib.data import ImageData
 from aigc_lib.recipes import Recipe
+from aigc_lib.recipes.ch02 import mnist_train
 from aigc_lib.training import History
 
 BASE = {"smoke": 8, "standard": 12, "full": 64}  # channels at 28×28; groups = base // 4
@@ -67,5 +68,6 @@ RECIPES = (
         sizes={budget: {"base": BASE[budget], "steps": STEPS[budget], "batch_size": BATCH} for budget in STEPS},
         checkpoint="05_unet_{budget}_{base}.pt",
         train=train_unet,
+        data=mnist_train,
     ),
 )

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from aigc_lib import clip
-from aigc_lib.captions import CaptionedDigits
+from aigc_lib.captions import CaptionedDigits, captioned_digits
 from aigc_lib.recipes import Recipe
 from aigc_lib.training import History
 
@@ -45,6 +45,11 @@ def train_clip_model(
     return model, history
 
 
+def renders(sizes: dict[str, Any]) -> CaptionedDigits:
+    """The notebook's training renders: `captions.captioned_digits("train", n=sizes["images"])`."""
+    return captioned_digits("train", n=sizes["images"])
+
+
 RECIPES = (
     Recipe(
         name="06.clip",
@@ -53,5 +58,6 @@ RECIPES = (
         sizes={b: {"images": IMAGES[b], "steps": STEPS[b], "batch": BATCH} for b in STEPS},
         checkpoint="06_clip_{budget}_{images}_{steps}_b{batch}.pt",
         train=train_clip_model,
+        data=renders,
     ),
 )

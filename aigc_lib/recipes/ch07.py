@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from aigc_lib import diffusion
-from aigc_lib.captions import CaptionedDigits
+from aigc_lib.captions import CaptionedDigits, captioned_digits
 from aigc_lib.clip import CLIP
 from aigc_lib.recipes import Recipe
+from aigc_lib.recipes.ch06 import renders
 from aigc_lib.text_to_image import AttributeJudge, train_judge
 from aigc_lib.text_to_image import autoencoder as ae
 from aigc_lib.text_to_image.pipeline import caption_context, frozen
@@ -105,6 +106,11 @@ def train_latent_unet(
     return model, history, ema, scale
 
 
+def judge_renders(sizes: dict[str, Any]) -> CaptionedDigits:
+    """The judge's renders: every attribute combination, held-out ones included."""
+    return captioned_digits("train", n=sizes["images"], include_holdout="both")
+
+
 RECIPES = (
     Recipe(
         name="07.judge",
@@ -113,6 +119,7 @@ RECIPES = (
         sizes={b: {"images": IMAGES[b], "steps": JUDGE_STEPS[b], "batch": JUDGE_BATCH} for b in IMAGES},
         checkpoint="07_judge_{budget}_{images}_{steps}_b{batch}.pt",
         train=train_attribute_judge,
+        data=judge_renders,
     ),
     Recipe(
         name="07.autoencoder",
@@ -120,6 +127,7 @@ RECIPES = (
         sizes={b: {"images": IMAGES[b], "steps": AE_STEPS[b], "batch": AE_BATCH} for b in IMAGES},
         checkpoint="07_autoencoder_{budget}_{images}_{steps}.pt",
         train=train_latent_autoencoder,
+        data=renders,
     ),
     Recipe(
         name="07.latent_unet",

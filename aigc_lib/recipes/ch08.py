@@ -15,6 +15,7 @@ import torch
 from aigc_lib.recipes import Recipe
 from aigc_lib.speech import fastspeech as fs
 from aigc_lib.speech import judge as jd
+from aigc_lib.speech import tts
 from aigc_lib.speech import wavenet as wn
 from aigc_lib.speech.tts import NumberCorpus
 from aigc_lib.training import History
@@ -67,6 +68,21 @@ def train_judge(sizes: dict[str, Any], data: Any, device: Any, **run: Any) -> tu
     return judge, history
 
 
+def corpus(sizes: Any = None) -> NumberCorpus:
+    """The notebook's teacher corpus: `speech.tts.number_corpus()` (needs the espeak extra)."""
+    return tts.number_corpus()
+
+
+def training_codes(sizes: Any = None) -> Any:
+    """The WaveNet's training audio, as the notebook codes it: `tts.wavenet_codes(corpus.train)`."""
+    return tts.wavenet_codes(tts.number_corpus().train)
+
+
+def judge_data(sizes: dict[str, Any]) -> Any:
+    """The judge's voices: `tts.judge_corpus(JUDGE_VARIANTS, sizes["per_voice"])`."""
+    return tts.judge_corpus(JUDGE_VARIANTS, sizes["per_voice"])
+
+
 RECIPES = (
     Recipe(
         name="08.fastspeech",
@@ -75,6 +91,7 @@ RECIPES = (
         sizes={b: {"steps": TTS_STEPS[b], **TTS_SIZES} for b in BUDGETS},
         checkpoint="08_fastspeech_{budget}_{d_model}_k{kernel}_{steps}.pt",
         train=train_tts,
+        data=corpus,
     ),
     Recipe(
         name="08.wavenet",
@@ -83,6 +100,7 @@ RECIPES = (
         sizes={b: {"steps": WAVENET_STEPS[b], **WAVENET_SIZES} for b in BUDGETS},
         checkpoint="08_wavenet_{budget}_{residual}_{steps}.pt",
         train=train_wavenet_model,
+        data=training_codes,
     ),
     Recipe(
         name="08.judge",
@@ -93,5 +111,6 @@ RECIPES = (
         },
         checkpoint="08_judge_{budget}_{per_voice}_{steps}.pt",
         train=train_judge,
+        data=judge_data,
     ),
 )

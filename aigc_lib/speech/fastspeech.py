@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aigc_lib import distributed
 from aigc_lib.checks import check_int, check_number, shape_of
 from aigc_lib.training import History, RunOptions, adamw_warmup_cosine, epoch_indices, fit
 from aigc_lib.transformer.attention import MultiHeadAttention, sinusoidal_positions
@@ -241,5 +242,10 @@ def train_fastspeech(
         model, check_number("lr", lr, inclusive=False), steps, min(200, steps // 10)
     )
     run.setdefault("desc", "FastSpeech")
+    distributed.warn_not_equivalent(
+        "train_fastspeech",
+        "the losses are means over each shard's real frames and phonemes, and DDP weighs the ranks equally, so "
+        "a shard of short phrases counts for more than in one process's frame-weighted mean (close, not equal)",
+    )
     return fit(model, optimizer, lambda step: data.batch(order(step)), fastspeech_loss, steps,
                scheduler=scheduler, grad_clip=1.0, **run)  # fmt: skip

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aigc_lib import distributed
 from aigc_lib.checks import check_int
 from aigc_lib.generation import check_token_batch, greedy_until_eos
 from aigc_lib.runtime import eval_mode, step_generator
@@ -188,4 +189,9 @@ def train_seq2seq(
         return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
 
     run.setdefault("desc", "seq2seq")
+    distributed.warn_not_equivalent(
+        "train_seq2seq",
+        "the loss is a mean over each shard's non-padding targets, and DDP weighs the ranks equally, so a "
+        "shard with fewer targets counts for more than in one process's token-weighted mean (close, not equal)",
+    )
     return fit(model, opt, batches, loss_fn, steps, grad_clip=1.0, scheduler=sched, **run)

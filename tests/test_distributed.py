@@ -1,0 +1,163 @@
+"""Data parallelism (aigc_lib.distributed + training.fit under a process group): real processes joined by
+gloo on the CPU, one thread each, and a real torchrun. N ranks with the global batch must reproduce one
+process (to float rounding), hold identical weights, let rank 0 alone write the checkpoint and resume
+exactly."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from aigc_lib import distributed, recipes, training
+from aigc_lib import transformer as tr
+from aigc_lib.__main__ import main
+from aigc_lib.data import ImageData, mnist5k
+from aigc_lib.paths import ROOT
+from aigc_lib.recipes import ch04
+
+TINY_GPT = {"n_layer": 1, "n_embd": 16, "block_size": 16, "batch": 8, "steps": 6}
+TINY_UNET = {"base": 8, "steps": 4, "batch_size": 8}
+
+
+def tiny_text() -> torch.Tensor:
+    return ch04.shakespeare_ids()[:20_000]
+
+
+def tiny_digits() -> ImageData:
+    train = mnist5k("train")
+    return ImageData(train.images[:64], train.labels[:64])
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= atol, f"largest weight difference {worst:.3g}"
+
+
+# --- one process: the launcher's environment, sharding ----------------------------------------------
+
+
+def test_launch_context_reads_torchrun_and_falls_back_to_one_process():
+    assert distributed.launch_context({}) == distributed.Context()
+    ctx = distributed.launch_context({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.is_main, ctx.distributed) == (3, 4, 1, False, True)
+    with pytest.raises(ValueError, match="missing"):
+        distributed.launch_context({"RANK": "0"})
+    with pytest.raises(ValueError, match="RANK < WORLD_SIZE"):
+        distributed.launch_context({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    assert distributed.backend_for("cpu") == "gloo" and distributed.backend_for("cuda") == "nccl"
+    assert distributed.context().world_size == 1  # no group in this process
+
+
+def test_shard_gives_each_rank_its_slice_of_every_tensor():
+    batch = {"x": torch.arange(12).view(6, 2), "pair": (torch.arange(6), 7), "scalar": torch.tensor(1.0)}
+    parts = [distributed.shard(batch, r, 3) for r in range(3)]
+    assert torch.equal(torch.cat([p["x"] for p in parts]), batch["x"])
+    assert torch.equal(parts[1]["pair"][0], torch.tensor([2, 3])) and parts[1]["pair"][1] == 7
+    assert parts[2]["scalar"] is batch["scalar"]
+    with pytest.raises(ValueError, match="multiple of 4"):
+        distributed.shard(batch, 0, 4)
+
+
+def test_train_command_lists_the_recipes_and_names_those_it_cannot_train(capsys):
+    assert main(["train"]) == 0
+    assert "04.char_gpt" in capsys.readouterr().out
+    assert main(["train", "07.latent_unet"]) == 2
+    err = capsys.readouterr().err
+    assert "another recipe's model" in err and "05.unet" in err
+
+
+# --- two processes -------------------------------------------------------------------------------------
+
+
+def _equivalence_worker(ranks, device, text, digits):
+    gpt = recipes.train_replica(ranks, device, "04.char_gpt", TINY_GPT, text, {"progress": False, "log_every": 2})
+    unet = recipes.train_replica(ranks, device, "05.unet", TINY_UNET, digits, {"progress": False})
+    return gpt, unet
+
+
+def test_two_ranks_with_the_global_batch_equal_one_process_and_each_other():
+    text, digits = tiny_text(), tiny_digits()
+    (gpt0, unet0), (gpt1, unet1) = distributed.run_local(_equivalence_worker, 2, text, digits)
+    # the ranks' weights are bit for bit the same: DDP averaged the gradients, the steps are identical
+    for a, b in ((gpt0[0], gpt1[0]), (unet0[0], unet1[0])):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # and equal to one process that trains on the whole batch (each rank had half of it)
+    one_gpt = recipes.train_replica(distributed.Context(), "cpu", "04.char_gpt", TINY_GPT, text, {"progress": False})
+    one_unet = recipes.train_replica(distributed.Context(), "cpu", "05.unet", TINY_UNET, digits, {"progress": False})
+    assert_same_weights(gpt0[0], one_gpt[0])
+    assert_same_weights(unet0[0], one_unet[0])
+    # the logged loss is the mean over the ranks: the whole batch's loss
+    assert gpt0[1].losses == pytest.approx(one_gpt[1].losses, rel=1e-5)
+    assert gpt0[1].losses == gpt1[1].losses
+
+
+def _resume_worker(ranks, device, text, folder):
+    writes = []
+    real_write = training._write
+    training._write = lambda *args: (writes.append(args[1]), real_write(*args))[1]  # count this rank's writes
+    config = tr.GPTConfig(vocab_size=ch04.VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.2)
+
+    def run(steps, name):
+        torch.manual_seed(0)
+        model = tr.GPT(config)
+        tr.train_gpt(model, text, steps, batch_size=8, ckpt_every=3, progress=False, checkpoint=f"{folder}/{name}")
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    whole = run(8, "whole.pt")
+    run(5, "resumed.pt")  # stops at step 5 (checkpoints at 3 and 5) ...
+    resumed = run(8, "resumed.pt")  # ... and a second run goes on from there
+    return writes, whole, resumed
+
+
+def test_only_rank_0_writes_and_a_distributed_run_resumes_exactly(tmp_path):
+    (writes0, whole0, resumed0), (writes1, whole1, _) = distributed.run_local(
+        _resume_worker, 2, tiny_text(), str(tmp_path)
+    )
+    assert writes0 == [3, 6, 8, 3, 5, 6, 8] and writes1 == []
+    # dropout draws from each rank's own stream; the checkpoint keeps both, so resuming is exact
+    assert all(torch.equal(whole0[k], resumed0[k]) for k in whole0)
+    assert all(torch.equal(whole0[k], whole1[k]) for k in whole0)
+    state = torch.load(tmp_path / "whole.pt", weights_only=True)
+    assert len(state["rank_rng"]) == 2
+    assert not torch.equal(state["rank_rng"][0]["torch"], state["rank_rng"][1]["torch"])
+
+
+def _refusal_worker(ranks, device):
+    from aigc_lib import clip, gan
+
+    config = gan.DCGANConfig(z_dim=8, ngf=8, ndf=8)
+    try:
+        gan.train_gan(gan.DCGANGenerator(config), gan.DCGANDiscriminator(config), torch.zeros(8, 1, 28, 28), 1)
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clip._check_ranks(64, 64)
+    return refused, [str(w.message) for w in caught]
+
+
+def test_trainers_whose_loss_couples_the_batch_refuse_or_warn():
+    (refused, warned), (_, warned1) = distributed.run_local(_refusal_worker, 2)
+    assert "train_gan: runs in one process only" in refused
+    assert len(warned) == 1 and "group=32" in warned[0] and warned1 == []  # rank 0 warns
+
+
+def test_torchrun_end_to_end_trains_a_recipe_like_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "AIGC_BUDGET": "smoke"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "aigc_lib", "train", "04.char_gpt", "--steps", "6", "--quiet", "--checkpoint", "ddp.pt"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("on 2 process(es)") == 1, done.stdout  # rank 0 alone reports
+    state = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert state["step"] == 6 and len(state["rank_rng"]) == 2
+    sizes = {**recipes.get("04.char_gpt").sizes_for("smoke"), "steps": 6}
+    one, _ = recipes.train_replica(
+        distributed.Context(), "cpu", "04.char_gpt", sizes, ch04.shakespeare_ids(), {"progress": False}
+    )
+    assert_same_weights(state["model"], one)
