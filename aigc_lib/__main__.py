@@ -1,7 +1,11 @@
 """The course's command line: `python -m aigc_lib COMMAND` (`--help` lists the commands).
 
 doctor | workspace [DIR] | build-chapters [--check] [--force] | grade ... (= aigc-grade) |
-gradescope-autograder NN ZIP | classifier [--retrain] | train [RECIPE] [--budget B] [--steps N] [--batch N]
+gradescope-autograder NN ZIP | classifier [--retrain] | train [RECIPE] [--budget B] [--steps N] [--batch N] |
+book [--no-execute] [--strict] [--budget B] [--chapters 00 03 ...] [--out DIR] [--fresh] [--repo-url URL]
+
+`book` builds the course's website with Jupyter Book (the optional toolchain: pip install -r
+requirements-book.txt) into build/book/_build/html/, executing the chapters at the budget with a cache.
 
 `train` trains a chapter's recipe, the model its notebook uses, and writes the notebook's checkpoint. The
 same command runs on N processes or GPUs under PyTorch's launcher (one process per GPU, NCCL; gloo on CPU):
@@ -81,6 +85,29 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def book(args: argparse.Namespace) -> int:
+    """Build the website (aigc_lib.book); a missing toolchain is a one-line error, not a traceback."""
+    from aigc_lib import book as site
+
+    try:
+        html = site.build(
+            out=args.out or site.OUT,
+            budget=args.budget,
+            chapters=args.chapters,
+            execute=not args.no_execute,
+            strict=args.strict,
+            fresh=args.fresh,
+            repo_url=args.repo_url,
+            branch=args.branch,
+            quiet=args.quiet,
+        )
+    except (site.ToolchainMissing, ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"the book: {html / 'index.html'}")
+    return 0
+
+
 def _override(name: str, sizes: dict, *, steps: int | None, batch: int | None) -> tuple[dict, str]:
     """The recipe's sizes with --steps / --batch, and a checkpoint suffix naming what was changed."""
     suffix = ""
@@ -131,7 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     fit_.add_argument("--log-every", type=int, help="log (and average over ranks) every N steps")
     fit_.add_argument("--ckpt-every", type=int, help="save every N steps")
     fit_.add_argument("--quiet", action="store_true", help="no progress bar")
+    site = sub.add_parser(
+        "book", help="build the course's website (Jupyter Book; pip install -r requirements-book.txt)"
+    )
+    site.add_argument("--no-execute", action="store_true", help="pages without outputs (no kernel runs)")
+    site.add_argument("--strict", action="store_true", help="warnings and failing cells are errors (Sphinx -W)")
+    site.add_argument("--budget", choices=("smoke", "standard", "full"), help="default: $AIGC_BUDGET or standard")
+    site.add_argument("--chapters", nargs="+", metavar="NN", help="only these chapters, e.g. 00 03 A1 (default: all)")
+    site.add_argument("--out", type=Path, help="default: build/book/ in the course folder (html in _build/html/)")
+    site.add_argument("--fresh", action="store_true", help="forget this budget's execution cache: run every chapter")
+    site.add_argument("--repo-url", help="https://github.com/OWNER/REPO: GitHub and Binder links on the pages")
+    site.add_argument("--branch", default="main", help="the branch those links point to (default main)")
+    site.add_argument("--quiet", action="store_true", help="only Sphinx's warnings and errors")
     args = parser.parse_args(argv)
+
+    if args.command == "book":
+        return book(args)
 
     if args.command == "train":
         return train(args)
