@@ -9,16 +9,20 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _pins() -> dict[str, str]:
+def _pins(name: str = "requirements.txt") -> dict[str, str]:
     pins = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
+    for line in (ROOT / name).read_text().splitlines():
         line = line.split("#")[0].strip()
-        if line and not line.startswith("-e"):
+        if line and not line.startswith(("-e", "-r")):
             req = Requirement(line)
             (spec,) = req.specifier
-            assert spec.operator == "==", f"requirements.txt must pin exactly: {line}"
+            assert spec.operator == "==", f"{name} must pin exactly: {line}"
             pins[req.name.lower()] = spec.version
     return pins
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
 def test_requirements_pin_torch_cpu_wheel_and_install_the_package():
@@ -27,9 +31,9 @@ def test_requirements_pin_torch_cpu_wheel_and_install_the_package():
 
 
 def test_pins_satisfy_pyproject_ranges():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _project()
     deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
-    pins = _pins()
+    pins = {**_pins(), **_pins("requirements-book.txt")}
     for dep in map(Requirement, deps):
         if dep.name.lower() in pins:
             assert dep.specifier.contains(pins[dep.name.lower()]), f"{dep} vs pin {pins[dep.name.lower()]}"
@@ -46,3 +50,23 @@ def test_ci_runs_the_readme_commands():
     readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci/run").read_text()
     for command in ["pip install -r requirements.txt", "pytest"]:
         assert command in readme and command in ci
+
+
+def test_the_book_toolchain_is_an_optional_extra_pinned_on_its_own():
+    course, book = _pins(), _pins("requirements-book.txt")
+    assert "-r requirements.txt" in (ROOT / "requirements-book.txt").read_text()  # one command installs both
+    for dep in map(Requirement, _project()["optional-dependencies"]["book"]):
+        assert dep.name.lower() in book, f"the book extra's {dep.name} has no pin in requirements-book.txt"
+    assert not set(course) & set(book), "a package pinned in both files"
+    toolchain = {"jupyter-book", "sphinx", "myst-nb", "myst-parser", "jupyter-cache", "sphinx-mathjax-offline"}
+    assert not toolchain & set(course), "the default install stays lean: the book's toolchain is optional"
+
+
+def test_version_is_one_number_everywhere():
+    import aigc_lib
+
+    version = _project()["version"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version) and aigc_lib.__version__ == version
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert re.search(rf"^## \[{re.escape(version)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", changelog, re.MULTILINE)
+    assert f"v{version}" in changelog and "MIT" in (ROOT / "LICENSE").read_text()
