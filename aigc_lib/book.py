@@ -457,3 +457,26 @@ def build(
             + (f", execution reports in {out / '_build' / 'html' / 'reports'}" if execute else "")
         )
     return html
+
+
+# --- a Sphinx extension the book loads (book/_config.yml: extra_extensions) ------------------------
+
+
+def _unique_scripts(app, pagename, templatename, context, doctree) -> None:
+    """Each script once per page: Jupyter Book 1 registers the inline scripts of sphinx-thebe and
+    sphinx-togglebutton twice (once with filename None, once ""), and the second
+    `const THEBE_JS_URL` is a JavaScript error on every page."""
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        name = getattr(script, "filename", script) or ""  # the same inline script comes as None and as ""
+        key = (str(name), tuple(sorted(getattr(script, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"][:] = unique  # in place: the builder's own list, restored before each page
+
+
+def setup(app) -> dict:
+    """Sphinx's entry point: `aigc_lib.book` is also an extension of the book it builds."""
+    app.connect("html-page-context", _unique_scripts, priority=900)  # after the others add theirs
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -90,6 +90,17 @@ def find_playwright() -> tuple[bool, str]:
     return True, "playwright importable"
 
 
+def launch_chromium(playwright, chromium: str):
+    """Headless `chromium` started by playwright (`--no-sandbox` as root); CannotRun if it will not start."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    launch_args = ["--no-sandbox"] if (hasattr(os, "geteuid") and os.geteuid() == 0) else []
+    try:
+        return playwright.chromium.launch(executable_path=chromium, headless=True, args=launch_args)
+    except PlaywrightError as e:
+        raise CannotRun(f"could not start {chromium}: {str(e).splitlines()[0]}") from e
+
+
 def missing_requirements(chromium: str | None = None) -> list[str]:
     """Why this check cannot run here (empty when it can). Used by tests/test_jupyterlab.py."""
     why = []
@@ -443,11 +454,7 @@ def run_check(args) -> tuple[int, list[str]]:
         server.start()
         note(f"jupyter lab up on {server.url} (log {server.log_path})")
         with sync_playwright() as p:
-            launch_args = ["--no-sandbox"] if (hasattr(os, "geteuid") and os.geteuid() == 0) else []
-            try:
-                browser = p.chromium.launch(executable_path=chromium, headless=True, args=launch_args)
-            except PlaywrightError as e:
-                raise CannotRun(f"could not start {chromium}: {str(e).splitlines()[0]}") from e
+            browser = launch_chromium(p, chromium)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.on(
