@@ -461,22 +461,126 @@ def build(
 
 # --- a Sphinx extension the book loads (book/_config.yml: extra_extensions) ------------------------
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
-def _unique_scripts(app, pagename, templatename, context, doctree) -> None:
+
+def widget_html(model_id: str, state: dict) -> str:
+    """A widget drawn as static HTML from the notebook's saved widget state: sliders as their values,
+    progress bars as <progress> with tqdm's text, Output widgets as their outputs (figures included).
+
+    A static page has no kernel to move a slider, and the JavaScript widget manager would come from a
+    CDN; this shows what the widget showed when the notebook ran, and works offline."""
+    from html import escape
+
+    model = state.get(model_id)
+    if model is None:
+        return ""
+    kind, s = model.get("model_name", ""), model.get("state", {})
+    label = escape(str(s.get("description", "")))
+    if kind in ("VBoxModel", "HBoxModel", "BoxModel", "GridBoxModel"):
+        children = "".join(widget_html(c.removeprefix("IPY_MODEL_"), state) for c in s.get("children", []))
+        interact = "widget-interact" in s.get("_dom_classes", [])
+        box = f'<div class="aigc-widget-{"row" if kind == "HBoxModel" else "column"}">{children}</div>'
+        if interact:
+            note = '<p class="aigc-widget-note">Interactive in JupyterLab; this page shows the first setting.</p>'
+            return f'<div class="aigc-widget-interact">{note}{box}</div>'
+        return box
+    if kind == "SelectionSliderModel" or kind in ("DropdownModel", "RadioButtonsModel", "ToggleButtonsModel"):
+        labels, index = s.get("_options_labels", []), s.get("index")
+        value = labels[index] if isinstance(index, int) and 0 <= index < len(labels) else ""
+        return f'<div class="aigc-widget-control">{label}: <b>{escape(str(value))}</b></div>'
+    if kind.endswith(("SliderModel", "TextModel", "CheckboxModel")) or kind in ("BoundedFloatTextModel",):
+        return f'<div class="aigc-widget-control">{label}: <b>{escape(str(s.get("value", "")))}</b></div>'
+    if kind in ("HTMLModel", "LabelModel", "HTMLMathModel"):
+        value = s.get("value", "")
+        return f'<span class="aigc-widget-text">{value if kind != "LabelModel" else escape(value)}</span>'
+    if kind in ("FloatProgressModel", "IntProgressModel"):
+        return f'<progress class="aigc-widget-progress" value="{s.get("value", 0)}" max="{s.get("max", 1)}"></progress>'
+    if kind == "OutputModel":
+        return "".join(_output_html(o) for o in s.get("outputs", []))
+    return ""
+
+
+def _output_html(output: dict) -> str:
+    from html import escape
+
+    if output.get("output_type") == "stream":
+        return f'<pre class="aigc-widget-stream">{escape("".join(output.get("text", "")))}</pre>'
+    data = output.get("data", {})
+    for mime in ("image/png", "image/jpeg"):
+        if mime in data:
+            payload = "".join(data[mime]).replace("\n", "")
+            return f'<img class="aigc-widget-image" alt="figure" src="data:{mime};base64,{payload}"/>'
+    if "text/html" in data:
+        return "".join(data["text/html"])
+    if "text/plain" in data:
+        return f"<pre>{escape(''.join(data['text/plain']))}</pre>"
+    return ""
+
+
+def _static_widgets(app, doctree, docname: str) -> None:
+    """Replace each widget view of a notebook page by its static drawing (widget_html)."""
+    from docutils import nodes
+
+    try:
+        from myst_nb.sphinx_ import NbMetadataCollector
+
+        saved = NbMetadataCollector.get_js_files(app.env, docname).get("ipywidgets_state")
+    except (ImportError, KeyError, AttributeError):
+        return
+    if not saved or app.builder.format != "html":
+        return
+    state = json.loads(saved[1]["body"].replace("<\\/", "</")).get("state", {})
+    for node in list(doctree.findall(nodes.raw)):
+        text = node.astext()
+        if WIDGET_VIEW not in text:
+            continue
+        views = re.findall(r'"model_id":\s*"([0-9a-f]+)"', text)
+        html = "".join(widget_html(model_id, state) for model_id in views)
+        node.replace_self(nodes.raw("", f'<div class="aigc-widget">{html}</div>', format="html"))
+
+
+def _page_scripts(app, pagename, templatename, context, doctree) -> None:
     """Each script once per page: Jupyter Book 1 registers the inline scripts of sphinx-thebe and
     sphinx-togglebutton twice (once with filename None, once ""), and the second
-    `const THEBE_JS_URL` is a JavaScript error on every page."""
+    `const THEBE_JS_URL` is a JavaScript error on every page. The saved widget state goes too: the
+    widgets are drawn statically (`_static_widgets`), so no widget manager reads it."""
     seen, unique = set(), []
     for script in context.get("script_files", []):
+        attributes = getattr(script, "attributes", {})
+        if attributes.get("type") == WIDGET_STATE:
+            continue
         name = getattr(script, "filename", script) or ""  # the same inline script comes as None and as ""
-        key = (str(name), tuple(sorted(getattr(script, "attributes", {}).items())))
+        key = (str(name), tuple(sorted(attributes.items())))
         if key not in seen:
             seen.add(key)
             unique.append(script)
     context["script_files"][:] = unique  # in place: the builder's own list, restored before each page
 
 
+WIDGET_CSS = """
+.aigc-widget-interact { border-left: 3px solid #4a6fa5; padding-left: .75em; margin: .5em 0; }
+.aigc-widget-note { font-size: .85em; color: #555; margin: 0 0 .3em; }
+.aigc-widget-row { display: flex; align-items: center; gap: .5em; flex-wrap: wrap; }
+.aigc-widget-column { display: flex; flex-direction: column; gap: .2em; }
+.aigc-widget-control { font-family: var(--pst-font-family-monospace, monospace); font-size: .85em; }
+.aigc-widget-progress { width: 12em; }
+.aigc-widget-text { font-family: var(--pst-font-family-monospace, monospace); font-size: .85em; }
+.aigc-widget-image { max-width: 100%; }
+"""
+
+
+def _add_widget_css(app) -> None:
+    static = Path(app.outdir) / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    (static / "aigc-widgets.css").write_text(WIDGET_CSS, encoding="utf-8")
+
+
 def setup(app) -> dict:
     """Sphinx's entry point: `aigc_lib.book` is also an extension of the book it builds."""
-    app.connect("html-page-context", _unique_scripts, priority=900)  # after the others add theirs
+    app.connect("doctree-resolved", _static_widgets)
+    app.connect("html-page-context", _page_scripts, priority=900)  # after the others add theirs
+    app.connect("builder-inited", _add_widget_css)
+    app.add_css_file("aigc-widgets.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -128,6 +128,30 @@ def test_mermaid_flowcharts_become_graphviz_and_anything_else_stays_source():
     assert book.draw_diagrams("```mermaid\ngraph TD\n A --> B\n```", graphviz=False).startswith("```text\n")
 
 
+def test_widgets_are_drawn_from_their_saved_state_without_a_widget_manager():
+    def model(name, **state):
+        return {"model_name": name, "state": state}
+
+    png = "iVBORw0KGgo="
+    state = {
+        "box": model(
+            "VBoxModel", _dom_classes=["widget-interact"], children=["IPY_MODEL_z1", "IPY_MODEL_k", "IPY_MODEL_out"]
+        ),
+        "z1": model("FloatSliderModel", description="z1", value=0.5),
+        "k": model("SelectionSliderModel", description="order", _options_labels=["1", "2", "3"], index=2),
+        "out": model("OutputModel", outputs=[{"output_type": "display_data", "data": {"image/png": png + "\n"}}]),
+        "bar": model("HBoxModel", children=["IPY_MODEL_text", "IPY_MODEL_progress", "IPY_MODEL_gone"]),
+        "text": model("HTMLModel", value="fit: 100%"),
+        "progress": model("FloatProgressModel", value=30.0, max=30.0),
+    }
+    html = book.widget_html("box", state)
+    assert "Interactive in JupyterLab" in html and "z1: <b>0.5</b>" in html and "order: <b>3</b>" in html
+    assert f'src="data:image/png;base64,{png}"' in html
+    bar = book.widget_html("bar", state)
+    assert "fit: 100%" in bar and '<progress class="aigc-widget-progress" value="30.0" max="30.0">' in bar
+    assert book.widget_html("missing", state) == ""
+
+
 def test_stage_writes_per_budget_cache_settings(tmp_path):
     pytest.importorskip("yaml")
     import yaml
@@ -198,6 +222,7 @@ def test_a_small_book_builds_with_warnings_as_errors(tmp_path):
         assert 'src="_static/mathjax/tex-chtml.js' in pages[name]
     assert (html / "_static/mathjax/tex-chtml.js").stat().st_size > 100_000
     assert not any(re.search(r'<script[^>]+src="https?:', text) for text in pages.values())
+    assert not any("THEBE_JS_URL" in text and text.count("const THEBE_JS_URL") > 1 for text in pages.values())
     # the glossary: one row per term, TeX's double bar intact
     terms = sum(len(book.glossary_terms(ch)) for ch in CHAPTER_LIST)
     table = pages["glossary.html"].split("<table", 1)[1].split("</table>", 1)[0]

@@ -127,11 +127,11 @@ def check(args: argparse.Namespace) -> int:
                 page = browser.new_page(viewport={"width": args.width, "height": 1000})
                 external, js_errors = [], []
 
-                def route(r, external=external):
-                    if r.request.url.startswith(("file:", "data:", "blob:")):
+                def route(r, request, external=external):
+                    if request.url.startswith(("file:", "data:", "blob:")):
                         r.continue_()
                     else:
-                        external.append(r.request.url)
+                        external.append(request.url)
                         r.abort()
 
                 page.route("**/*", route)
