@@ -447,6 +447,8 @@ def build(
     command += ["--path-output", str(out), "--builder", "html"]
     if strict:
         command += ["-W", "--keep-going"]
+    if fresh:
+        command += ["--all"]  # re-read every page, or Sphinx would not ask for the outputs again
     if quiet:
         command += ["-q"]
     done = subprocess.run(command, env=env, cwd=src)
