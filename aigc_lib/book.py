@@ -23,6 +23,10 @@ needs it. What a build does:
    executed again (one cache per budget, in OUT/.jupyter_cache/BUDGET; the cache keys on the
    notebook's code, not on the library, so after a library change pass --fresh);
 3. writes the site to OUT/_build/html/.
+
+The module is also a Sphinx extension of the book (`setup` below): it draws the notebooks' widgets
+statically from their saved state, so no widget manager is fetched from a CDN, and keeps each script
+once per page.
 """
 
 from __future__ import annotations
