@@ -189,6 +189,24 @@ def test_image_watermark_z_is_standard_normal_without_the_key_and_large_with_it(
     assert abs(float(watermark.image_z_scores(marked, key=6).mean())) < 0.15  # another key: nothing
 
 
+def test_image_watermark_detector_removes_the_content_first():
+    # a smooth bright blob (content) plus the mark: correlating the raw image drowns the mark, the
+    # high-pass residual finds it
+    yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    blob = torch.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / 40)[None, None].expand(200, 1, 28, 28)
+    images = (blob * torch.rand(200, 1, 1, 1, generator=gen(10))).contiguous()
+    marked = watermark.embed_image_watermark(images, key=3, strength=0.02)
+    z = watermark.image_z_scores(marked, key=3)
+    assert float(z.min()) > 5
+    x = (marked - marked.mean((1, 2, 3), keepdim=True)).flatten(1)
+    raw = x @ watermark.image_pattern((1, 28, 28), 3).flatten() / x.norm(dim=1)
+    assert float(raw.median()) < float(z.median()) / 2
+    assert float(watermark.highpass(blob[:1]).abs().max()) < 0.05
+    assert float(watermark.highpass(torch.ones(1, 1, 5, 5)).abs().max()) == 0
+    with pytest.raises(ValueError, match="images"):
+        watermark.image_z_scores(torch.rand(3, 28), key=1)
+
+
 def test_nearest_neighbours_match_brute_force_in_chunks():
     train = torch.rand(50, 1, 6, 6, generator=gen(6))
     samples = torch.cat([train[[4, 9]] + 1e-4, torch.rand(6, 1, 6, 6, generator=gen(7))])

@@ -15,9 +15,12 @@ pair that repeats ("the the the", "abab…") is scored once: its repeats carry n
 counting them breaks the independence the z-test assumes (Kirchenbauer et al., "On the Reliability of
 Watermarks for Large Language Models", ICLR 2024, §3).
 
-Images. A keyed pattern p of ±1 per pixel is added at strength ε. Detection correlates the image,
-centred, with p: for an image made without the key, z = Σ (x − x̄) p / sqrt(Σ (x − x̄)²) is a sum of
-random signs, about standard normal; the watermark adds about ε · (pixels) / sqrt(Σ (x − x̄)²).
+Images. A keyed pattern p of ±1 per pixel is added at strength ε. Detection correlates p with the
+image's high-pass residual r = x − (x averaged over each pixel's 3×3 neighbourhood): the content is
+smooth and mostly cancels, the white pattern mostly stays (a whitening step, as in spread-spectrum
+watermark detectors, Cox, Kilian, Leighton & Shamoon, IEEE Trans. Image Processing 1997). For an image
+made without the key, z = Σ r p / sqrt(Σ r²) is a sum of random signs, about standard normal; the mark
+adds about ε · (pixels) · 8/9 / sqrt(Σ r²), larger than with the raw image because Σ r² is smaller.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aigc_lib.checks import check_float_tensor, check_int, check_number, shape_of
@@ -169,12 +173,17 @@ def embed_image_watermark(images: Tensor, key: int, strength: float) -> Tensor:
     return (images + strength * pattern).clamp(0, 1)
 
 
+def highpass(images: Tensor) -> Tensor:
+    """images (N, C, H, W) minus their 3×3 local means (edges replicated): what is left when the smooth
+    content is taken away."""
+    check_float_tensor("images", images, ndim=4)
+    return images - F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
 def image_z_scores(images: Tensor, key: int) -> Tensor:
-    """(N,) z-scores: each image, centred, correlated with the key's pattern (about N(0, 1) without it)."""
-    check_float_tensor("images", images)
-    if images.ndim < 2:
-        raise ValueError(f"images: expected a batch (N, ...), got {shape_of(images)}")
+    """(N,) z-scores of images (N, C, H, W): each image's high-pass residual correlated with the key's
+    pattern, over the residual's norm (about N(0, 1) without the mark)."""
+    check_float_tensor("images", images, ndim=4)
     pattern = image_pattern(tuple(images.shape[1:]), key).to(images.device).flatten().double()
-    x = images.flatten(1).double()
-    x = x - x.mean(1, keepdim=True)
-    return (x @ pattern / x.norm(dim=1).clamp_min(1e-12)).float()
+    r = highpass(images.double()).flatten(1)
+    return (r @ pattern / r.norm(dim=1).clamp_min(1e-12)).float()
