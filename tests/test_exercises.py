@@ -4,6 +4,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,8 @@ def test_compare_numbers_ints_and_tolerance():
     assert compare(torch.tensor([1.0 + 1e-7]), torch.tensor([1.0])).ok
     assert not compare(torch.tensor([2, 3]), torch.tensor([2, 4])).ok
     assert compare(1.0, 1.0).ok and not compare(True, 1.0).ok and not compare("1", 1.0).ok
+    assert compare(np.float64(1.0), 1.0).ok and compare(np.float32(0.5), 0.5).ok and compare(np.int64(3), 3).ok
+    assert not compare(np.float64(1.5), 1.0).ok and not compare(np.bool_(True), 1.0).ok
 
 
 def test_every_exercise_reference_passes_its_own_cases():

@@ -264,6 +264,18 @@ def test_hidden_feedback_never_shows_hidden_inputs(grader, tmp_path):
     assert hidden_ids not in gradescope_results(report)
 
 
+def test_feedback_gives_the_nudge_never_the_full_recipe(grader, tmp_path):
+    from aigc_lib.grading.reports import feedback_html, feedback_markdown
+
+    for name, answers in (("blank", {}), ("wrong", WRONG)):  # untouched (0 points), typical mistakes
+        report = grader.grade(submission(tmp_path, name, answers))
+        shown = feedback_markdown(report) + feedback_html(report) + gradescope_results(report)
+        for ex in grader.exercises:
+            assert ex.hint[:40] not in shown
+            if ex.function in answers:
+                assert ex.nudge[:40] in feedback_markdown(report)
+
+
 def test_a_hidden_input_cannot_come_back_in_a_visible_message(grader, tmp_path):
     stash = {
         "count_bigrams": "SEEN = []\n"

@@ -92,6 +92,14 @@ CH08_MISTAKES = {  # μ-law codes truncated instead of rounded; a stack that ass
     "    return torch.stack([torch.repeat_interleave(h[b], durations[b], dim=0) for b in range(len(h))])",
 }
 
+CH09_MISTAKES = {  # every pair counted, against gamma = 0.5; squared distances in the copy score
+    "watermark_z": "import math\n\ndef watermark_z(ids, green):\n    s = int(green[ids[:-1], ids[1:]].sum())\n"
+    "    n = len(ids) - 1\n    return (s - 0.5 * n) / math.sqrt(n * 0.25)",
+    "copy_score": "def copy_score(samples, train, k=50):\n"
+    "    d = torch.cdist(samples.flatten(1).double(), train.flatten(1).double()) ** 2\n"
+    "    nearest = d.topk(k, dim=1, largest=False).values\n    return (nearest[:, 0] / nearest.mean(1)).to(samples.dtype)",
+}
+
 CH03_MISTAKES = {  # the typical wrong answers: the variance for the std, KL averaged over dimensions
     "reparameterize": "def reparameterize(mu, logvar, eps):\n    return mu + torch.exp(logvar) * eps",
     "gaussian_kl": "def gaussian_kl(mu, logvar):\n    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(dim=1)",
@@ -101,8 +109,13 @@ CH03_MISTAKES = {  # the typical wrong answers: the variance for the std, KL ave
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("chapter", "mistakes"),
-    [("00", WRONG), ("03", CH03_MISTAKES), ("08", CH08_MISTAKES)],
-    ids=["ch00 (exercises only)", "ch03 (trains models)", "ch08 (speech: espeak in a subprocess, audio outputs)"],
+    [("00", WRONG), ("03", CH03_MISTAKES), ("08", CH08_MISTAKES), ("09", CH09_MISTAKES)],
+    ids=[
+        "ch00 (exercises only)",
+        "ch03 (trains models)",
+        "ch08 (speech: espeak in a subprocess, audio outputs)",
+        "ch09 (loads or trains four chapters' models)",
+    ],
 )
 def test_nbgrader_scores_like_the_course_grader(tmp_path, chapter, mistakes):
     course = tmp_path / "course"

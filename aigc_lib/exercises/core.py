@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 STRICT_ENV = "AIGC_STRICT"  # "1": a failing check raises (CI on solutions/, never for learners)
@@ -144,6 +145,8 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) 
                 return Verdict(False, f"item {i}: {verdict.message}")
         return Verdict(True, "")
     if type(expected) in (float, int):
+        if isinstance(got, np.floating | np.integer):  # a NumPy scalar is a plain number (np.float64 even is a float)
+            got = got.item()
         if type(got) not in (float, int):
             convert = isinstance(got, numbers.Real) or (type(got) is torch.Tensor and got.numel() == 1)
             fix = f" ({type(got).__module__}.{type(got).__name__}): convert it with float(...)" if convert else ""

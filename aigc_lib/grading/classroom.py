@@ -188,7 +188,7 @@ def _failed(grader: Grader, student: str, path: Path, err: BaseException) -> dic
         "notes": [],
         "score": 0,
         "exercises": [
-            {"key": e.key, "function": e.function, "hint": e.hint, "points": 0, "max_points": e.points, "cases": []}
+            {"key": e.key, "function": e.function, "hint": e.nudge, "points": 0, "max_points": e.points, "cases": []}
             for e in grader.exercises
         ],
     }

@@ -250,7 +250,7 @@ class Grader:
                 {
                     "key": ex.key,
                     "function": ex.function,
-                    "hint": ex.hint,
+                    "hint": ex.nudge,  # where to look; never the full recipe (a blank upload would buy it)
                     "points": sum(r.points for r in results),
                     "max_points": ex.points,
                     "cases": [public_case(r) for r in results],
