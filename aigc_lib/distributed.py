@@ -189,10 +189,33 @@ class _Loss(nn.Module):
 
 def ddp_loss(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any]) -> nn.Module:
     """`batch -> loss_fn(model, batch)` wrapped in DistributedDataParallel (rank 0's weights are
-    broadcast to every rank here). Call it inside the running group."""
+    broadcast to every rank here). Call it inside the running group.
+
+    `static_graph=True`: DDP records which parameters the first backward reaches and, from then on,
+    expects that same set every step. A loss that leaves parameters without a gradient then works
+    (WaveNet's last residual convolution feeds nothing: only its skip output is used), where plain DDP
+    stops at step 2 waiting for their gradients. The alternatives cost more: find_unused_parameters walks
+    the autograd graph after every forward, and a dry run to find the unused parameters would cost a
+    step and disturb what a loss keeps between steps (random streams, an LSTM's carried state). The
+    course's losses use the same parameters every step; one whose used set changed from step to step
+    would need find_unused_parameters instead. `no_sync()` gradient accumulation works as without it."""
     device = next(model.parameters()).device
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(_Loss(model, loss_fn), device_ids=ids)
+    _ignore_1x1_stride_warning()
+    return nn.parallel.DistributedDataParallel(_Loss(model, loss_fn), device_ids=ids, static_graph=True)
+
+
+# DDP warns when a gradient's strides differ from its bucket's. On the CPU, a 1×1 convolution whose input
+# is laid out channels-last (the U-Net's attention output projection, fed a reshaped attention result)
+# gets its weight gradient (C_out, C_in, 1, 1) with strides (C_in, 1, C_in, C_in) where the bucket has
+# (C_in, 1, 1, 1): strides of dimensions of size 1 never address anything, so the two are the same memory
+# layout and the copy into the bucket is a plain one. Only that case is silenced; any other mismatch warns.
+_STRIDES_1X1 = r"(?s)Grad strides do not match bucket view strides.*grad\.sizes\(\) = \[\d+, \d+, 1, 1\]"
+
+
+def _ignore_1x1_stride_warning() -> None:
+    if not any(f[0] == "ignore" and f[1] is not None and f[1].pattern == _STRIDES_1X1 for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=_STRIDES_1X1, category=UserWarning)
 
 
 def average_(tensor: torch.Tensor) -> torch.Tensor:

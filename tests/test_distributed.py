@@ -3,6 +3,7 @@ gloo on the CPU, one thread each, and a real torchrun. N ranks with the global b
 process (to float rounding), hold identical weights, let rank 0 alone write the checkpoint and resume
 exactly."""
 
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from aigc_lib import distributed, recipes, training
 from aigc_lib import transformer as tr
@@ -73,17 +76,42 @@ def test_train_command_lists_the_recipes_and_names_those_it_cannot_train(capsys)
 # --- two processes -------------------------------------------------------------------------------------
 
 
+class _UnusedHead(nn.Module):
+    """A model with a head the loss never uses (as WaveNet's last residual convolution): DDP must cope."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head, self.unused = nn.Linear(6, 8), nn.Linear(8, 1), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(x)))
+
+
+def _sgd_steps(ranks=None, device="cpu") -> tuple[dict, list]:
+    """Two steps of plain SGD (lr 1) through fit on a fixed batch of 8: the weights move by exactly the
+    gradients of the batch's mean loss, so ranks that summed their gradients instead of averaging them
+    would move twice as far (Adam, nearly blind to the gradient's scale, would hide that)."""
+    torch.manual_seed(0)
+    model = _UnusedHead()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 6, generator=g), torch.randn(8, 1, generator=g)
+    history = training.fit(model, torch.optim.SGD(model.parameters(), lr=1.0), lambda step: (x, y),
+                           lambda m, b: F.mse_loss(m(b[0]), b[1]), 2, grad_clip=math.inf, progress=False)  # fmt: skip
+    return {k: before[k] - v for k, v in model.state_dict().items()}, history["grad_norm"]
+
+
 def _equivalence_worker(ranks, device, text, digits):
     gpt = recipes.train_replica(ranks, device, "04.char_gpt", TINY_GPT, text, {"progress": False, "log_every": 2})
     unet = recipes.train_replica(ranks, device, "05.unet", TINY_UNET, digits, {"progress": False})
-    return gpt, unet
+    return gpt, unet, _sgd_steps()
 
 
 def test_two_ranks_with_the_global_batch_equal_one_process_and_each_other():
     text, digits = tiny_text(), tiny_digits()
-    (gpt0, unet0), (gpt1, unet1) = distributed.run_local(_equivalence_worker, 2, text, digits)
+    (gpt0, unet0, sgd0), (gpt1, unet1, sgd1) = distributed.run_local(_equivalence_worker, 2, text, digits)
     # the ranks' weights are bit for bit the same: DDP averaged the gradients, the steps are identical
-    for a, b in ((gpt0[0], gpt1[0]), (unet0[0], unet1[0])):
+    for a, b in ((gpt0[0], gpt1[0]), (unet0[0], unet1[0]), (sgd0[0], sgd1[0])):
         assert all(torch.equal(a[k], b[k]) for k in a)
     # and equal to one process that trains on the whole batch (each rank had half of it)
     one_gpt = recipes.train_replica(distributed.Context(), "cpu", "04.char_gpt", TINY_GPT, text, {"progress": False})
@@ -93,6 +121,15 @@ def test_two_ranks_with_the_global_batch_equal_one_process_and_each_other():
     # the logged loss is the mean over the ranks: the whole batch's loss
     assert gpt0[1].losses == pytest.approx(one_gpt[1].losses, rel=1e-5)
     assert gpt0[1].losses == gpt1[1].losses
+    # the gradient itself, not only where Adam took the weights: its norm every step (before clipping) ...
+    assert gpt0[1]["grad_norm"] == pytest.approx(one_gpt[1]["grad_norm"], rel=1e-4)
+    assert unet0[1]["grad_norm"] == pytest.approx(one_unet[1]["grad_norm"], rel=1e-4)
+    # ... and plain SGD's steps, which are the averaged gradients; the unused head gets none, as in one process
+    one_sgd = _sgd_steps()
+    assert sgd0[1] == pytest.approx(one_sgd[1], rel=1e-5)
+    for k, step in one_sgd[0].items():
+        torch.testing.assert_close(sgd0[0][k], step, rtol=1e-5, atol=1e-7, msg=lambda m, k=k: f"{k}: {m}")
+    assert not sgd0[0]["unused.weight"].any() and sgd0[0]["body.weight"].abs().max() > 1e-3
 
 
 def _resume_worker(ranks, device, text, folder):
