@@ -6,10 +6,12 @@ exactly."""
 import importlib.util
 import math
 import os
+import random
 import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,6 +136,21 @@ def test_two_ranks_with_the_global_batch_equal_one_process_and_each_other():
     assert not sgd0[0]["unused.weight"].any() and sgd0[0]["body.weight"].abs().max() > 1e-3
 
 
+def _draws(folder: str, name: str, steps: int) -> list[tuple[float, float]]:
+    """A run whose loss draws from Python's and NumPy's global generators every step: what it drew."""
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)  # as aigc_lib.setup() seeds every process
+    drawn = []
+
+    def loss_fn(m, x):
+        drawn.append((random.random(), float(np.random.rand())))
+        return m(x).pow(2).mean()
+
+    model = nn.Linear(2, 1)
+    training.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda step: torch.ones(2, 2), loss_fn, steps,
+                 ckpt_every=3, progress=False, checkpoint=f"{folder}/{name}")  # fmt: skip
+    return drawn
+
+
 def _resume_worker(ranks, device, text, folder):
     writes = []
     real_write = training._write
@@ -149,11 +166,15 @@ def _resume_worker(ranks, device, text, folder):
     whole = run(8, "whole.pt")
     run(5, "resumed.pt")  # stops at step 5 (checkpoints at 3 and 5) ...
     resumed = run(8, "resumed.pt")  # ... and a second run goes on from there
-    return writes, whole, resumed
+    training._write = real_write
+    drawn = _draws(folder, "draws_whole.pt", 6)
+    _draws(folder, "draws_resumed.pt", 3)
+    drawn_after_resume = _draws(folder, "draws_resumed.pt", 6)
+    return writes, whole, resumed, (drawn, drawn_after_resume)
 
 
 def test_only_rank_0_writes_and_a_distributed_run_resumes_exactly(tmp_path):
-    (writes0, whole0, resumed0), (writes1, whole1, _) = distributed.run_local(
+    (writes0, whole0, resumed0, draws0), (writes1, whole1, _, draws1) = distributed.run_local(
         _resume_worker, 2, tiny_text(), str(tmp_path)
     )
     assert writes0 == [3, 6, 8, 3, 5, 6, 8] and writes1 == []
@@ -163,6 +184,10 @@ def test_only_rank_0_writes_and_a_distributed_run_resumes_exactly(tmp_path):
     state = torch.load(tmp_path / "whole.pt", weights_only=True)
     assert len(state["rank_rng"]) == 2
     assert not torch.equal(state["rank_rng"][0]["torch"], state["rank_rng"][1]["torch"])
+    # Python's and NumPy's streams too: each rank goes on with its own after a resume, not rank 0's
+    for whole, after_resume in (draws0, draws1):
+        assert after_resume == whole[3:]
+    assert draws0[0] != draws1[0]
 
 
 def _refusal_worker(ranks, device):
