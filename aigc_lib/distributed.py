@@ -285,35 +285,59 @@ def free_port() -> int:
 def run_local(fn: Callable[..., Any], world_size: int, *args: Any, threads: int = 1, timeout: float = 300) -> list[Any]:
     """Run `fn(context, device, *args)` in `world_size` fresh CPU processes joined by gloo (what
     torchrun does on one machine, in miniature) and return their results in rank order. `fn` and
-    `args` must be picklable: a function of a module, not one defined in a notebook cell."""
+    `args` must be picklable and `fn` importable by a fresh process: a function of a module, not one
+    defined in a notebook cell or at an interactive prompt (refused at once, with a ValueError).
+    A rank that raises is reported with its traceback, one that dies without a word (killed, out of
+    memory, a crash) with its exit code, as soon as it happens (RuntimeError); TimeoutError when the
+    ranks are alive but none has reported for `timeout` seconds."""
     import multiprocessing as mp
+    import pickle
     import queue as queues
+    import time
 
-    from aigc_lib.checks import check_int
+    from aigc_lib.checks import check_int, check_number
 
     check_int("world_size", world_size), check_int("threads", threads)
+    check_number("timeout", timeout, inclusive=False)
     if not callable(fn):
         raise ValueError(f"fn: expected a function (context, device, *args) -> result, got {type(fn).__name__}")
+    _check_importable(fn)
+    try:  # here, not in the children: what cannot be sent fails at once, with its reason
+        payload = pickle.dumps((fn, args))
+    except Exception as err:
+        raise ValueError(f"run_local: fn and args must be picklable to reach the processes ({err})") from err
     spawn = mp.get_context("spawn")
     results: Any = spawn.Queue()
     port = free_port()
     procs = [
-        spawn.Process(target=_local_rank, args=(rank, world_size, port, threads, fn, args, results), daemon=True)
+        spawn.Process(target=_local_rank, args=(rank, world_size, port, threads, payload, results), daemon=True)
         for rank in range(world_size)
     ]
     for p in procs:
         p.start()
     out: dict[int, Any] = {}
+    last_news = time.monotonic()
     try:
         while len(out) < world_size:
-            try:
-                rank, error, value = results.get(timeout=timeout)
+            try:  # short waits: between them, look for ranks that died without a result
+                rank, error, value = results.get(timeout=0.5)
             except queues.Empty:
-                raise TimeoutError(f"run_local: no result from ranks {sorted(set(range(world_size)) - set(out))} "
-                                   f"within {timeout} s") from None  # fmt: skip
+                dead = {r: p.exitcode for r, p in enumerate(procs) if r not in out and p.exitcode is not None}
+                if dead:
+                    try:  # its last message (a traceback, a result) may still be on its way
+                        rank, error, value = results.get(timeout=2)
+                    except queues.Empty:
+                        raise RuntimeError(f"run_local: {_exits(dead)} of {world_size} ended without a result; "
+                                           "its output, if any, went to this process's terminal") from None  # fmt: skip
+                elif time.monotonic() - last_news > timeout:
+                    missing = sorted(set(range(world_size)) - set(out))
+                    raise TimeoutError(f"run_local: no result from ranks {missing} within {timeout} s") from None
+                else:
+                    continue
             if error is not None:
                 raise RuntimeError(f"rank {rank} of {world_size} failed:\n{error}")
             out[rank] = torch.load(io.BytesIO(value), weights_only=False)  # our own child's bytes
+            last_news = time.monotonic()
     finally:
         for p in procs:  # a failed rank leaves the others waiting in a collective: stop them
             p.join(timeout=10 if len(out) == world_size else 0)
@@ -323,7 +347,31 @@ def run_local(fn: Callable[..., Any], world_size: int, *args: Any, threads: int 
     return [out[r] for r in range(world_size)]
 
 
-def _local_rank(rank: int, world: int, port: int, threads: int, fn, args, results) -> None:
+def _check_importable(fn: Callable[..., Any]) -> None:
+    """A fresh process finds `fn` by its module and name; one defined in an interactive `__main__` (a
+    notebook, a prompt, `python -c`) has no file that process could import."""
+    import sys
+
+    name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+    if getattr(fn, "__module__", None) == "__main__" and getattr(sys.modules.get("__main__"), "__file__", None) is None:
+        raise ValueError(
+            f"run_local: fn {name!r} is defined in __main__ (a notebook cell or an interactive session), which the "
+            "fresh processes cannot import; put it in a module (a .py file next to the notebook) and import it from there"
+        )
+    if "<locals>" in name or "<lambda>" in name:
+        raise ValueError(f"run_local: fn {name!r} is a lambda or a function inside a function; the fresh processes "
+                         "can only import a module's top-level functions")  # fmt: skip
+
+
+def _exits(codes: Mapping[int, int]) -> str:
+    """'rank 1 (exit code 3)', 'rank 0 (killed by signal 9)', ..."""
+    return ", ".join(
+        f"rank {r} ({f'killed by signal {-c}' if c < 0 else f'exit code {c}'})" for r, c in sorted(codes.items())
+    )
+
+
+def _local_rank(rank: int, world: int, port: int, threads: int, payload: bytes, results) -> None:
+    import pickle
     import traceback
 
     os.environ.update(
@@ -331,6 +379,7 @@ def _local_rank(rank: int, world: int, port: int, threads: int, fn, args, result
     )
     torch.set_num_threads(threads)
     try:
+        fn, args = pickle.loads(payload)  # inside the try: a function this process cannot import is reported
         ctx, device = setup("cpu")
         # As bytes: a tensor put on a queue as itself is shared memory that dies with this process.
         value = io.BytesIO()

@@ -9,6 +9,8 @@ import os
 import random
 import subprocess
 import sys
+import time
+import types
 import warnings
 
 import numpy as np
@@ -319,3 +321,39 @@ def test_every_recipe_the_train_command_accepts_runs_on_two_ranks():
         # ... the weights to well under one step: Adam moves a weight by about lr (1.5e-3 to 4e-3 here) whatever
         # its gradient's size, so where a gradient is nearly 0 its rounding shows (WaveNet: 1e-4 after two steps)
         assert_same_weights(rank0[name][0], one, atol=3e-4)
+
+
+# --- run_local's failures -----------------------------------------------------------------------------------
+
+
+def _exit_on_rank_1(ranks, device):
+    if ranks.rank == 1:
+        os._exit(3)  # dies without a word, as a process killed or crashed does
+    time.sleep(120)  # rank 0 would wait for it
+
+
+def test_run_local_reports_a_rank_that_dies_without_a_result_at_once():
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank 1 \(exit code 3\)"):
+        distributed.run_local(_exit_on_rank_1, 2, timeout=100)
+    assert time.monotonic() - start < 30
+
+
+def test_run_local_reports_a_function_the_ranks_cannot_import_with_its_error(monkeypatch):
+    ghost = types.ModuleType("aigc_ghost_module")  # importable here only: the fresh process has no such module
+    exec("def f(ranks, device):\n    return 1\n", ghost.__dict__)
+    monkeypatch.setitem(sys.modules, ghost.__name__, ghost)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="No module named 'aigc_ghost_module'"):
+        distributed.run_local(ghost.f, 1, timeout=100)
+    assert time.monotonic() - start < 30
+
+
+def test_run_local_refuses_a_function_of_a_notebook_up_front(monkeypatch):
+    notebook = types.ModuleType("__main__")  # a notebook's or a prompt's __main__ has no file to import
+    exec("def f(ranks, device):\n    return 1\n", notebook.__dict__)
+    monkeypatch.setitem(sys.modules, "__main__", notebook)
+    with pytest.raises(ValueError, match="defined in __main__"):
+        distributed.run_local(notebook.f, 2)
+    with pytest.raises(ValueError, match="lambda"):
+        distributed.run_local(lambda ranks, device: 1, 2)
