@@ -357,3 +357,15 @@ def test_run_local_refuses_a_function_of_a_notebook_up_front(monkeypatch):
         distributed.run_local(notebook.f, 2)
     with pytest.raises(ValueError, match="lambda"):
         distributed.run_local(lambda ranks, device: 1, 2)
+
+
+# --- the scaling benchmark ----------------------------------------------------------------------------------
+
+
+def test_strong_scaling_benchmark_refuses_process_counts_that_do_not_divide_the_batch():
+    command = [sys.executable, str(ROOT / "benchmarks" / "distributed.py"), "--scaling", "strong", "--procs", "1", "5"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "a global batch of 12 cannot be split among 5 processes" in done.stderr
+    assert "a global batch of 32 cannot be split among 5 processes" in done.stderr
