@@ -7,7 +7,9 @@ trainer of the course scales out without a second loop:
 What happens in a run of N processes (ranks), each with its own copy of the model:
     1. `setup()` reads the launcher's RANK / WORLD_SIZE / LOCAL_RANK (one process when they are
        absent), joins the group (NCCL on CUDA, gloo on CPU) and gives rank r the GPU cuda:LOCAL_RANK;
-    2. fit wraps the loss in DDP; DDP broadcasts rank 0's weights once, so every rank starts equal;
+    2. fit wraps the loss in DDP; DDP broadcasts rank 0's weights once, so every rank starts equal
+       (a static graph: parameters the loss never uses, as WaveNet's last residual convolution, are
+       found in the first step, see `ddp_loss`);
     3. every step each rank draws the same global batch from the step-indexed batch function and keeps
        its own slice (`shard`): rank r takes rows [r·B/N, (r+1)·B/N) of every tensor;
     4. backward: as gradient buckets fill, DDP all-reduces them (sum / N) while backward still runs, so
@@ -20,9 +22,11 @@ What happens in a run of N processes (ranks), each with its own copy of the mode
 Equivalence: a loss that is a plain mean over the batch's examples gives N ranks the gradient of one
 process with the whole batch (mean of N equal-sized shard means = the mean), so the run reproduces the
 single-process run to float rounding. Random draws made in the batch function for the global batch
-(diffusion's t and ε, binarisation, crops) are sliced with it and stay exact. Draws from torch's global
-generator inside the loss (a VAE's ε, dropout) are made per rank from a rank-specific stream
-(`fork_rng_per_rank`): the same distribution, not the same numbers. Losses that couple the examples of a
+(diffusion's t and ε, the latent autoencoder's ε, binarisation, crops) are sliced with it and stay
+exact; draw them from a generator of the step's own, never by reseeding the global one (that would
+give every rank the same numbers). Draws from torch's global generator inside the loss (a VAE's ε,
+dropout) are made per rank from a rank-specific stream (`fork_rng_per_rank`): the same distribution,
+not the same numbers. Losses that couple the examples of a
 batch are not equivalent and their trainers say so (`warn_not_equivalent`) or refuse (`require_one_process`).
 """
 
