@@ -7,8 +7,10 @@ book [--no-execute] [--strict] [--budget B] [--chapters 00 03 ...] [--out DIR] [
 `book` builds the course's website with Jupyter Book (the optional toolchain: pip install -r
 requirements-book.txt) into build/book/_build/html/, executing the chapters at the budget with a cache.
 
-`train` trains a chapter's recipe, the model its notebook uses, and writes the notebook's checkpoint. The
-same command runs on N processes or GPUs under PyTorch's launcher (one process per GPU, NCCL; gloo on CPU):
+`train` trains a chapter's recipe, the model its notebook uses, and writes the notebook's checkpoint under
+checkpoints/ of the current folder, which is where a notebook looks when it runs in that folder: run it in
+the folder your notebooks run in (`cd workspace`, or `cd solutions`). The same command runs on N processes
+or GPUs under PyTorch's launcher (one process per GPU, NCCL; gloo on CPU):
 
     torchrun --nproc_per_node=4 -m aigc_lib train 05.unet
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 -m aigc_lib train 05.unet
@@ -78,7 +80,7 @@ def train(args: argparse.Namespace) -> int:
         if ranks.is_main:
             print(
                 f"{recipe.name} ({budget}, {sizes}) on {ranks.world_size} process(es), {device}: "
-                f"final loss {history.losses[-1]:.4f}; checkpoint {checkpoint}"
+                f"final loss {history.losses[-1]:.4f}; checkpoint {Path(checkpoint).resolve()}"
             )
     finally:
         distributed.teardown()
@@ -148,13 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     zipped = sub.add_parser("gradescope-autograder", help="build the autograder zip to upload to Gradescope")
     zipped.add_argument("chapter", help="chapter number, e.g. 00")
     zipped.add_argument("zip", type=Path, help="where to write the zip")
-    fit_ = sub.add_parser("train", help="train a chapter's recipe by name; torchrun ... -m aigc_lib train: N processes")
+    fit_ = sub.add_parser(
+        "train",
+        help="train a chapter's recipe by name; torchrun ... -m aigc_lib train: N processes",
+        description="Train a chapter's recipe (the model its notebook uses) and write the notebook's checkpoint "
+        "to checkpoints/ under the CURRENT folder (speech data is cached there too). A notebook reads checkpoints/ "
+        "relative to the folder it runs in, so run this command in that folder: `cd workspace` (your copy of the "
+        "notebooks) or `cd solutions`. Under torchrun: one process per GPU (NCCL) or per CPU share (gloo), the "
+        "recipe's batch split among them.",
+    )
     fit_.add_argument("recipe", nargs="?", help="e.g. 05.unet (omit: list the recipes)")
     fit_.add_argument("--budget", choices=("smoke", "standard", "full"), help="default: $AIGC_BUDGET or by device")
     fit_.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if torch sees a GPU (rank r: cuda:r)")
     fit_.add_argument("--steps", type=int, help="override the recipe's steps (the checkpoint name says so)")
     fit_.add_argument("--batch", type=int, help="override the global batch, split among the ranks")
-    fit_.add_argument("--checkpoint", type=Path, help="default: the notebook's checkpoint under checkpoints/")
+    fit_.add_argument(
+        "--checkpoint", type=Path, help="default: the notebook's checkpoint under checkpoints/ of the current folder"
+    )
     fit_.add_argument("--log-every", type=int, help="log (and average over ranks) every N steps")
     fit_.add_argument("--ckpt-every", type=int, help="save every N steps")
     fit_.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,7 +7,9 @@ trainer of the course scales out without a second loop:
 What happens in a run of N processes (ranks), each with its own copy of the model:
     1. `setup()` reads the launcher's RANK / WORLD_SIZE / LOCAL_RANK (one process when they are
        absent), joins the group (NCCL on CUDA, gloo on CPU) and gives rank r the GPU cuda:LOCAL_RANK;
-    2. fit wraps the loss in DDP; DDP broadcasts rank 0's weights once, so every rank starts equal;
+    2. fit wraps the loss in DDP; DDP broadcasts rank 0's weights once, so every rank starts equal
+       (a static graph: parameters the loss never uses, as WaveNet's last residual convolution, are
+       found in the first step, see `ddp_loss`);
     3. every step each rank draws the same global batch from the step-indexed batch function and keeps
        its own slice (`shard`): rank r takes rows [r·B/N, (r+1)·B/N) of every tensor;
     4. backward: as gradient buckets fill, DDP all-reduces them (sum / N) while backward still runs, so
@@ -20,9 +22,11 @@ What happens in a run of N processes (ranks), each with its own copy of the mode
 Equivalence: a loss that is a plain mean over the batch's examples gives N ranks the gradient of one
 process with the whole batch (mean of N equal-sized shard means = the mean), so the run reproduces the
 single-process run to float rounding. Random draws made in the batch function for the global batch
-(diffusion's t and ε, binarisation, crops) are sliced with it and stay exact. Draws from torch's global
-generator inside the loss (a VAE's ε, dropout) are made per rank from a rank-specific stream
-(`fork_rng_per_rank`): the same distribution, not the same numbers. Losses that couple the examples of a
+(diffusion's t and ε, the latent autoencoder's ε, binarisation, crops) are sliced with it and stay
+exact; draw them from a generator of the step's own, never by reseeding the global one (that would
+give every rank the same numbers). Draws from torch's global generator inside the loss (a VAE's ε,
+dropout) are made per rank from a rank-specific stream (`fork_rng_per_rank`): the same distribution,
+not the same numbers. Losses that couple the examples of a
 batch are not equivalent and their trainers say so (`warn_not_equivalent`) or refuse (`require_one_process`).
 """
 
@@ -189,10 +193,33 @@ class _Loss(nn.Module):
 
 def ddp_loss(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any]) -> nn.Module:
     """`batch -> loss_fn(model, batch)` wrapped in DistributedDataParallel (rank 0's weights are
-    broadcast to every rank here). Call it inside the running group."""
+    broadcast to every rank here). Call it inside the running group.
+
+    `static_graph=True`: DDP records which parameters the first backward reaches and, from then on,
+    expects that same set every step. A loss that leaves parameters without a gradient then works
+    (WaveNet's last residual convolution feeds nothing: only its skip output is used), where plain DDP
+    stops at step 2 waiting for their gradients. The alternatives cost more: find_unused_parameters walks
+    the autograd graph after every forward, and a dry run to find the unused parameters would cost a
+    step and disturb what a loss keeps between steps (random streams, an LSTM's carried state). The
+    course's losses use the same parameters every step; one whose used set changed from step to step
+    would need find_unused_parameters instead. `no_sync()` gradient accumulation works as without it."""
     device = next(model.parameters()).device
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(_Loss(model, loss_fn), device_ids=ids)
+    _ignore_1x1_stride_warning()
+    return nn.parallel.DistributedDataParallel(_Loss(model, loss_fn), device_ids=ids, static_graph=True)
+
+
+# DDP warns when a gradient's strides differ from its bucket's. On the CPU, a 1×1 convolution whose input
+# is laid out channels-last (the U-Net's attention output projection, fed a reshaped attention result)
+# gets its weight gradient (C_out, C_in, 1, 1) with strides (C_in, 1, C_in, C_in) where the bucket has
+# (C_in, 1, 1, 1): strides of dimensions of size 1 never address anything, so the two are the same memory
+# layout and the copy into the bucket is a plain one. Only that case is silenced; any other mismatch warns.
+_STRIDES_1X1 = r"(?s)Grad strides do not match bucket view strides.*grad\.sizes\(\) = \[\d+, \d+, 1, 1\]"
+
+
+def _ignore_1x1_stride_warning() -> None:
+    if not any(f[0] == "ignore" and f[1] is not None and f[1].pattern == _STRIDES_1X1 for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=_STRIDES_1X1, category=UserWarning)
 
 
 def average_(tensor: torch.Tensor) -> torch.Tensor:
@@ -262,35 +289,59 @@ def free_port() -> int:
 def run_local(fn: Callable[..., Any], world_size: int, *args: Any, threads: int = 1, timeout: float = 300) -> list[Any]:
     """Run `fn(context, device, *args)` in `world_size` fresh CPU processes joined by gloo (what
     torchrun does on one machine, in miniature) and return their results in rank order. `fn` and
-    `args` must be picklable: a function of a module, not one defined in a notebook cell."""
+    `args` must be picklable and `fn` importable by a fresh process: a function of a module, not one
+    defined in a notebook cell or at an interactive prompt (refused at once, with a ValueError).
+    A rank that raises is reported with its traceback, one that dies without a word (killed, out of
+    memory, a crash) with its exit code, as soon as it happens (RuntimeError); TimeoutError when the
+    ranks are alive but none has reported for `timeout` seconds."""
     import multiprocessing as mp
+    import pickle
     import queue as queues
+    import time
 
-    from aigc_lib.checks import check_int
+    from aigc_lib.checks import check_int, check_number
 
     check_int("world_size", world_size), check_int("threads", threads)
+    check_number("timeout", timeout, inclusive=False)
     if not callable(fn):
         raise ValueError(f"fn: expected a function (context, device, *args) -> result, got {type(fn).__name__}")
+    _check_importable(fn)
+    try:  # here, not in the children: what cannot be sent fails at once, with its reason
+        payload = pickle.dumps((fn, args))
+    except Exception as err:
+        raise ValueError(f"run_local: fn and args must be picklable to reach the processes ({err})") from err
     spawn = mp.get_context("spawn")
     results: Any = spawn.Queue()
     port = free_port()
     procs = [
-        spawn.Process(target=_local_rank, args=(rank, world_size, port, threads, fn, args, results), daemon=True)
+        spawn.Process(target=_local_rank, args=(rank, world_size, port, threads, payload, results), daemon=True)
         for rank in range(world_size)
     ]
     for p in procs:
         p.start()
     out: dict[int, Any] = {}
+    last_news = time.monotonic()
     try:
         while len(out) < world_size:
-            try:
-                rank, error, value = results.get(timeout=timeout)
+            try:  # short waits: between them, look for ranks that died without a result
+                rank, error, value = results.get(timeout=0.5)
             except queues.Empty:
-                raise TimeoutError(f"run_local: no result from ranks {sorted(set(range(world_size)) - set(out))} "
-                                   f"within {timeout} s") from None  # fmt: skip
+                dead = {r: p.exitcode for r, p in enumerate(procs) if r not in out and p.exitcode is not None}
+                if dead:
+                    try:  # its last message (a traceback, a result) may still be on its way
+                        rank, error, value = results.get(timeout=2)
+                    except queues.Empty:
+                        raise RuntimeError(f"run_local: {_exits(dead)} of {world_size} ended without a result; "
+                                           "its output, if any, went to this process's terminal") from None  # fmt: skip
+                elif time.monotonic() - last_news > timeout:
+                    missing = sorted(set(range(world_size)) - set(out))
+                    raise TimeoutError(f"run_local: no result from ranks {missing} within {timeout} s") from None
+                else:
+                    continue
             if error is not None:
                 raise RuntimeError(f"rank {rank} of {world_size} failed:\n{error}")
             out[rank] = torch.load(io.BytesIO(value), weights_only=False)  # our own child's bytes
+            last_news = time.monotonic()
     finally:
         for p in procs:  # a failed rank leaves the others waiting in a collective: stop them
             p.join(timeout=10 if len(out) == world_size else 0)
@@ -300,7 +351,31 @@ def run_local(fn: Callable[..., Any], world_size: int, *args: Any, threads: int 
     return [out[r] for r in range(world_size)]
 
 
-def _local_rank(rank: int, world: int, port: int, threads: int, fn, args, results) -> None:
+def _check_importable(fn: Callable[..., Any]) -> None:
+    """A fresh process finds `fn` by its module and name; one defined in an interactive `__main__` (a
+    notebook, a prompt, `python -c`) has no file that process could import."""
+    import sys
+
+    name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+    if getattr(fn, "__module__", None) == "__main__" and getattr(sys.modules.get("__main__"), "__file__", None) is None:
+        raise ValueError(
+            f"run_local: fn {name!r} is defined in __main__ (a notebook cell or an interactive session), which the "
+            "fresh processes cannot import; put it in a module (a .py file next to the notebook) and import it from there"
+        )
+    if "<locals>" in name or "<lambda>" in name:
+        raise ValueError(f"run_local: fn {name!r} is a lambda or a function inside a function; the fresh processes "
+                         "can only import a module's top-level functions")  # fmt: skip
+
+
+def _exits(codes: Mapping[int, int]) -> str:
+    """'rank 1 (exit code 3)', 'rank 0 (killed by signal 9)', ..."""
+    return ", ".join(
+        f"rank {r} ({f'killed by signal {-c}' if c < 0 else f'exit code {c}'})" for r, c in sorted(codes.items())
+    )
+
+
+def _local_rank(rank: int, world: int, port: int, threads: int, payload: bytes, results) -> None:
+    import pickle
     import traceback
 
     os.environ.update(
@@ -308,6 +383,7 @@ def _local_rank(rank: int, world: int, port: int, threads: int, fn, args, result
     )
     torch.set_num_threads(threads)
     try:
+        fn, args = pickle.loads(payload)  # inside the try: a function this process cannot import is reported
         ctx, device = setup("cpu")
         # As bytes: a tensor put on a queue as itself is shared memory that dies with this process.
         value = io.BytesIO()

@@ -40,8 +40,8 @@ Several processes (torchrun, `aigc_lib.distributed`): when a process group runs,
 DistributedDataParallel, gives rank r its slice of every batch (every tensor is split along its first
 dimension, which must divide by the number of ranks), averages the logged metrics over the ranks, shows
 progress, calls `on_log` and writes the checkpoint on rank 0 only (the others wait for the write), and
-on resume sends rank 0's checkpoint to every rank. The checkpoint keeps every rank's random state, so a
-resumed run with the same number of ranks is exact. An interrupt saves nothing under several ranks (they
+on resume sends rank 0's checkpoint to every rank. The checkpoint keeps every rank's random state (torch,
+Python, NumPy), so a resumed run with the same number of ranks is exact. An interrupt saves nothing under several ranks (they
 cannot meet to agree): the last periodic checkpoint stands. N ranks with the global batch reproduce one
 process when the loss is a mean over the batch's examples; see `distributed` for what is not.
 
@@ -558,7 +558,8 @@ def _save(
     the others wait until it has (its outcome, an error too, reaches every rank)."""
     ranks = ranks or distributed.Context()
     _check_finite_weights(path, step, model, history)  # identical weights: every rank agrees
-    rank_rngs = distributed.gather(rng) if ranks.distributed else None
+    # every rank's streams (torch, Python, NumPy), so a resume with as many ranks restores each rank's own
+    rank_rngs = distributed.gather(_rng_state(rng)) if ranks.distributed else None
     error = None
     if ranks.is_main:
         try:
@@ -596,7 +597,7 @@ def _write(path, step, model, optimizer, scheduler, extra, history, rng, rank_rn
         "history": history.as_dict(),
         "rng": _rng_state(rng),
     }
-    if rank_rngs is not None:  # every rank's torch streams, so a resume with as many ranks is exact
+    if rank_rngs is not None:  # every rank's streams, so a resume with as many ranks is exact
         state["rank_rng"] = rank_rngs
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -661,11 +662,16 @@ def _restore(
 
 
 def _set_rank_rng_state(rank_rngs: list | None, ranks: distributed.Context) -> None:
-    """This rank's own torch streams, saved by a run with as many ranks; else a fresh stream per rank."""
+    """This rank's own streams (torch, Python, NumPy), saved by a run with as many ranks; else a fresh
+    stream per rank."""
     if rank_rngs is None or len(rank_rngs) != ranks.world_size:
         distributed.fork_rng_per_rank(ranks.rank)
         return
     mine = rank_rngs[ranks.rank]
+    if "python" in mine:
+        _set_rng_state(mine)
+        return
+    # a checkpoint written before the ranks' Python and NumPy states were kept: torch's alone
     torch.set_rng_state(mine["torch"])
     if "cuda" in mine and torch.cuda.is_available() and len(mine["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(mine["cuda"])

@@ -83,6 +83,24 @@ def launch(model: str, procs: int, args: argparse.Namespace, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def strong_scaling_problems(models: list[str], procs: list[int]) -> list[str]:
+    """Under strong scaling every process count must divide each recipe's global batch: one line per pair that does not."""
+    from aigc_lib import recipes
+
+    problems = []
+    for model in models:
+        recipe_name, _, batch_key = MODELS[model]
+        batch = recipes.get(recipe_name).sizes_for("standard")[batch_key]
+        bad = [n for n in procs if batch % n]
+        if bad:
+            fits = [n for n in range(1, batch + 1) if batch % n == 0]
+            problems.append(
+                f"{model} ({recipe_name}): a global batch of {batch} cannot be split among {', '.join(map(str, bad))} "
+                f"processes (it divides by {', '.join(map(str, fits))})"
+            )
+    return problems
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
@@ -101,6 +119,11 @@ def main() -> None:
         return worker(args)
     if args.quick:
         args.steps, args.warmup, args.repeats = 4, 1, 1
+    if any(n < 1 for n in args.procs):
+        parser.error(f"--procs: expected positive process counts, got {args.procs}")
+    if args.scaling == "strong" and (problems := strong_scaling_problems(args.models, args.procs)):
+        parser.error("--scaling strong splits each recipe's batch among the processes:\n  " + "\n  ".join(problems)
+                     + "\nchoose --procs that divide it, or --scaling weak (every process keeps the whole batch)")  # fmt: skip
 
     print(f"device {args.device} ({'NCCL' if args.device == 'cuda' else 'gloo'}), {args.scaling} scaling, "
           f"{args.threads} thread(s) per process, {args.steps} timed steps, median of {args.repeats}")  # fmt: skip

@@ -144,6 +144,18 @@ def _tiny_corpus(n: int = 12) -> fs.SpeechBatchData:
     return fs.pad_corpus(ids, durs, mels)
 
 
+def test_fastspeech_loss_takes_a_shard_of_a_batch_padded_for_all_ranks():
+    # under N ranks a shard keeps the global batch's padding: its target outlasts its own longest utterance
+    model, data = _tiny_fastspeech(), _tiny_corpus()
+    phonemes, durations, mels = data.batch(torch.arange(4))
+    longer = torch.cat([mels, torch.zeros(4, 5, mels.shape[2])], dim=1)
+    own, padded = (
+        fs.fastspeech_loss(model, (phonemes, durations, mels)),
+        fs.fastspeech_loss(model, (phonemes, durations, longer)),
+    )
+    assert all(torch.equal(own[k], padded[k]) for k in own)
+
+
 def test_pad_corpus_checks_that_durations_fill_the_mel():
     with pytest.raises(ValueError, match=r"durations\[0\]"):
         fs.pad_corpus([torch.tensor([1, 2])], [torch.tensor([1, 1])], [torch.randn(3, 8)])

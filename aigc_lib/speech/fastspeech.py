@@ -211,9 +211,12 @@ def pad_corpus(phonemes: list[Tensor], durations: list[Tensor], mels: list[Tenso
 
 
 def fastspeech_loss(model: FastSpeech, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
-    """Mean absolute error of the log-mel over real frames + squared error of log(1 + frames) over real phonemes."""
+    """Mean absolute error of the log-mel over real frames + squared error of log(1 + frames) over real phonemes.
+    The target may be padded past the batch's longest utterance (a rank's shard of a batch padded for all
+    ranks): the model's output is as long as the longest, and only that much of the target is compared."""
     phonemes, durations, target = batch
     mel, mask, log_dur = model(phonemes, durations)
+    target = target[:, : mel.shape[1]]  # frames past every utterance's end are padding: nothing to predict
     real = phonemes != 0
     mel_loss = ((mel - target).abs().mean(-1) * mask).sum() / mask.sum()
     dur_loss = (((log_dur - torch.log1p(durations.float())) ** 2) * real).sum() / real.sum()

@@ -100,15 +100,21 @@ class LatentAutoencoder(nn.Module):
     def _decode(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.decoder(z))
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """images -> (reconstruction from a sampled z, μ, log σ²)."""
+    def forward(self, images: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """images -> (reconstruction from a sampled z = μ + σ ε, μ, log σ²); `eps` (B, c, S/f, S/f): the
+        noise ε to use (default: drawn from torch's global generator)."""
         mu, logvar = self.encode(images)
-        return self._decode(_reparameterize(mu, logvar)), mu, logvar
+        if eps is not None and eps.shape != mu.shape:
+            raise ValueError(f"eps: expected the latents' shape {tuple(mu.shape)}, got {shape_of(eps)}")
+        return self._decode(_reparameterize(mu, logvar, eps)), mu, logvar
 
 
-def autoencoder_loss(model: LatentAutoencoder, images: Tensor, beta: float) -> dict[str, Tensor]:
-    """{"loss", "recon", "kl"} per image (batch means): Σ (x̂ − x)² over pixels, KL in nats, loss = recon + β·KL."""
-    recon, mu, logvar = model(images)
+def autoencoder_loss(
+    model: LatentAutoencoder, images: Tensor, beta: float, eps: Tensor | None = None
+) -> dict[str, Tensor]:
+    """{"loss", "recon", "kl"} per image (batch means): Σ (x̂ − x)² over pixels, KL in nats, loss = recon + β·KL.
+    `eps`: the reparameterisation's noise (default: drawn from torch's global generator)."""
+    recon, mu, logvar = model(images, eps)
     rec = (recon - images).pow(2).flatten(1).sum(1).mean()
     kl = _gaussian_kl(mu.flatten(1), logvar.flatten(1)).mean()
     return {"loss": rec + beta * kl, "recon": rec, "kl": kl}
@@ -127,7 +133,10 @@ def train_autoencoder(
 ) -> History:
     """AdamW(lr) with warm-up and cosine decay on `autoencoder_loss` over shuffled epochs of `images`
     (N, C, S, S) in [0, 1]; each step's batch and z-noise are seeded by (seed, step) (exact resume).
-    History: "loss", "recon", "kl". `run`: fit's run options (checkpoint, progress, on_log, ...)."""
+    The noise ε is drawn with the batch, for all its images, from a generator of its own, so N ranks
+    (`aigc_lib.distributed`) slice it with the images and reproduce one process, and the global random
+    state is left alone. History: "loss", "recon", "kl". `run`: fit's run options (checkpoint, progress,
+    on_log, ...)."""
     if not isinstance(model, LatentAutoencoder):
         raise ValueError(f"model: expected a LatentAutoencoder, got {type(model).__name__}")
     _check_images(images, model.config)
@@ -137,11 +146,21 @@ def train_autoencoder(
     optimizer, scheduler = adamw_warmup_cosine(model, lr, steps, min(100, steps // 10))
     run.setdefault("desc", "autoencoder")
 
-    def batches(step: int) -> Tensor:
-        torch.manual_seed(seed * 1_000_003 + step)  # the reparameterisation's ε, redrawn per step
-        return images[order(step)]
+    device = next(model.parameters()).device
+    latent = model.config.latent_shape
 
-    return fit(model, optimizer, batches, lambda m, x: autoencoder_loss(m, x, beta), steps, scheduler=scheduler, **run)
+    def batches(step: int) -> tuple[Tensor, Tensor]:
+        x = images[order(step)]
+        # The reparameterisation's ε for the whole batch, from a generator seeded by (seed, step) on the
+        # model's device: the very numbers the global generator gave when it was seeded so every step.
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+        return x, torch.randn((len(x), *latent), generator=gen, device=device)
+
+    def loss_fn(m: LatentAutoencoder, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        x, eps = batch
+        return autoencoder_loss(m, x, beta, eps.to(x.dtype))
+
+    return fit(model, optimizer, batches, loss_fn, steps, scheduler=scheduler, **run)
 
 
 @torch.no_grad()
