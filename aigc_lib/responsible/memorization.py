@@ -3,7 +3,7 @@
 Inspired by Carlini et al., "Extracting Training Data from Diffusion Models" (USENIX Security 2023): a
 generated image much closer to one training image than to the rest of its neighbourhood is evidence
 that the model memorised that image. Their test divides the distance to the nearest training image by
-the mean distance to the 50 nearest (their §4.2, with a threshold); `copy_score` is that ratio here,
+the mean distance to the 50 nearest (their CIFAR-10 experiments, with a threshold); `copy_score` is that ratio here,
 with Euclidean distances between flattened images, computed in chunks so a large training set fits in
 memory. A duplicated training image would be its own neighbour and hide the copy, so duplicates are
 removed first.
