@@ -13,15 +13,15 @@ so
 is about standard normal; a watermarked text has a large z (the "soft" scheme of the paper's §3). A
 pair that repeats ("the the the", "abab…") is scored once: its repeats carry no new evidence, and
 counting them breaks the independence the z-test assumes (Kirchenbauer et al., "On the Reliability of
-Watermarks for Large Language Models", ICLR 2024, §3).
+Watermarks for Large Language Models", ICLR 2024).
 
 Images. A keyed pattern p of ±1 per pixel is added at strength ε. Detection correlates p with the
 image's high-pass residual r = x − (x averaged over each pixel's 3×3 neighbourhood): the content is
 smooth and mostly cancels, the white pattern mostly stays (filtering the host out first, as blind
 detectors of spread-spectrum marks do; that family: Cox, Kilian, Leighton & Shamoon, IEEE Trans. Image
-Processing 1997). For an image
-made without the key, z = Σ r p / sqrt(Σ r²) is a sum of random signs, about standard normal; the mark
-adds about ε · (pixels) · 8/9 / sqrt(Σ r²), larger than with the raw image because Σ r² is smaller.
+Processing 1997). For an image made without the key, z = Σ r p / sqrt(Σ r²) is a sum of random signs,
+about standard normal; the mark adds about ε · (pixels) · 8/9 / sqrt(Σ r²), larger than with the raw
+image because Σ r² is smaller.
 """
 
 from __future__ import annotations
