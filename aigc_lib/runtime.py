@@ -23,6 +23,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from aigc_lib import pretrained
+
 BUDGETS = ("smoke", "standard", "full")
 DEVICE_ENV = "AIGC_DEVICE"
 BUDGET_ENV = "AIGC_BUDGET"
@@ -155,7 +157,7 @@ class Runtime:
         return (
             f"device: {self.device}{gpu} | budget: {self.budget} | seed: {self.seed} | "
             f"python {platform.python_version()} | torch {torch.__version__} | "
-            f"threads {torch.get_num_threads()}"
+            f"threads {torch.get_num_threads()} | weights: {pretrained.choice()}"
         )
 
 

@@ -75,7 +75,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from aigc_lib import distributed
+from aigc_lib import distributed, pretrained
 from aigc_lib.runtime import autocast, checkpoint_path
 
 CKPT_VERSION = 1
@@ -233,7 +233,9 @@ def fit(
                    before clipping is logged as "grad_norm" (math.inf: log it, clip nothing).
     scheduler   -- stepped once after every optimizer step (not ReduceLROnPlateau: that one needs the
                    loss on the host every step).
-    checkpoint  -- path of a checkpoint file: resume from it if it exists, save to it as we go.
+    checkpoint  -- path of a checkpoint file: resume from it if it exists, save to it as we go. With
+                   AIGC_WEIGHTS=pretrained and packaged weights of that file name (aigc_lib.pretrained)
+                   those are loaded instead and nothing trains.
     extra_state -- more objects with `state_dict()`/`load_state_dict()` to checkpoint (a second
                    optimizer, an EMA model, ...).
     on_log      -- called with the History after each flush (every `log_every` steps), e.g. a
@@ -254,6 +256,17 @@ def fit(
     ranks = distributed.context()
     if not ranks.is_main:  # rank 0 alone shows progress
         progress, on_log = False, None
+
+    shipped = pretrained.wanted(path) if path is not None else None  # AIGC_WEIGHTS=pretrained
+    if shipped is not None:
+        loaded = _load_pretrained(shipped, model, steps, extra)
+        if loaded is not None:
+            if on_log is not None:
+                on_log(loaded)
+            if progress:
+                print(f"{desc}: loaded the pretrained weights shipped with the course ({shipped.name}, "
+                      f"{steps} steps, stored in float16); AIGC_WEIGHTS=train trains it here instead")  # fmt: skip
+            return loaded
 
     step, history = 0, History()
     state = _read_checkpoint(path, ranks) if path is not None else None
@@ -659,6 +672,22 @@ def _restore(
     if ranks is not None and ranks.distributed:
         _set_rank_rng_state(state.get("rank_rng"), ranks)
     return state["step"], History.from_dict(state["history"])
+
+
+def _load_pretrained(file: Path, model, steps: int, extra: dict) -> History | None:
+    """Load the packaged weights (aigc_lib.pretrained) into the model and its extra state; None, with
+    a warning, when they do not fit this run (then it trains)."""
+    state = pretrained.read(file)
+    why = pretrained.unusable(state, steps, _unwrap(model).state_dict(), extra)
+    if why is not None:
+        pretrained.warn_unusable(file, why)
+        return None
+    _unwrap(model).load_state_dict(state["model"])
+    for name, obj in extra.items():
+        if not isinstance(obj, torch.optim.Optimizer):  # optimizers start afresh: nothing to resume
+            obj.load_state_dict(state["extra"][name])
+    _set_rng_state(state["rng"])  # the cells after training draw what they would have drawn
+    return History.from_dict(state["history"])
 
 
 def _set_rank_rng_state(rank_rngs: list | None, ranks: distributed.Context) -> None:

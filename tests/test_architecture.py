@@ -14,6 +14,7 @@ LAYERS = {
         "runtime",
         "checks",
         "distributed",
+        "pretrained",
         "training",
         "data",
         "captions",

@@ -86,6 +86,24 @@ def test_invalid_budget_and_device_fail_with_the_value_and_fix(monkeypatch, caps
     assert "(default: $AIGC_DEVICE is not set)" in run("compute device", capsys)[1]
 
 
+def test_weights_choice_and_damaged_packaged_weights_fail_with_the_fix(tmp_path, monkeypatch, capsys):
+    from aigc_lib import pretrained
+
+    monkeypatch.setenv("AIGC_WEIGHTS", "trained")
+    failed, out = run("model weights", capsys)
+    assert failed == 1 and "got 'trained'" in out and "fix: unset AIGC_WEIGHTS (train) or set it to pretrained" in out
+    monkeypatch.setenv("AIGC_WEIGHTS", "pretrained")
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    (folder / "a_standard.pt").write_bytes(b"weights")
+    (folder / pretrained.MANIFEST).write_text(json.dumps({"a_standard.pt": {"sha256": "0" * 64, "bytes": 7}}))
+    monkeypatch.setattr(pretrained, "FOLDER", folder)
+    failed, out = run("model weights", capsys)
+    assert failed == 1 and "a_standard.pt: missing or damaged" in out
+    monkeypatch.setattr(pretrained, "_sha256", lambda path: "0" * 64)
+    assert run("model weights", capsys)[1].startswith("[OK]   model weights: pretrained (from $AIGC_WEIGHTS=pretrained")
+
+
 def manager(folder: Path, version: str) -> Path:
     """A copy of the widget manager's lab extension of `version` in the labextensions `folder`."""
     path = folder / LAB_MANAGER

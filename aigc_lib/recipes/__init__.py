@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aigc_lib import pretrained
 from aigc_lib.runtime import current_budget
 
 
@@ -48,6 +49,12 @@ class Recipe:
     def checkpoint_for(self, budget: str | None = None) -> str:
         budget = budget or current_budget()
         return "checkpoints/" + self.checkpoint.format(budget=budget, **self.sizes_for(budget))
+
+    def trained(self, budget: str | None = None) -> bool:
+        """Whether `run` would load a finished model rather than train: the package's pretrained weights
+        under AIGC_WEIGHTS=pretrained, or a checkpoint under checkpoints/ (a finished one, or the
+        run resumes it)."""
+        return pretrained.available(self.checkpoint_for(budget))
 
     def run(self, data: Any, *, device: Any = "cpu", budget: str | None = None, **run_options: Any) -> Any:
         """Train (or load the finished checkpoint) at `budget` (default: the current one)."""
