@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("AIGC_BUDGET", "smoke")
+os.environ.pop("AIGC_WEIGHTS", None)  # the tests train (tests/test_pretrained.py sets it where it tests it)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

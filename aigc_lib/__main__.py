@@ -19,6 +19,7 @@ or GPUs under PyTorch's launcher (one process per GPU, NCCL; gloo on CPU):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,9 +46,13 @@ def classifier(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     """Train recipe `args.recipe` (on every rank when torchrun launched us) and report on rank 0."""
-    from aigc_lib import distributed, recipes
+    from aigc_lib import distributed, pretrained, recipes
     from aigc_lib.runtime import current_budget
 
+    if pretrained.choice() == "pretrained":  # this command exists to train: the packaged weights are not loaded
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: ${pretrained.WEIGHTS_ENV}=pretrained is ignored here: `train` trains", file=sys.stderr)
+        os.environ[pretrained.WEIGHTS_ENV] = "train"
     found = recipes.all_recipes()
     trainable = sorted(name for name, r in found.items() if r.data is not None)
     if args.recipe is None:

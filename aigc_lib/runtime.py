@@ -65,11 +65,14 @@ NBGRADER_ENV = "NBGRADER_EXECUTION"  # set by nbgrader while it autogrades or va
 
 def current_budget() -> str:
     """The compute budget: `$AIGC_BUDGET` if set; else 'smoke' while nbgrader runs the notebook
-    (grading needs the code paths, not the quality), 'full' with CUDA and 'standard' otherwise."""
+    (grading needs the code paths, not the quality), 'standard' under AIGC_WEIGHTS=pretrained (the
+    packaged weights' budget), 'full' with CUDA and 'standard' otherwise."""
     value = os.environ.get(BUDGET_ENV, "").strip().lower()
     if not value:
         if os.environ.get(NBGRADER_ENV):
             return "smoke"
+        if pretrained.choice() == "pretrained":  # the packaged weights are the standard budget's
+            return pretrained.BUDGET
         return "full" if torch.cuda.is_available() else "standard"
     if value not in BUDGETS:
         raise ValueError(f"${BUDGET_ENV}: expected one of {', '.join(BUDGETS)}, got {value!r}")
@@ -171,4 +174,7 @@ def setup(seed: int | None = None, *, deterministic: bool = False, quiet: bool =
         torch.backends.cudnn.allow_tf32 = True
     if not quiet:
         print(rt.describe(), file=sys.stdout)
+        if pretrained.choice() == "pretrained" and rt.budget != pretrained.BUDGET:
+            print(f"note: the pretrained weights are the {pretrained.BUDGET} budget's; at budget {rt.budget} every "
+                  f"model trains here (unset {BUDGET_ENV} to load them)")  # fmt: skip
     return rt

@@ -259,13 +259,10 @@ def fit(
 
     shipped = pretrained.wanted(path) if path is not None else None  # AIGC_WEIGHTS=pretrained
     if shipped is not None:
-        loaded = _load_pretrained(shipped, model, steps, extra)
+        loaded = _load_pretrained(shipped, model, optimizer, scheduler, steps, extra, desc, ranks)
         if loaded is not None:
             if on_log is not None:
                 on_log(loaded)
-            if progress:
-                print(f"{desc}: loaded the pretrained weights shipped with the course ({shipped.name}, "
-                      f"{steps} steps, stored in float16); AIGC_WEIGHTS=train trains it here instead")  # fmt: skip
             return loaded
 
     step, history = 0, History()
@@ -319,7 +316,7 @@ def fit(
                     on_log(log.history)
             if path is not None and (step % ckpt_every == 0 or step == steps):
                 log.flush(path)
-                _save(path, step, model, optimizer, scheduler, extra, log.history, rng, ranks)
+                _save(path, step, model, optimizer, scheduler, extra, log.history, rng, ranks, target=steps)
     except KeyboardInterrupt:
         bar.close()
         if ranks.distributed:
@@ -330,7 +327,7 @@ def fit(
             print(f"interrupted at step {step}; nothing saved (no checkpoint= given)")
         else:
             log.flush(path)
-            _save(path, step, model, optimizer, scheduler, extra, log.history, rng)
+            _save(path, step, model, optimizer, scheduler, extra, log.history, rng, target=steps)
             print(f"interrupted at step {step}; checkpoint saved to {path}; re-run to resume")
         raise
     finally:
@@ -565,6 +562,7 @@ def _save(
     history: History,
     rng: dict,
     ranks: distributed.Context | None = None,
+    target: int | None = None,
 ) -> None:
     """Write atomically (tmp file + os.replace): an interrupt mid-write leaves the old file intact.
     Under several ranks every rank checks the weights and sends its random state; rank 0 writes, and
@@ -576,7 +574,7 @@ def _save(
     error = None
     if ranks.is_main:
         try:
-            _write(path, step, model, optimizer, scheduler, extra, history, rng, rank_rngs)
+            _write(path, step, model, optimizer, scheduler, extra, history, rng, rank_rngs, target)
         except Exception as err:
             if not ranks.distributed:
                 raise
@@ -599,10 +597,11 @@ def _check_finite_weights(path: Path, step: int, model, history: History) -> Non
         )
 
 
-def _write(path, step, model, optimizer, scheduler, extra, history, rng, rank_rngs) -> None:
+def _write(path, step, model, optimizer, scheduler, extra, history, rng, rank_rngs, target=None) -> None:
     state = {
         "version": CKPT_VERSION,
         "step": step,
+        "steps": target,  # the run's length: step < steps is an unfinished run (tools/export_pretrained.py)
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -674,19 +673,28 @@ def _restore(
     return state["step"], History.from_dict(state["history"])
 
 
-def _load_pretrained(file: Path, model, steps: int, extra: dict) -> History | None:
-    """Load the packaged weights (aigc_lib.pretrained) into the model and its extra state; None, with
-    a warning, when they do not fit this run (then it trains)."""
+def _load_pretrained(
+    file: Path, model, optimizer, scheduler, steps: int, extra: dict, desc: str, ranks: distributed.Context
+) -> History | None:
+    """Load the packaged weights (aigc_lib.pretrained) into the model and its extra state, after checking
+    that every part fits; None when they do not (then the run trains). Rank 0 says which, always: the
+    notebook must show whether it trained."""
     state = pretrained.read(file)
-    why = pretrained.unusable(state, steps, _unwrap(model).state_dict(), extra)
+    why = pretrained.unusable(state, steps, _unwrap(model).state_dict(), optimizer, scheduler, extra)
     if why is not None:
-        pretrained.warn_unusable(file, why)
+        if ranks.is_main:
+            print(f"{desc}: the pretrained weights {file.name} are not used: {why}; this run trains "
+                  "(or resumes its own checkpoint)")  # fmt: skip
         return None
     _unwrap(model).load_state_dict(state["model"])
-    for name, obj in extra.items():
-        if not isinstance(obj, torch.optim.Optimizer):  # optimizers start afresh: nothing to resume
-            obj.load_state_dict(state["extra"][name])
-    _set_rng_state(state["rng"])  # the cells after training draw what they would have drawn
+    for name in state["extra"]:
+        extra[name].load_state_dict(state["extra"][name])
+    _set_rng_state(state["rng"])  # one process: the cells after training draw what they would have drawn
+    if ranks.distributed:
+        distributed.fork_rng_per_rank(ranks.rank)
+    if ranks.is_main:
+        print(f"{desc}: loaded the pretrained weights shipped with the course ({file.name}: {steps} steps at the "
+              f"{pretrained.BUDGET} budget, stored in float16), not trained here; AIGC_WEIGHTS=train trains it")  # fmt: skip
     return History.from_dict(state["history"])
 
 

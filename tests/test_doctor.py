@@ -93,13 +93,21 @@ def test_weights_choice_and_damaged_packaged_weights_fail_with_the_fix(tmp_path,
     failed, out = run("model weights", capsys)
     assert failed == 1 and "got 'trained'" in out and "fix: unset AIGC_WEIGHTS (train) or set it to pretrained" in out
     monkeypatch.setenv("AIGC_WEIGHTS", "pretrained")
+    monkeypatch.setenv("AIGC_BUDGET", "full")
+    failed, out = run("model weights", capsys)
+    assert failed == 1 and "the budget is full: the packaged weights are the standard budget's" in out
+    monkeypatch.delenv("AIGC_BUDGET")
     folder = tmp_path / "pretrained"
     folder.mkdir()
     (folder / "a_standard.pt").write_bytes(b"weights")
     (folder / pretrained.MANIFEST).write_text(json.dumps({"a_standard.pt": {"sha256": "0" * 64, "bytes": 7}}))
     monkeypatch.setattr(pretrained, "FOLDER", folder)
     failed, out = run("model weights", capsys)
-    assert failed == 1 and "a_standard.pt: missing or damaged" in out
+    assert (
+        failed == 1
+        and "a_standard.pt: missing or damaged" in out
+        and "git checkout -- aigc_lib/assets/pretrained" in out
+    )
     monkeypatch.setattr(pretrained, "_sha256", lambda path: "0" * 64)
     assert run("model weights", capsys)[1].startswith("[OK]   model weights: pretrained (from $AIGC_WEIGHTS=pretrained")
 

@@ -70,3 +70,11 @@ def test_version_is_one_number_everywhere():
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert re.search(rf"^## \[{re.escape(version)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", changelog, re.MULTILINE)
     assert f"v{version}" in changelog and "MIT" in (ROOT / "LICENSE").read_text()
+
+
+def test_the_pretrained_weights_are_package_data():
+    from fnmatch import fnmatch
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["aigc_lib"]
+    for name in ("assets/pretrained/05_unet_standard_12.pt", "assets/pretrained/MANIFEST.json"):
+        assert any(fnmatch(name, p) for p in patterns), f"{name} would be left out of a wheel"

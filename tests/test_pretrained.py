@@ -39,6 +39,11 @@ def make(width: int = 8, seed: int = 1):
     return model, torch.optim.Adam(model.parameters(), lr=1e-2)
 
 
+def extras(model):
+    """The extra state of the packaged toy run: an EMA and a second optimizer."""
+    return {"ema": EMA(model, decay=0.9), "opt2": torch.optim.SGD(model.parameters(), lr=0.1)}
+
+
 def train_and_export(tmp_path, steps: int = 40):
     """A finished run with an EMA and a second optimizer in its extra state, exported to a package folder."""
     model, opt = make()
@@ -81,10 +86,11 @@ def test_the_packaged_file_is_compact(package, tmp_path):
     *_, manifest = package
     entry = manifest["toy_standard.pt"]
     state = torch.load(pretrained.FOLDER / "toy_standard.pt", weights_only=True)
-    assert set(state) == {"format", "step", "model", "extra", "history", "rng"}
+    assert set(state) == {"format", "step", "model", "extra", "optimizers", "scheduler", "history", "rng"}
+    assert state["optimizers"][""][0]["lr"] == 1e-2 and "params" not in state["optimizers"]["opt2"][0]
     assert set(state["extra"]) == {"ema"}, "optimizer states are not shipped"
     assert all(t.dtype == torch.float16 for t in state["model"].values())
-    assert entry["steps"] == 40 and entry["parameters"] == 4 * 8 + 8 + 8 + 1
+    assert entry["steps"] == 40 and entry["values"] == 4 * 8 + 8 + 8 + 1
     assert entry["bytes"] < (tmp_path / "runs" / "toy_standard.pt").stat().st_size
     assert json.loads((pretrained.FOLDER / pretrained.MANIFEST).read_text()) == manifest
 
@@ -94,14 +100,14 @@ def test_the_default_trains_and_a_local_checkpoint_is_not_read_under_pretrained(
     local = tmp_path / "local" / "toy_standard.pt"
     other, opt = make(seed=3)
     monkeypatch.setenv(pretrained.WEIGHTS_ENV, "train")
-    fit(other, opt, batch, mse, 40, checkpoint=local, progress=False)  # a learner's own finished run
+    fit(other, opt, batch, mse, 40, checkpoint=local, progress=False, extra_state=extras(other))  # a learner's own run
     monkeypatch.setenv(pretrained.WEIGHTS_ENV, "pretrained")
     fresh, opt = make(seed=7)
-    fit(fresh, opt, batch, forbidden, 40, checkpoint=local, progress=False)
+    fit(fresh, opt, batch, forbidden, 40, checkpoint=local, progress=False, extra_state=extras(fresh))
     torch.testing.assert_close(fresh[0].weight, model[0].weight, rtol=1e-3, atol=1e-4)  # the package's
     monkeypatch.setenv(pretrained.WEIGHTS_ENV, "train")
     fresh, opt = make(seed=7)
-    fit(fresh, opt, batch, forbidden, 40, checkpoint=local, progress=False)  # the learner's finished run
+    fit(fresh, opt, batch, forbidden, 40, checkpoint=local, progress=False, extra_state=extras(fresh))  # the learner's
     torch.testing.assert_close(fresh[0].weight, other[0].weight)
     calls = []
     fresh, opt = make(seed=7)
@@ -111,24 +117,87 @@ def test_the_default_trains_and_a_local_checkpoint_is_not_read_under_pretrained(
 
 
 @pytest.mark.parametrize(
-    ("width", "steps", "why"), [(16, 40, "the model differs"), (8, 60, "for 40 steps, this run asks for 60")]
+    ("change", "why"),
+    [
+        ({"width": 16}, "the model differs"),
+        ({"steps": 60}, "they are for 40 steps, this run asks for 60"),
+        ({"lr": 3e-2}, "the optimizer's settings differ"),
+        ({"scheduler": True}, "they were trained without a learning-rate scheduler"),
+        ({"extra": "ema"}, "the run keeps other extra state"),
+        ({"extra": "opt3"}, "the run keeps other extra state"),
+    ],
 )
-def test_a_run_the_weights_do_not_fit_trains_with_a_warning(package, tmp_path, width, steps, why):
-    fresh, opt = make(width=width, seed=7)
+def test_a_run_the_weights_do_not_fit_trains_and_says_why(package, tmp_path, capsys, change, why):
+    fresh, opt = make(width=change.get("width", 8), seed=7)
+    if "lr" in change:
+        opt = torch.optim.Adam(fresh.parameters(), lr=change["lr"])
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, 10) if change.get("scheduler") else None
+    extra = {"ema": EMA(fresh, decay=0.9), "opt2": torch.optim.SGD(fresh.parameters(), lr=0.1)}
+    if change.get("extra") == "ema":
+        del extra["ema"]
+    elif change.get("extra"):
+        extra[change["extra"]] = torch.optim.SGD(fresh.parameters(), lr=0.1)
     before = [p.clone() for p in fresh.parameters()]
     calls = []
-    with pytest.warns(UserWarning, match=why):
-        fit(fresh, opt, batch, lambda m, b: calls.append(1) or mse(m, b), steps,
-            checkpoint=tmp_path / "x" / "toy_standard.pt", progress=False)  # fmt: skip
-    assert len(calls) == steps
+    fit(fresh, opt, batch, lambda m, b: calls.append(1) or mse(m, b), change.get("steps", 40), scheduler=scheduler,
+        checkpoint=tmp_path / "x" / "toy_standard.pt", progress=False, extra_state=extra)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "toy_standard.pt are not used: " + why in out, out  # printed even with progress=False
+    assert len(calls) == change.get("steps", 40)
     assert all(not torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
 
 
-def test_a_missing_extra_state_trains_with_a_warning(package, tmp_path):
+def test_loading_is_announced_without_a_progress_bar_and_the_same_settings_load(package, tmp_path, capsys):
     fresh, opt = make(seed=7)
-    with pytest.warns(UserWarning, match="no 'snapshots' state"):
-        fit(fresh, opt, batch, mse, 40, checkpoint=tmp_path / "toy_standard.pt", progress=False,
-            extra_state={"snapshots": EMA(fresh)})  # fmt: skip
+    extra = {"ema": EMA(fresh, decay=0.9), "opt2": torch.optim.SGD(fresh.parameters(), lr=0.1)}
+    fit(fresh, opt, batch, forbidden, 40, checkpoint=tmp_path / "toy_standard.pt", progress=False, extra_state=extra)
+    assert "toy_standard.pt: 40 steps at the standard budget" in capsys.readouterr().out
+
+
+def test_a_damaged_packaged_file_names_itself_and_the_fix(package, tmp_path):
+    (pretrained.FOLDER / "toy_standard.pt").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    fresh, opt = make(seed=7)
+    with pytest.raises(ValueError, match=r"cannot read .*toy_standard.pt.*git checkout -- aigc_lib/assets/pretrained"):
+        fit(fresh, opt, batch, forbidden, 40, checkpoint=tmp_path / "toy_standard.pt", progress=False)
+
+
+def test_export_refuses_an_unfinished_run_and_removes_stale_files(tmp_path):
+    model, opt = make()
+    ckpt = tmp_path / "runs" / "cut_standard.pt"
+
+    def interrupt(step):
+        if step == 12:
+            raise KeyboardInterrupt  # what Ctrl-C does: fit saves the checkpoint and re-raises
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, opt, batch, mse, 40, checkpoint=ckpt, progress=False, on_step=interrupt)
+    folder = tmp_path / "package"
+    folder.mkdir()
+    (folder / "old_standard.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="unfinished run \\(step 12 of 40\\)"):
+        pretrained.export([ckpt], folder)
+    assert (folder / "old_standard.pt").exists() and not (folder / pretrained.MANIFEST).exists(), "nothing written"
+    model, opt = make()
+    done = tmp_path / "runs" / "done_standard.pt"
+    fit(model, opt, batch, mse, 10, checkpoint=done, progress=False)
+    assert set(pretrained.export([done], folder)) == {"done_standard.pt"}
+    assert {p.name for p in folder.iterdir()} == {"done_standard.pt", pretrained.MANIFEST}
+
+
+def test_pretrained_makes_standard_the_default_budget_and_train_ignores_it(monkeypatch, tmp_path, capsys):
+    from aigc_lib import runtime
+
+    monkeypatch.setenv(pretrained.WEIGHTS_ENV, "pretrained")
+    monkeypatch.delenv("AIGC_BUDGET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU would mean 'full' otherwise
+    assert runtime.current_budget() == "standard"
+    monkeypatch.undo()
+    monkeypatch.setenv(pretrained.WEIGHTS_ENV, "pretrained")
+    monkeypatch.setenv("AIGC_BUDGET", "full")
+    runtime.setup()
+    assert (
+        "the pretrained weights are the standard budget's; at budget full every model trains" in capsys.readouterr().out
+    )
 
 
 def test_the_choice_is_checked_and_shown(monkeypatch):
@@ -170,7 +239,7 @@ def test_recipe_trained_sees_the_package(package, monkeypatch, tmp_path):
 SHIPPED = json.loads((pretrained.FOLDER / pretrained.MANIFEST).read_text()) if (
     pretrained.FOLDER / pretrained.MANIFEST
 ).exists() else {}  # fmt: skip
-MAX_MB = 40  # the README states the total
+MAX_MB = 60  # the README states the total (54 MB)
 
 
 def test_every_packaged_file_is_listed_and_intact():
@@ -255,3 +324,88 @@ def test_05_unet_figures(load_only):
                      generator=torch.Generator().manual_seed(4), progress=False)  # fmt: skip
     matched = (metrics.digit_probs(dm.to_unit(imgs)).argmax(1).cpu() == asked).float().mean().item()
     assert matched >= 0.98  # 99.5% in the notebook
+
+
+@pytest.mark.slow
+def test_06_clip_figures(load_only):
+    from aigc_lib import captions, clip, recipes
+
+    model, _ = load_only(
+        "06.clip", captions.captioned_digits("train", n=recipes.get("06.clip").sizes_for("standard")["images"])
+    )
+    model.eval()
+    test = captions.captioned_digits("test")
+    assert clip.zero_shot_accuracy(model, test, "digit") == pytest.approx(0.872, abs=0.006)  # §4, ensemble, English
+    assert clip.zero_shot_accuracy(model, test, "colour") == pytest.approx(0.997, abs=0.004)
+
+
+@pytest.fixture(scope="module")
+def renders():
+    from aigc_lib import captions
+
+    return captions.captioned_digits("train", n=20_000), captions.captioned_digits("test")
+
+
+@pytest.mark.slow
+def test_07_judge_autoencoder_and_latent_unet_figures(load_only, renders):
+    from aigc_lib import captions, diffusion, recipes
+    from aigc_lib.recipes import ch07
+    from aigc_lib.text_to_image import autoencoder as ae
+    from aigc_lib.text_to_image import judge as jd
+    from aigc_lib.text_to_image import pipeline as t2i
+
+    train, test = renders
+    judge, _ = load_only("07.judge", captions.captioned_digits("train", n=20_000, include_holdout="both"))
+    judge.eval()
+    assert jd.judge_accuracy(judge, test)["digit"] == pytest.approx(0.949, abs=0.006)  # §1
+    autoencoder, _ = load_only("07.autoencoder", train)
+    autoencoder.eval()
+    recon = ae.decode_latents(autoencoder, ae.encode_latents(autoencoder, test.images))
+    judged = jd.judge_accuracy(judge, captions.CaptionedDigits(recon, test.attrs, test.source, "test"))
+    assert judged["digit"] == pytest.approx(0.928, abs=0.01)  # §3: the judge on reconstructions
+    clip_model = load_only(
+        "06.clip", captions.captioned_digits("train", n=recipes.get("06.clip").sizes_for("standard")["images"])
+    )[0]
+    _, _, ema, scale = load_only("07.latent_unet", train, clip_model=t2i.frozen(clip_model), autoencoder=autoencoder)
+    model = t2i.TextToImage(clip_model, ema.model, diffusion.linear_schedule(ch07.T), autoencoder, scale)
+    r = t2i.prompt_following(model, judge, test.subset(torch.arange(100)), lang="en", guidance=4.0, seed=7)
+    assert r["digit"].float().mean().item() == pytest.approx(0.43, abs=0.03)  # §9, w = 4, 100 captions
+    assert r["all"].float().mean().item() == pytest.approx(0.29, abs=0.03)
+
+
+@pytest.mark.slow
+def test_08_wavenet_fastspeech_and_judge_figures(load_only, tmp_path_factory):
+    from aigc_lib.recipes import ch08
+    from aigc_lib.speech import tts
+
+    cache = str(tmp_path_factory.mktemp("speech"))  # the teacher's speech, synthesised here (espeak-ng)
+    corpus = tts.number_corpus(cache=cache)
+    wavenet, _ = load_only("08.wavenet", tts.wavenet_codes(corpus.train))
+    wavenet.eval()
+    test_codes = tts.wavenet_codes(corpus.test["en"] + corpus.test["zh"])
+    with torch.no_grad():  # §3: held-out phrases, 16 crops of 8,192 samples
+        crops = test_codes[: len(test_codes) // 8192 * 8192].view(-1, 8192)[:16]
+        logits = wavenet(crops[:, :-1])[:, :, wavenet.receptive_field - 1 :]
+        nll = float(F.cross_entropy(logits, crops[:, wavenet.receptive_field :]))
+    assert nll == pytest.approx(3.48, abs=0.01)
+    model, _ = load_only("08.fastspeech", corpus)
+    model.eval()
+    judge, _ = load_only(
+        "08.judge", tts.judge_corpus(ch08.JUDGE_VARIANTS, ch08.JUDGE_PER_VOICE["standard"], cache=cache)
+    )
+    judge.eval()
+    for lang, mcd in (("en", 5.22), ("zh", 4.76)):  # §4 and §5: all 100 held-out numbers per language
+        s = tts.evaluate_tts(model, corpus.vocab, corpus.test[lang], corpus.held_out[lang], judge)
+        assert s["mcd_teacher_durations"] == pytest.approx(mcd, abs=0.03)
+        assert s["heard_tts"] >= 0.98  # 100% in the notebook
+
+
+def test_the_train_command_trains_under_pretrained(monkeypatch, tmp_path, capsys):
+    from aigc_lib.__main__ import main
+
+    monkeypatch.setenv(pretrained.WEIGHTS_ENV, "pretrained")
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "unet.pt"
+    assert main(["train", "05.unet", "--budget", "smoke", "--steps", "2", "--checkpoint", str(ckpt), "--quiet"]) == 0
+    assert "AIGC_WEIGHTS=pretrained is ignored here" in capsys.readouterr().err
+    assert torch.load(ckpt, weights_only=True)["step"] == 2

@@ -1,14 +1,16 @@
 """Refresh the course's pretrained weights (aigc_lib/assets/pretrained/) from a standard-budget run.
 
-    cd solutions && for nb in 0*.ipynb; do AIGC_BUDGET=standard jupyter nbconvert --execute ...; done
-    python tools/export_pretrained.py                    # every finished *_standard*.pt in solutions/checkpoints/
+    python -m aigc_lib book --budget standard --fresh    # runs every chapter (AIGC_WEIGHTS unset): checkpoints
+                                                         # land in solutions/checkpoints/ (or run the notebooks)
+    python tools/export_pretrained.py                    # every *_standard*.pt in solutions/checkpoints/
     python tools/export_pretrained.py --from DIR --check # list what would change, write nothing
 
 Every checkpoint a chapter writes at the standard budget is exported (the compact form of
 aigc_lib.pretrained: float16 weights, History, end-of-training random state; no optimizer), and
-MANIFEST.json is rewritten with each file's steps, parameters, size and SHA-256. Run the chapters to
-their end first: an interrupted run's checkpoint has fewer steps than the notebook asks for, and fit
-then refuses the packaged copy (it trains instead, with a warning). Then run
+MANIFEST.json is rewritten with each file's steps, size and SHA-256; files of an earlier export that
+are not among them are removed. An unfinished run's checkpoint (interrupted before its last step) is
+refused, and then nothing is written (checkpoints record their run's length since version 0.2.0; for an
+older one, fit's check at load time — the steps must match — is what catches it). Then run
 `pytest tests/test_pretrained.py`, which loads each file into its model and checks the figures, and
 commit the folder.
 """
@@ -32,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=pretrained.FOLDER)
     parser.add_argument("--check", action="store_true", help="list the checkpoints, write nothing")
     args = parser.parse_args(argv)
-    found = sorted(p for p in args.source.glob(f"*_{args.budget}*.pt"))
+    if pretrained.choice() == "pretrained":
+        print(f"${pretrained.WEIGHTS_ENV}=pretrained: the chapters loaded the packaged weights and wrote no "
+              "checkpoints; run them with AIGC_WEIGHTS unset first", file=sys.stderr)  # fmt: skip
+        return 1
+    found = sorted(p for p in args.source.glob(f"*_{args.budget}*.pt") if p.is_file())
     if not found:
         print(f"no *_{args.budget}*.pt checkpoints in {args.source}", file=sys.stderr)
         return 1
@@ -40,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.name}: {p.stat().st_size / 1e6:.2f} MB")
     if args.check:
         return 0
-    manifest = pretrained.export(found, args.out)
+    try:  # every checkpoint is checked (a fit checkpoint, finished) before anything is written
+        manifest = pretrained.export(found, args.out)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 1
     total = sum(entry["bytes"] for entry in manifest.values())
     print(f"{len(manifest)} files, {total / 1e6:.1f} MB in {args.out}")
     return 0
