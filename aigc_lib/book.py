@@ -43,6 +43,7 @@ from pathlib import Path
 
 import nbformat
 
+from aigc_lib import pretrained
 from aigc_lib.notebooks import notebooks_in
 from aigc_lib.paths import CHAPTERS, ROOT, SOLUTIONS
 
@@ -350,9 +351,15 @@ def staged_notebook(
 def budget_note(budget: str, execute: bool) -> str:
     if not execute:
         return "This build shows the notebooks without outputs (built with `--no-execute`)."
+    weights = (
+        " Models were loaded from the course's packaged weights (`AIGC_WEIGHTS=pretrained`), not trained, "
+        "where a cell says so."
+        if pretrained.choice() == "pretrained"
+        else ""
+    )
     return (
         f"The outputs on these pages were computed at the **`{budget}`** budget "
-        f"(`AIGC_BUDGET={budget}`; the first output of each chapter names the device)."
+        f"(`AIGC_BUDGET={budget}`; the first output of each chapter names the device and the weights).{weights}"
     )
 
 

@@ -238,3 +238,10 @@ def test_a_small_book_builds_with_warnings_as_errors(tmp_path):
     assert "E1" in pages["errata.html"] and "<table" in pages["errata.html"]
     if book.shutil.which("dot"):  # the Mermaid concept map, drawn by Graphviz
         assert 'class="graphviz"' in pages["00_history.html"] and list((html / "_images").glob("graphviz-*.png"))
+
+
+def test_the_budget_note_says_when_the_models_were_loaded(monkeypatch):
+    monkeypatch.delenv("AIGC_WEIGHTS", raising=False)
+    assert "AIGC_WEIGHTS" not in book.budget_note("standard", True)
+    monkeypatch.setenv("AIGC_WEIGHTS", "pretrained")
+    assert "loaded from the course's packaged weights (`AIGC_WEIGHTS=pretrained`)" in book.budget_note("standard", True)
