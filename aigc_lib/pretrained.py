@@ -12,8 +12,8 @@ with a GPU. A learner's own file in checkpoints/ is not read then: "pretrained" 
 weights, whatever was trained before. A run the package does not have (another budget, a renamed
 checkpoint) trains as usual. One the packaged weights do not fit — another architecture, number of
 steps, optimizer setting (learning rate, betas, weight decay), scheduler or extra state — trains too,
-and fit prints why. What fit cannot see is a changed loss setting (a β, free bits) under an unchanged
-checkpoint name: after editing one, train (AIGC_WEIGHTS=train).
+and fit prints why. What fit cannot see is a changed loss, batch or data setting (a β, free bits, the batch
+size) under an unchanged checkpoint name: after editing one, train (AIGC_WEIGHTS=train).
 
 A packaged file is a finished `fit` checkpoint without what only training needs: the weights of the
 model and of its non-optimizer `extra_state` (an EMA copy, a GAN's sample snapshots) in float16 (a
@@ -194,8 +194,28 @@ def verify(folder: Path | None = None) -> tuple[int, int]:
 # --- reading ---------------------------------------------------------------------------------------
 
 
+def _listed(folder: Path) -> dict[str, Any]:
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return {}
+    try:
+        return json.loads(manifest_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"pretrained: {manifest_path} is damaged ({err}); {FIX}") from err
+
+
+def missing(checkpoint: str | os.PathLike, folder: Path | None = None) -> bool:
+    """Whether MANIFEST.json lists a file for this checkpoint that is not there (a damaged install)."""
+    folder = folder or FOLDER
+    name = Path(checkpoint).name
+    return name in _listed(folder) and not (folder / name).is_file()
+
+
 def read(path: Path) -> dict[str, Any]:
-    """A packaged file, its float16 tensors back in float32."""
+    """A packaged file, checked against MANIFEST.json's SHA-256, its float16 tensors back in float32."""
+    entry = _listed(path.parent).get(path.name)
+    if entry is not None and _sha256(path) != entry["sha256"]:
+        raise ValueError(f"pretrained: {str(path)!r} is damaged (its SHA-256 differs from {MANIFEST}); {FIX}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

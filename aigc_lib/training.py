@@ -258,6 +258,14 @@ def fit(
         progress, on_log = False, None
 
     shipped = pretrained.wanted(path) if path is not None else None  # AIGC_WEIGHTS=pretrained
+    if shipped is None and path is not None and pretrained.choice() == "pretrained":
+        if pretrained.missing(path):
+            raise ValueError(
+                f"pretrained: {path.name} is listed in {pretrained.MANIFEST} but missing; {pretrained.FIX}"
+            )
+        if ranks.is_main:
+            print(f"{desc}: the course has no pretrained weights named {path.name} (another budget or run): "
+                  "this run trains (or resumes its own checkpoint)")  # fmt: skip
     if shipped is not None:
         loaded = _load_pretrained(shipped, model, optimizer, scheduler, steps, extra, desc, ranks)
         if loaded is not None:

@@ -157,7 +157,7 @@ def test_loading_is_announced_without_a_progress_bar_and_the_same_settings_load(
 def test_a_damaged_packaged_file_names_itself_and_the_fix(package, tmp_path):
     (pretrained.FOLDER / "toy_standard.pt").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
     fresh, opt = make(seed=7)
-    with pytest.raises(ValueError, match=r"cannot read .*toy_standard.pt.*git checkout -- aigc_lib/assets/pretrained"):
+    with pytest.raises(ValueError, match=r"toy_standard.pt.* is damaged .*git checkout -- aigc_lib/assets/pretrained"):
         fit(fresh, opt, batch, forbidden, 40, checkpoint=tmp_path / "toy_standard.pt", progress=False)
 
 
@@ -409,3 +409,18 @@ def test_the_train_command_trains_under_pretrained(monkeypatch, tmp_path, capsys
     assert main(["train", "05.unet", "--budget", "smoke", "--steps", "2", "--checkpoint", str(ckpt), "--quiet"]) == 0
     assert "AIGC_WEIGHTS=pretrained is ignored here" in capsys.readouterr().err
     assert torch.load(ckpt, weights_only=True)["step"] == 2
+
+
+def test_a_damaged_or_missing_listed_file_is_an_error_and_an_unlisted_name_says_it_trains(package, tmp_path, capsys):
+    path = pretrained.FOLDER / "toy_standard.pt"
+    data = bytearray(path.read_bytes())
+    data[-200:-100] = bytes(100)  # damaged inside, still a readable zip
+    path.write_bytes(bytes(data))
+    fresh, opt = make(seed=7)
+    with pytest.raises(ValueError, match="is damaged .*SHA-256"):
+        fit(fresh, opt, batch, forbidden, 40, checkpoint=tmp_path / "toy_standard.pt", progress=False)
+    path.unlink()
+    with pytest.raises(ValueError, match="listed in MANIFEST.json but missing"):
+        fit(fresh, opt, batch, forbidden, 40, checkpoint=tmp_path / "toy_standard.pt", progress=False)
+    fit(fresh, opt, batch, mse, 2, checkpoint=tmp_path / "other_smoke.pt", progress=False)
+    assert "no pretrained weights named other_smoke.pt" in capsys.readouterr().out
