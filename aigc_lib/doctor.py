@@ -63,8 +63,14 @@ def _device() -> str:
 
 
 def _budget() -> str:
+    from aigc_lib import pretrained
     from aigc_lib.runtime import BUDGET_ENV, current_budget
 
+    if not os.environ.get(BUDGET_ENV, "").strip():
+        try:
+            pretrained.choice()
+        except ValueError:  # the default budget depends on the weights choice: one failure, reported there
+            return f"the default, once $AIGC_WEIGHTS is valid (see model weights) ({_from_env(BUDGET_ENV)})"
     return f"{current_budget()} ({_from_env(BUDGET_ENV)})"
 
 

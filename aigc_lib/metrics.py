@@ -633,6 +633,27 @@ def digit_table(results: dict[str, dict]) -> str:
 LN2 = math.log(2)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion, k successes in n trials (Wilson, JASA 1927), at
+    z = 1.96 for 95%: centre ± half with
+
+        centre = (p + z²/2n) / (1 + z²/n),   half = z / (1 + z²/n) · √(p(1 − p)/n + z²/4n²),   p = k / n.
+
+    Unlike p ± z√(p(1 − p)/n), it stays inside [0, 1] and is not empty at k = 0 or k = n (100 of 100
+    gives 96.3%–100%). scipy.stats.binomtest(k, n).proportion_ci(method="wilson") is the reference."""
+    if isinstance(successes, bool) or not isinstance(successes, int | np.integer):
+        raise TypeError(f"successes: expected an int (a count), got {successes!r}")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes: expected 0 <= successes <= n = {n}, got {successes}")
+    p, zz = successes / n, z * z
+    centre = (p + zz / (2 * n)) / (1 + zz / n)
+    half = z / (1 + zz / n) * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))
+    # exactly 0 at k = 0 and 1 at k = n (the formula's two terms cancel there, up to rounding)
+    return (centre - half if successes else 0.0), (centre + half if successes < n else 1.0)
+
+
 def nats_to_bits(x: float | torch.Tensor) -> float | torch.Tensor:
     """bits = nats / ln 2."""
     return x / LN2

@@ -176,10 +176,24 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class History:
-    """Per-step metrics on the host: `steps[i]` is the step at which `metrics[name][i]` was measured."""
+    """Per-step metrics on the host: `steps[i]` is the step at which `metrics[name][i]` was measured.
+    `source`: how `fit` got the weights it returns with this History — "trained" (here, from step 0),
+    "resumed" (trained here from an unfinished checkpoint), "checkpoint" (a finished one, loaded) or
+    "pretrained" (the course's packaged weights, loaded)."""
 
     steps: list[int] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
+    source: str = field(default="trained", compare=False)  # equal Histories: the same curves
+
+    def how_obtained(self, seconds: float) -> str:
+        """ "trained in 12 s", "loaded the pretrained weights in 1 s", ...: what a notebook prints after a run."""
+        what = {
+            "trained": "trained",
+            "resumed": "trained (resumed from its checkpoint)",
+            "checkpoint": "loaded its finished checkpoint",
+            "pretrained": "loaded the pretrained weights",
+        }[self.source]
+        return f"{what} in {seconds:.0f} s"
 
     @property
     def losses(self) -> list[float]:
@@ -277,6 +291,7 @@ def fit(
     state = _read_checkpoint(path, ranks) if path is not None else None
     if state is not None:
         step, history = _restore(path, state, model, optimizer, scheduler, extra, ranks)
+        history.source = "checkpoint" if step >= steps else "resumed"
         if step >= steps:  # finished before: weights and RNG are now as they were at the end
             if on_log is not None:
                 on_log(history)
@@ -703,7 +718,9 @@ def _load_pretrained(
     if ranks.is_main:
         print(f"{desc}: loaded the pretrained weights shipped with the course ({file.name}: {steps} steps at the "
               f"{pretrained.BUDGET} budget, stored in float16), not trained here; AIGC_WEIGHTS=train trains it")  # fmt: skip
-    return History.from_dict(state["history"])
+    history = History.from_dict(state["history"])
+    history.source = "pretrained"
+    return history
 
 
 def _set_rank_rng_state(rank_rngs: list | None, ranks: distributed.Context) -> None:

@@ -60,7 +60,8 @@ weights. --base changes the width (groups stay base // 4, as in the chapter's bu
 
 3. Throughput, interleaved. Training: --tp-steps steps of train_diffusion (the library loop) on a
    fresh standard model; sampling: one `sample` call of --tp-batch (256) images with DDIM
-   --tp-sample-steps (50) in one batch. Both timed in --repeats rounds (order reversed every other
+   --tp-sample-steps (50) in one batch, and the same call with the weights left NCHW (`sample` lays
+   them out channels-last on the CPU: runtime.channels_last). All timed in --repeats rounds (order reversed every other
    round), medians reported; each round also times an fp32 matmul of two --matmul-n^2 matrices (2 n^3
    FLOPs per call): the machine's peak in the same conditions. Achieved GFLOP/s = counted FLOPs (a
    training step as in part 1; one forward of the sampling batch x the DDIM steps) / median time;
@@ -94,9 +95,11 @@ across runs. The script warns when the load average shows other work competing f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 from common import check_load, matmul_gflops, sync
@@ -399,23 +402,27 @@ def throughput(
     def run_train() -> float:
         return train(model, images, labels, args.tp_steps, args.seed)[1]
 
-    def run_sample() -> float:
+    def run_sample(layout: Callable = dm.sampling.channels_last) -> float:
         sync(device)
         start = time.perf_counter()
-        dm.sample(
-            model,
-            args.tp_batch,
-            schedule,
-            steps=args.tp_sample_steps,
-            labels=ys,
-            progress=False,
-            generator=torch.Generator().manual_seed(TP_SEED),
-            batch_size=args.tp_batch,
-        )
+        with mock.patch.object(dm.sampling, "channels_last", layout):
+            dm.sample(
+                model,
+                args.tp_batch,
+                schedule,
+                steps=args.tp_sample_steps,
+                labels=ys,
+                progress=False,
+                generator=torch.Generator().manual_seed(TP_SEED),
+                batch_size=args.tp_batch,
+            )
         sync(device)
         return time.perf_counter() - start
 
-    runs = {"train": run_train, "sample": run_sample}
+    def run_sample_nchw() -> float:  # sample's weights left as they are: what channels_last saves
+        return run_sample(lambda model: contextlib.nullcontext(model))
+
+    runs = {"train": run_train, "sample": run_sample, "sample NCHW": run_sample_nchw}
     train(model, images, labels, 2, args.seed)  # warm-up
     dm.sample(model, args.tp_batch, schedule, steps=2, labels=ys, progress=False, batch_size=args.tp_batch)
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -426,11 +433,13 @@ def throughput(
         peak.append(matmul_gflops(args.matmul_n, args.matmul_reps, device))
         print(
             f"   repeat {r + 1}: training {args.tp_steps * BATCH / times['train'][-1]:,.1f} img/s, sampling "
-            f"{args.tp_batch / times['sample'][-1]:,.1f} img/s, matmul {peak[-1]:.0f} GFLOP/s",
+            f"{args.tp_batch / times['sample'][-1]:,.1f} img/s ({args.tp_batch / times['sample NCHW'][-1]:,.1f} "
+            f"with NCHW weights), matmul {peak[-1]:.0f} GFLOP/s",
             flush=True,
         )
     peak_med = statistics.median(peak)
     t_train, t_sample = statistics.median(times["train"]), statistics.median(times["sample"])
+    t_nchw = statistics.median(times["sample NCHW"])
     rows = {
         "train": {
             "img_s": args.tp_steps * BATCH / t_train,
@@ -440,6 +449,11 @@ def throughput(
         "sample": {
             "img_s": args.tp_batch / t_sample,
             "gflops": fwd * args.tp_sample_steps / t_sample / 1e9,
+            "flop_img": fwd * args.tp_sample_steps / args.tp_batch,
+        },
+        "sample NCHW": {
+            "img_s": args.tp_batch / t_nchw,
+            "gflops": fwd * args.tp_sample_steps / t_nchw / 1e9,
             "flop_img": fwd * args.tp_sample_steps / args.tp_batch,
         },
     }
@@ -632,6 +646,7 @@ def summary(
         for name, label in (
             ("train", f"training (batch {BATCH})"),
             ("sample", f"sampling (DDIM {args.tp_sample_steps}, batch {args.tp_batch})"),
+            ("sample NCHW", "  same, weights not made NHWC"),
         ):
             r = tp["rows"][name]
             print(

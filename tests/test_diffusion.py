@@ -7,9 +7,11 @@ train_diffusion (learning, exact resume), prompt_to_label and the input checks."
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -35,6 +37,7 @@ from aigc_lib.diffusion import (
     q_sample,
     q_step,
     sample,
+    sampling,
     to_unit,
     train_diffusion,
     v_target,
@@ -861,6 +864,30 @@ def test_sample_is_deterministic_given_a_generator_and_restores_the_mode():
     model.eval()
     sample(model, 1, s, **kw)
     assert not model.training
+
+
+def test_sample_lays_the_weights_out_channels_last_on_the_cpu_and_restores_them():
+    s = linear_schedule(50)
+    model = tiny_unet(n_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args: seen.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in convs))
+    )
+    got = sample(model, 3, s, steps=5, labels=1, guidance=2.0, generator=gen(0), progress=False)
+    assert seen and all(seen)  # every forward of the sampler saw NHWC weights
+    hook.remove()
+    assert all(p.is_contiguous() for p in model.parameters())  # the layout is restored ...
+    assert any(not p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # ... and the values untouched
+    with mock.patch.object(sampling, "channels_last", contextlib.nullcontext):
+        plain = sample(model, 3, s, steps=5, labels=1, guidance=2.0, generator=gen(0), progress=False)
+    assert close(got, plain, tol=1e-4) and not torch.equal(got, torch.zeros_like(got))
+    # weights the caller already keeps NHWC stay so
+    model.to(memory_format=torch.channels_last)
+    sample(model, 1, s, steps=2, progress=False)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
 
 
 def test_sample_trajectory():

@@ -401,3 +401,21 @@ def test_precision_is_fooled_by_degenerate_samples_as_the_chapters_warn():
     for images in (torch.zeros(200, 1, 28, 28), torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))):
         r = M.evaluate_digits(images)
         assert r["precision"] == 1.0 and r["recall"] == 0.0 and r["recognisability"] < 0.05
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (0, 100), (100, 100), (37, 100), (1, 3), (498, 500), (5, 2000)])
+def test_wilson_interval_matches_scipy(k, n):
+    from scipy.stats import binomtest, norm
+
+    want = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = M.wilson_interval(k, n, z=float(norm.ppf(0.975)))
+    assert low == pytest.approx(want.low, abs=1e-12) and high == pytest.approx(want.high, abs=1e-12)
+    assert 0 <= low <= k / n <= high <= 1
+
+
+def test_wilson_interval_rejects_a_proportion_or_impossible_counts():
+    with pytest.raises(TypeError, match="a count"):
+        M.wilson_interval(0.97, 100)  # a proportion passed where the count goes
+    for k, n in ((3, 0), (101, 100), (-1, 10)):
+        with pytest.raises(ValueError):
+            M.wilson_interval(k, n)

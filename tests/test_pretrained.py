@@ -73,6 +73,7 @@ def test_fit_loads_the_packaged_run_instead_of_training(package, tmp_path, capsy
               extra_state={"ema": fresh_ema, "opt2": opt2})  # fmt: skip
     assert "loaded the pretrained weights" in capsys.readouterr().out
     assert got.steps == history.steps and got.losses == history.losses
+    assert got.source == "pretrained" and got.how_obtained(1.2) == "loaded the pretrained weights in 1 s"
     for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # float16 storage
     for a, b in zip(fresh_ema.model.state_dict().values(), ema.model.state_dict().values(), strict=True):

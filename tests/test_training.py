@@ -201,6 +201,8 @@ def test_interrupt_saves_and_resume_is_exact(tmp_path, capsys, batches):
     )
     assert_same_weights(model, ref_model)
     assert hist == ref_hist
+    assert (ref_hist.source, hist.source) == ("trained", "resumed")
+    assert hist.how_obtained(12.4) == "trained (resumed from its checkpoint) in 12 s"
 
 
 def test_more_steps_continue_a_finished_run(tmp_path):
@@ -225,6 +227,8 @@ def test_more_steps_continue_a_finished_run(tmp_path):
         )
     assert_same_weights(model, ref_model)
     assert hist == ref_hist
+    assert (ref_hist.source, hist.source) == ("trained", "resumed")
+    assert hist.how_obtained(12.4) == "trained (resumed from its checkpoint) in 12 s"
 
 
 @pytest.mark.skipif(
@@ -295,6 +299,8 @@ def test_finished_run_returns_immediately(tmp_path):
     again = fit(fresh, opt, random_batch, never, 10, scheduler=sched, checkpoint=ckpt, progress=False)
     assert again == first
     assert_same_weights(fresh, model)  # the trained weights were loaded
+    assert (first.source, again.source) == ("trained", "checkpoint")
+    assert again.how_obtained(0.2) == "loaded its finished checkpoint in 0 s"
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):

@@ -49,7 +49,7 @@ from aigc_lib.diffusion.schedule import (
     _predict_x0,
 )
 from aigc_lib.diffusion.unet import UNetConfig
-from aigc_lib.runtime import autocast, eval_mode
+from aigc_lib.runtime import autocast, channels_last, eval_mode
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -285,7 +285,7 @@ def sample(
     bar = tqdm(
         total=len(ts) * math.ceil(n / batch_size), desc=f"{sampler} sampling", disable=not progress, dynamic_ncols=True
     )
-    with eval_mode(model), bar:
+    with eval_mode(model), channels_last(model), bar:
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
             y = labels[start : start + k].to(device) if labels is not None else None
