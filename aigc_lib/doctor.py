@@ -66,12 +66,15 @@ def _budget() -> str:
     from aigc_lib import pretrained
     from aigc_lib.runtime import BUDGET_ENV, current_budget
 
-    if not os.environ.get(BUDGET_ENV, "").strip():
-        try:
-            pretrained.choice()
-        except ValueError:  # the default budget depends on the weights choice: one failure, reported there
-            return f"the default, once $AIGC_WEIGHTS is valid (see model weights) ({_from_env(BUDGET_ENV)})"
-    return f"{current_budget()} ({_from_env(BUDGET_ENV)})"
+    try:
+        return f"{current_budget()} ({_from_env(BUDGET_ENV)})"
+    except ValueError:
+        if not os.environ.get(BUDGET_ENV, "").strip():
+            try:
+                pretrained.choice()
+            except ValueError:  # the default budget depends on the weights choice: one failure, reported there
+                return f"not known until $AIGC_WEIGHTS is valid (see model weights) ({_from_env(BUDGET_ENV)})"
+        raise
 
 
 def _weights() -> str:

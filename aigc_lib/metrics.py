@@ -647,6 +647,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
         raise ValueError(f"n: expected a positive int, got {n!r}")
     if not 0 <= successes <= n:
         raise ValueError(f"successes: expected 0 <= successes <= n = {n}, got {successes}")
+    if isinstance(z, bool) or not isinstance(z, int | float) or not 0 < z < math.inf:
+        raise ValueError(f"z: expected a positive finite number (1.96 for 95%), got {z!r}")
+    successes, n = int(successes), int(n)  # Python ints: numpy's overflow in n * n
     p, zz = successes / n, z * z
     centre = (p + zz / (2 * n)) / (1 + zz / n)
     half = z / (1 + zz / n) * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))

@@ -65,6 +65,7 @@ import os
 import random
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,39 @@ class NonFiniteLossError(FloatingPointError):
         self.history = history
 
 
+# how fit got a run's weights (History.source): for one run, and for several
+_SOURCES = {
+    "trained": "trained",
+    "resumed": "trained (resumed from its checkpoint)",
+    "checkpoint": "loaded its finished checkpoint",
+    "pretrained": "loaded the pretrained weights",
+}
+_SOURCES_PLURAL = {
+    "trained": "trained here",
+    "resumed": "trained here (resumed from checkpoints)",
+    "checkpoint": "loaded from finished checkpoints",
+    "pretrained": "loaded from the pretrained weights",
+}
+
+
+def _phrase(table: Mapping[str, str], source: str) -> str:
+    if source not in table:
+        raise ValueError(f"History.source: expected one of {', '.join(table)}, got {source!r}")
+    return table[source]
+
+
+def describe_sources(histories: Iterable[History]) -> str:
+    """How several runs were obtained, for a notebook's summary line: "both trained here", "all 9 loaded
+    from the pretrained weights", or "2 trained here, 2 loaded from finished checkpoints"."""
+    counts = Counter(h.source for h in histories)
+    if not counts:
+        raise ValueError("histories: expected at least one History")
+    if len(counts) == 1:
+        source, n = counts.popitem()
+        return {1: "", 2: "both "}.get(n, f"all {n} ") + _phrase(_SOURCES_PLURAL, source)
+    return ", ".join(f"{n} {_phrase(_SOURCES_PLURAL, source)}" for source, n in counts.items())
+
+
 @dataclass
 class History:
     """Per-step metrics on the host: `steps[i]` is the step at which `metrics[name][i]` was measured.
@@ -186,14 +220,8 @@ class History:
     source: str = field(default="trained", compare=False)  # equal Histories: the same curves
 
     def how_obtained(self, seconds: float) -> str:
-        """ "trained in 12 s", "loaded the pretrained weights in 1 s", ...: what a notebook prints after a run."""
-        what = {
-            "trained": "trained",
-            "resumed": "trained (resumed from its checkpoint)",
-            "checkpoint": "loaded its finished checkpoint",
-            "pretrained": "loaded the pretrained weights",
-        }[self.source]
-        return f"{what} in {seconds:.0f} s"
+        """What a notebook prints after a run: "trained in 12 s", "loaded the pretrained weights in 1 s", ..."""
+        return f"{_phrase(_SOURCES, self.source)} in {seconds:.0f} s"
 
     @property
     def losses(self) -> list[float]:

@@ -459,10 +459,10 @@ def throughput(
     }
     for row in rows.values():
         row["share"] = row["gflops"] / peak_med
-    print(f"   {'':<10}{'MFLOP/img':>11}{'img/s':>10}{'GFLOP/s':>9}{'% peak':>8}")
+    print(f"   {'':<12}{'MFLOP/img':>11}{'img/s':>10}{'GFLOP/s':>9}{'% peak':>8}")
     for name, row in rows.items():
         print(
-            f"   {name:<10}{row['flop_img'] / 1e6:>11.2f}{row['img_s']:>10,.1f}{row['gflops']:>9.2f}"
+            f"   {name:<12}{row['flop_img'] / 1e6:>11.2f}{row['img_s']:>10,.1f}{row['gflops']:>9.2f}"
             f"{100 * row['share']:>7.2f}%"
         )
     return {"rows": rows, "peak": peak_med, "peak_all": peak}

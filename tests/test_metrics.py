@@ -419,3 +419,9 @@ def test_wilson_interval_rejects_a_proportion_or_impossible_counts():
     for k, n in ((3, 0), (101, 100), (-1, 10)):
         with pytest.raises(ValueError):
             M.wilson_interval(k, n)
+    for z in (-1.96, 0.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="z: expected a positive finite number"):
+            M.wilson_interval(3, 10, z=z)
+    # numpy counts: computed as Python ints (uint8 would overflow in n * n)
+    assert M.wilson_interval(np.uint8(100), np.uint8(200)) == M.wilson_interval(100, 200)
+    assert M.wilson_interval(np.int32(25_000), np.int32(50_000)) == M.wilson_interval(25_000, 50_000)

@@ -66,3 +66,22 @@ def test_checkpoints_under_nbgrader_go_to_a_temporary_folder(monkeypatch, tmp_pa
     assert checkpoint_path(tmp_path / "y.pt") == tmp_path / "y.pt"  # an absolute path is the caller's choice
     monkeypatch.delenv("AIGC_BUDGET", raising=False)
     assert current_budget() == "smoke"  # nbgrader needs the code paths, not the quality
+
+
+def test_channels_last_swaps_the_conv_weights_only_and_puts_the_originals_back():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    model.register_buffer("volume", torch.zeros(1, 2, 3, 4, 5))  # 5-D: Module.to(channels_last) would fail on it
+    x = torch.randn(2, 3, 8, 8)
+    want = model(x)
+    before = [(p.data_ptr(), p.stride()) for p in model.parameters()]
+    alias = model[0].weight.detach()
+    with runtime.channels_last(model):
+        w = model[0].weight
+        assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        torch.testing.assert_close(model(x), want)
+    assert [(p.data_ptr(), p.stride()) for p in model.parameters()] == before  # the same tensors again
+    assert alias.data_ptr() == model[0].weight.data_ptr()
+    with pytest.raises(KeyboardInterrupt), runtime.channels_last(model):
+        raise KeyboardInterrupt  # an interrupt inside the block restores the layout too
+    assert [(p.data_ptr(), p.stride()) for p in model.parameters()] == before

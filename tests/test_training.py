@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aigc_lib import training
-from aigc_lib.training import History, NonFiniteLossError, fit
+from aigc_lib.training import History, NonFiniteLossError, describe_sources, fit
 
 W_TRUE = torch.tensor([1.0, -2.0, 3.0, 0.5])
 X = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
@@ -301,6 +301,15 @@ def test_finished_run_returns_immediately(tmp_path):
     assert_same_weights(fresh, model)  # the trained weights were loaded
     assert (first.source, again.source) == ("trained", "checkpoint")
     assert again.how_obtained(0.2) == "loaded its finished checkpoint in 0 s"
+    assert describe_sources([first]) == "trained here"
+    assert describe_sources([again, again]) == "both loaded from finished checkpoints"
+    assert describe_sources([first] * 3) == "all 3 trained here"
+    assert describe_sources([first, again, again]) == "1 trained here, 2 loaded from finished checkpoints"
+    with pytest.raises(ValueError, match="at least one"):
+        describe_sources([])
+    again.source = "loaded"
+    with pytest.raises(ValueError, match="History.source: expected one of trained, resumed"):
+        again.how_obtained(1.0)
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):
