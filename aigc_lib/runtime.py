@@ -150,7 +150,9 @@ def channels_last(model: torch.nn.Module):
         if convs and convs[0].device.type == "cpu" and not nhwc:
             for p in convs:
                 swapped.append((p, p.data))
-                p.data = p.data.contiguous(memory_format=torch.channels_last)
+                # .to, not .contiguous: a 1x1 kernel is "contiguous" in both layouts, and only .to gives it the
+                # NHWC strides that keep its convolution on the NHWC path (7% of sampling time here)
+                p.data = p.data.to(memory_format=torch.channels_last)
         yield model
     finally:
         for p, original in reversed(swapped):

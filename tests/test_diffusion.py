@@ -884,6 +884,13 @@ def test_sample_lays_the_weights_out_channels_last_on_the_cpu_and_restores_them(
     with mock.patch.object(sampling, "channels_last", contextlib.nullcontext):
         plain = sample(model, 3, s, steps=5, labels=1, guidance=2.0, generator=gen(0), progress=False)
     assert close(got, plain, tol=1e-4) and not torch.equal(got, torch.zeros_like(got))
+    # the network runs on slices of the batch on the CPU (guided: [x; x] with labels [y; null] sliced together)
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    with mock.patch.object(sampling, "CPU_FORWARD_CHUNK", 2):
+        sliced = sample(model, 3, s, steps=5, labels=1, guidance=2.0, generator=gen(0), progress=False)
+    hook.remove()
+    assert sizes == [2, 2, 2] * 5 and close(sliced, got, tol=1e-5)
     # weights the caller already keeps NHWC stay so
     model.to(memory_format=torch.channels_last)
     sample(model, 1, s, steps=2, progress=False)

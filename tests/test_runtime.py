@@ -79,6 +79,7 @@ def test_channels_last_swaps_the_conv_weights_only_and_puts_the_originals_back()
     with runtime.channels_last(model):
         w = model[0].weight
         assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        assert model[1].weight.stride() == (4, 1, 4, 4)  # a 1x1 kernel gets NHWC strides too (the fast path)
         torch.testing.assert_close(model(x), want)
     assert [(p.data_ptr(), p.stride()) for p in model.parameters()] == before  # the same tensors again
     assert alias.data_ptr() == model[0].weight.data_ptr()

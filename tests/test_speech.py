@@ -72,6 +72,18 @@ def test_corpus_is_the_same_from_the_cache_and_from_a_fresh_read(tmp_path):
     assert len(list((tmp_path / "speech").iterdir())) == 2
 
 
+@needs_espeak
+def test_corpora_read_side_by_side_equal_one_after_another(tmp_path):
+    requests = [([7, 250], "en", ""), ([0, 13, 101], "zh", "m3"), ([99], "en", "f4")]
+    together = teacher.teacher_corpora(requests, cache=tmp_path)
+    assert len(list((tmp_path / "speech").glob("*.pt"))) == 3  # each cached, none left half-written
+    for (numbers, lang, variant), corpus in zip(requests, together, strict=True):
+        alone = teacher.teacher_corpus(numbers, lang, variant, cache=None)  # a fresh read
+        assert [u.text for u in corpus] == [u.text for u in alone]
+        for a, b in zip(corpus, alone, strict=True):
+            assert torch.equal(a.wave, b.wave) and a.phonemes == b.phonemes and a.starts == b.starts
+
+
 def test_missing_espeak_names_the_package_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)
     monkeypatch.setattr(teacher, "_ENGINE", None)

@@ -5,6 +5,8 @@ images."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
@@ -104,6 +106,11 @@ def test_sample_guides_with_the_caption_against_padding_only():
         eps = _guided_eps(m(x, t, context=ctx, mask=mask), m(x, t), w)
     want = _ddim_step(eps, x, 0, -1, s, 0.0, None, "eps", False)  # latents: not clamped to [-1, 1]
     assert torch.allclose(got, want, atol=1e-5)
+    # on the CPU the network runs on slices of the batch: caption, mask and null caption sliced together
+    with mock.patch.object(dm.sampling, "CPU_FORWARD_CHUNK", 2):  # the guided batch of 6 in three slices
+        sliced = dm.sample(m, 3, s, steps=1, context=ctx, mask=mask, guidance=w,
+                           generator=torch.Generator().manual_seed(3), progress=False, clamp=False)  # fmt: skip
+    assert torch.allclose(sliced, got, atol=1e-6)
     # w = 1 is the conditional model alone; a model without text refuses a caption
     one = dm.sample(
         m, 3, s, steps=1, context=ctx, mask=mask, generator=torch.Generator().manual_seed(3), progress=False

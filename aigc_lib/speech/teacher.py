@@ -17,10 +17,12 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,24 +241,46 @@ def teacher_corpus(
     """The numbers read by the teacher in `lang` ('en' or 'zh'), with espeak's voice `variant` ('' for the
     default, 'f2', 'm3', ...). Cached under `cache`/speech/ in one file keyed by the texts, voice, rate and
     espeak's version (None: no cache); the synthesiser is deterministic, so a cache hit equals a fresh run."""
-    if lang not in LANGS:
-        raise ValueError(f"lang: expected one of {sorted(LANGS)}, got {lang!r}")
-    numbers = [check_int("numbers[i]", n, low=0, high=999) for n in numbers]
-    voice = LANGS[lang] + (f"+{variant}" if variant else "")
-    texts = [number_text(n, lang) for n in numbers]
-    path = None
-    if cache is not None:
-        key = hashlib.sha256(repr((texts, voice, rate, espeak_version(), SAMPLE_RATE)).encode()).hexdigest()[:16]
-        path = checkpoint_path(Path(cache) / "speech" / f"teacher_{lang}_{variant or 'default'}_{key}.pt")
-        if path.exists():
-            return _unpack(texts, voice, torch.load(path, weights_only=True))
-    utterances = _read_in_fresh_process(texts, voice, rate)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(_pack(utterances), tmp)
-        tmp.replace(path)  # never a half-written cache
-    return utterances
+    return teacher_corpora([(numbers, lang, variant)], rate=rate, cache=cache)[0]
+
+
+def teacher_corpora(
+    requests: list[tuple[list[int], str, str]], *, rate: int = 175, cache: str | Path | None = "checkpoints"
+) -> list[list[Utterance]]:
+    """Several `teacher_corpus` calls, (numbers, lang, variant) each: the corpora not in the cache are read by
+    fresh espeak processes side by side, one per CPU core (espeak reads on one core; each corpus still gets
+    its own fresh engine, so the result is the same as one call after another). Each is cached as it is done."""
+    jobs = []
+    for numbers, lang, variant in requests:
+        if lang not in LANGS:
+            raise ValueError(f"lang: expected one of {sorted(LANGS)}, got {lang!r}")
+        numbers = [check_int("numbers[i]", n, low=0, high=999) for n in numbers]
+        voice = LANGS[lang] + (f"+{variant}" if variant else "")
+        texts = [number_text(n, lang) for n in numbers]
+        path = None
+        if cache is not None:
+            key = hashlib.sha256(repr((texts, voice, rate, espeak_version(), SAMPLE_RATE)).encode()).hexdigest()[:16]
+            path = checkpoint_path(Path(cache) / "speech" / f"teacher_{lang}_{variant or 'default'}_{key}.pt")
+        jobs.append((texts, voice, path))
+    results: list[list[Utterance] | None] = [
+        _unpack(texts, voice, torch.load(path, weights_only=True)) if path is not None and path.exists() else None
+        for texts, voice, path in jobs
+    ]
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=min(len(missing), cores)) as pool:
+            reading = {pool.submit(_read_in_fresh_process, jobs[i][0], jobs[i][1], rate): i for i in missing}
+            for done in as_completed(reading):
+                i = reading[done]
+                results[i] = done.result()
+                path = jobs[i][2]
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    torch.save(_pack(results[i]), tmp)
+                    tmp.replace(path)  # never a half-written cache
+    return results
 
 
 if __name__ == "__main__":  # the fresh process of `_read_in_fresh_process`: request.json -> result.pt

@@ -69,8 +69,8 @@ def number_corpus(held_out: int = 100, seed: int = 0, cache: str | None = "check
     A held-out number's phonemes all occur in training (its words do, in other numbers)."""
     g = torch.Generator().manual_seed(seed)
     train, test, held = [], {}, {}
-    for lang in teacher.LANGS:
-        utterances = teacher.teacher_corpus(list(range(1000)), lang, cache=cache)
+    corpora = teacher.teacher_corpora([(list(range(1000)), lang, "") for lang in teacher.LANGS], cache=cache)
+    for lang, utterances in zip(teacher.LANGS, corpora, strict=True):
         held[lang] = sorted(torch.randperm(1000, generator=g)[:held_out].tolist())
         chosen = set(held[lang])
         train += [u for n, u in enumerate(utterances) if n not in chosen]
@@ -84,14 +84,14 @@ def judge_corpus(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The judge's training speech: `per_voice` numbers (seeded draw; all 1000 when per_voice=1000) read by
     each espeak voice variant in both languages -> (log-mels (N, n_mels, T) padded, frames (N,), numbers (N,))."""
-    mels, numbers = [], []
+    requests = []
     for i, variant in enumerate(variants):
         for j, lang in enumerate(teacher.LANGS):
             g = torch.Generator().manual_seed(seed * 1000 + 2 * i + j)
-            chosen = sorted(torch.randperm(1000, generator=g)[:per_voice].tolist())
-            mels += utterance_mels(teacher.teacher_corpus(chosen, lang, variant, cache=cache))
-            numbers += chosen
-    return *padded_mels(mels), torch.tensor(numbers)
+            requests.append((sorted(torch.randperm(1000, generator=g)[:per_voice].tolist()), lang, variant))
+    corpora = teacher.teacher_corpora(requests, cache=cache)  # the voices read side by side
+    mels = [m for corpus in corpora for m in utterance_mels(corpus)]
+    return *padded_mels(mels), torch.tensor([n for chosen, _, _ in requests for n in chosen])
 
 
 def wavenet_codes(utterances: list[teacher.Utterance], sample_rate: int = 8000, channels: int = 256) -> Tensor:
