@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from aigc_lib.speech import audio, tts
 from aigc_lib.speech import fastspeech as fs
 from aigc_lib.speech import judge as jd
 from aigc_lib.speech import wavenet as wn
@@ -316,3 +317,12 @@ def test_number_phrase_reads_what_a_learner_types():
     for bad, lang in (("hello", "en"), ("-5", "en"), ("3.5", "en"), ("", "zh"), ("你好", "zh"), ("三百", "en")):
         with pytest.raises(ValueError, match="expected a number from 0 to 999"):
             number_phrase(bad, lang)
+
+
+def test_vocode_solves_all_frames_at_once_with_each_phrase_s_result():
+    g = torch.Generator().manual_seed(0)
+    mels = [torch.randn(n, tts.MEL.n_mels, generator=g) - 6 for n in (23, 40, 31)]  # (frames, n_mels) log-mels
+    one_by_one = [audio.mel_to_audio(m.T, tts.MEL, iters=5) for m in mels]
+    for a, b in zip(tts.vocode(mels, iters=5), one_by_one, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert tts.vocode([]) == []

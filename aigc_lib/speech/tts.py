@@ -149,8 +149,14 @@ def synthesize_mels(model: FastSpeech, phonemes: list[Tensor], speed: float = 1.
 
 
 def vocode(mels: list[Tensor], cfg: audio.MelConfig = MEL, iters: int = GRIFFIN_LIM_ITERS) -> list[Tensor]:
-    """Log-mels (frames, n_mels) -> waveforms by Griffin-Lim (the course's vocoder; seeded, deterministic)."""
-    return [audio.mel_to_audio(m.T, cfg, iters=iters) for m in mels]
+    """Log-mels (frames, n_mels) -> waveforms by Griffin-Lim (the course's vocoder; seeded, deterministic):
+    `audio.mel_to_audio` of each, with the mel inversion solved for all frames at once (frame by frame
+    independent, so the same result; one large product instead of many small ones, 4-5x faster here)."""
+    if not mels:
+        return []
+    power = audio.mel_to_linear(torch.cat([m.T for m in mels], dim=-1).exp(), cfg)  # (n_fft // 2 + 1, all frames)
+    parts = power.split([len(m) for m in mels], dim=-1)
+    return [audio.griffin_lim(p.sqrt(), cfg.n_fft, cfg.hop, iters) for p in parts]
 
 
 def speak(model: FastSpeech, vocab: PhonemeVocab, text: str, lang: str, speed: float = 1.0):
