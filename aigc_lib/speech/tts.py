@@ -12,7 +12,6 @@ as in several open TTS systems; the model turns them into sound.
 from __future__ import annotations
 
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -152,14 +151,13 @@ def synthesize_mels(model: FastSpeech, phonemes: list[Tensor], speed: float = 1.
 def vocode(mels: list[Tensor], cfg: audio.MelConfig = MEL, iters: int = GRIFFIN_LIM_ITERS) -> list[Tensor]:
     """Log-mels (frames, n_mels) -> waveforms by Griffin-Lim (the course's vocoder; seeded, deterministic):
     `audio.mel_to_audio` of each, with the mel inversion solved for all frames at once (frame by frame
-    independent, so the same result from one large product instead of many small ones) and the phrases'
-    Griffin-Lim loops run two at a time (their FFTs are too small to keep two cores busy; 1.4x here)."""
+    independent, so the same result from one large product instead of many small ones).
+    The phrases' Griffin-Lim loops run one after another on the calling thread: run on a thread pool
+    inside a notebook's Output widget, they stalled the kernel's reply to nbclient (4 runs in 11)."""
     if not mels:
         return []
     power = audio.mel_to_linear(torch.cat([m.T for m in mels], dim=-1).exp(), cfg)  # (n_fft // 2 + 1, all frames)
-    parts = power.split([len(m) for m in mels], dim=-1)
-    with ThreadPoolExecutor(max_workers=2) as pool:  # torch releases the GIL inside each FFT
-        return list(pool.map(lambda p: audio.griffin_lim(p.sqrt(), cfg.n_fft, cfg.hop, iters), parts))
+    return [audio.griffin_lim(p.sqrt(), cfg.n_fft, cfg.hop, iters) for p in power.split([len(m) for m in mels], dim=-1)]
 
 
 def speak(model: FastSpeech, vocab: PhonemeVocab, text: str, lang: str, speed: float = 1.0):
