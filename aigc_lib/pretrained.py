@@ -178,12 +178,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def verify(folder: Path | None = None) -> tuple[int, int]:
     """(files, bytes) of the packaged weights, after checking each against MANIFEST.json; raises
-    RuntimeError naming the first missing or damaged file."""
+    RuntimeError naming the first missing or damaged file (ValueError for a damaged MANIFEST.json)."""
     folder = folder or FOLDER
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise RuntimeError(f"no packaged weights: {manifest_path} is missing")
-    manifest = json.loads(manifest_path.read_text())
+    if not (folder / MANIFEST).is_file():
+        raise RuntimeError(f"no packaged weights: {folder / MANIFEST} is missing; {FIX}")
+    manifest = _listed(folder)  # a damaged MANIFEST.json: ValueError naming the fix
     for name, entry in manifest.items():
         path = folder / name
         if not path.is_file() or _sha256(path) != entry["sha256"]:

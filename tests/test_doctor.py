@@ -116,6 +116,12 @@ def test_weights_choice_and_damaged_packaged_weights_fail_with_the_fix(tmp_path,
     )
     monkeypatch.setattr(pretrained, "_sha256", lambda path: "0" * 64)
     assert run("model weights", capsys)[1].startswith("[OK]   model weights: pretrained (from $AIGC_WEIGHTS=pretrained")
+    (folder / pretrained.MANIFEST).write_text("{not json")
+    failed, out = run("model weights", capsys)
+    assert failed == 1 and "MANIFEST.json is damaged" in out and "git checkout -- aigc_lib/assets/pretrained" in out
+    (folder / pretrained.MANIFEST).unlink()
+    failed, out = run("model weights", capsys)
+    assert failed == 1 and "MANIFEST.json is missing" in out and "git checkout -- aigc_lib/assets/pretrained" in out
 
 
 def manager(folder: Path, version: str) -> Path:
