@@ -20,8 +20,9 @@ needs it. What a build does:
      as it runs in solutions/, so chapters share their trained models with the course;
 2. runs `jupyter-book build` with AIGC_BUDGET set for the kernels and jupyter-cache as the
    executor: a chapter whose code cells did not change since its last run at this budget is not
-   executed again (one cache per budget, in OUT/.jupyter_cache/BUDGET; the cache keys on the
-   notebook's code, not on the library, so after a library change pass --fresh);
+   executed again (one cache per budget and weights choice, in OUT/.jupyter_cache/BUDGET-WEIGHTS, e.g.
+   standard-pretrained; the cache keys on the notebook's code, not on the library, so after a library
+   change pass --fresh);
 3. writes the site to OUT/_build/html/.
 
 The module is also a Sphinx extension of the book (`setup` below): it draws the notebooks' widgets
@@ -348,6 +349,12 @@ def staged_notebook(
     return nbformat.writes(nb)
 
 
+def cache_dir(out: Path, budget: str) -> Path:
+    """The execution cache of a build at `budget` with the current weights choice ($AIGC_WEIGHTS): outputs
+    computed with trained models are never shown as the packaged ones', or the other way round."""
+    return out / ".jupyter_cache" / f"{budget}-{pretrained.choice()}"
+
+
 def budget_note(budget: str, execute: bool) -> str:
     if not execute:
         return "This build shows the notebooks without outputs (built with `--no-execute`)."
@@ -383,7 +390,7 @@ def stage(
     config = yaml.safe_load((BOOK / "_config.yml").read_text(encoding="utf-8"))
     execution = config.setdefault("execute", {})
     execution["execute_notebooks"] = "cache" if execute else "off"
-    execution["cache"] = str((out / ".jupyter_cache" / budget).resolve())
+    execution["cache"] = str(cache_dir(out, budget).resolve())
     execution["timeout"] = CELL_TIMEOUT[budget]
     note = budget_note(budget, execute)
     config.setdefault("parse", {}).setdefault("myst_substitutions", {})["budget_note"] = note
@@ -448,7 +455,7 @@ def build(
     chosen = select(everything, chapters)
     out = Path(out).resolve()
     if fresh:
-        shutil.rmtree(out / ".jupyter_cache" / budget, ignore_errors=True)
+        shutil.rmtree(cache_dir(out, budget), ignore_errors=True)
     src = stage(out, chosen, all_chapters=everything, budget=budget, execute=execute, repo_url=repo_url, branch=branch)
     env = {**os.environ, "AIGC_BUDGET": budget, "MPLBACKEND": os.environ.get("MPLBACKEND", "Agg")}
     env.pop("AIGC_STRICT", None)
