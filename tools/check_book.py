@@ -14,8 +14,15 @@ opens the built HTML from disk with the network cut off, waits for MathJax, and 
 - errors: output cells with a traceback or an unindented `...Error:` line fail the page; stderr cells (progress
   bars, warnings) are counted, not failed; with `--require-outputs` a chapter without any output
   (a build made with --no-execute) fails too;
+- against the executed notebook beside the site (`_build/jupyter_execute/PAGE.ipynb`): a page that
+  draws fewer figures than the notebook's image outputs, or fewer audio players than its audio
+  outputs, fails;
 - requests the page tried to make outside the site (blocked: the site must work offline) and
   JavaScript errors are listed;
+- for a build with the packaged weights (`weights: pretrained` in the chapters' first output): which of
+  MANIFEST.json's files the chapters loaded, and any a chapter refused ("...are not used") or did not
+  find, which fails the check: the build is then the test that every packaged file loads into its
+  chapter's model;
 
 and takes a full-page screenshot of it. Exits 0 (every page passed), 1 (a page failed, or no
 page to check) or 2 (cannot check here: no browser or no playwright).
@@ -45,6 +52,10 @@ CHAPTER_PAGE = re.compile(r"^(?:\d\d|A\d)_\w+$")
 # an exception's last line starts the line; an indented one is a cell printing an error it caught on
 # purpose (chapter 02 shows the sources' shape errors that way)
 ERROR_LINE = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception):", re.MULTILINE)
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/svg+xml")
+# what aigc_lib.training.fit prints when it loads a packaged file, and when it cannot use one
+LOADED = re.compile(r"loaded the pretrained weights shipped with the course \(([^:()\s]+\.pt):")
+REFUSED = re.compile(r"are not used|the course has no pretrained weights named")
 
 # Runs in the page: what a reader would see, counted.
 MEASURE = """async () => {
@@ -62,6 +73,7 @@ MEASURE = """async () => {
     typeset: main.querySelectorAll('mjx-container').length,
     tex_errors: [...main.querySelectorAll('mjx-merror')].map(e => e.getAttribute('data-mjx-error') || text(e)),
     outputs: outputs.length,
+    audio: main.querySelectorAll('audio').length,
     tracebacks: outputs.filter(o => o.matches('.traceback, .error')
                                    || text(o).includes('Traceback (most recent call last)')).map(text),
     error_text: outputs.filter(o => !o.matches('.stderr')).map(text),
@@ -85,9 +97,37 @@ def pages_in(html: Path, wanted: list[str] | None) -> list[Path]:
     return [extra[0]] * extra[0].is_file() + chapters + [p for p in extra[1:] if p.is_file()]
 
 
-def judge(page: str, seen: dict, require_outputs: bool) -> list[str]:
-    """The reasons `page` fails (empty when it passes)."""
+def executed(notebook: Path) -> dict:
+    """What an executed notebook holds: the images and audio players its page should show, and the
+    packaged weights its cells loaded (file names) or refused (the lines saying so)."""
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    images = audio = 0
+    text = []
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            images += any(kind in data for kind in IMAGE_TYPES)
+            audio += "<audio" in "".join(data.get("text/html", ""))
+            if out.get("output_type") == "stream":
+                text.append("".join(out.get("text", "")))
+    text = "".join(text)
+    return {
+        "images": images,
+        "audio": audio,
+        "pretrained": "weights: pretrained" in text,
+        "loaded": sorted(set(LOADED.findall(text))),
+        "refused": [line.strip() for line in text.splitlines() if REFUSED.search(line)],
+    }
+
+
+def judge(page: str, seen: dict, require_outputs: bool, expected: dict | None = None) -> list[str]:
+    """The reasons `page` fails (empty when it passes); `expected`: `executed(...)` of its notebook."""
     why = []
+    if expected is not None:
+        if seen["figures"] < expected["images"]:
+            why.append(f"{seen['figures']} figures drawn, {expected['images']} images in the executed notebook")
+        if seen.get("audio", 0) < expected["audio"]:
+            why.append(f"{seen.get('audio', 0)} audio players, {expected['audio']} in the executed notebook")
     if seen["broken"]:
         why.append(f"{len(seen['broken'])} broken image(s): {seen['broken'][:3]}")
     if seen["math"] and not seen["typeset"]:
@@ -120,7 +160,7 @@ def check(args: argparse.Namespace) -> int:
     pages = pages_in(html, args.pages)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    report, failed = [], 0
+    report, failed, notebooks = [], 0, {}
     with sync_playwright() as p:
         browser = launch_chromium(p, chromium)
         print(f"browser: Chromium {browser.version} ({chromium}, {how}); pages from {html}")
@@ -152,7 +192,11 @@ def check(args: argparse.Namespace) -> int:
                 shot = out / f"{path.stem}.png"
                 page.screenshot(path=str(shot), full_page=True)
                 page.close()
-                reasons = judge(path.stem, seen, args.require_outputs)
+                notebook = html.parent / "jupyter_execute" / f"{path.stem}.ipynb"
+                expected = executed(notebook) if notebook.is_file() else None
+                if expected is not None:
+                    notebooks[path.stem] = expected
+                reasons = judge(path.stem, seen, args.require_outputs, expected)
                 failed += bool(reasons)
                 entry = {
                     "page": path.stem,
@@ -162,6 +206,7 @@ def check(args: argparse.Namespace) -> int:
                     "math": seen["math"],
                     "typeset": seen["typeset"],
                     "outputs": seen["outputs"],
+                    "audio": seen["audio"],
                     "stderr_outputs": len(seen["stderr"]),
                     "failures": reasons,
                     "external_requests": sorted(set(external)),
@@ -189,7 +234,26 @@ def check(args: argparse.Namespace) -> int:
         print("FAIL: no page to check")
         return EXIT_FAIL
     print(f"{len(report) - failed} of {len(report)} pages passed")
-    return EXIT_FAIL if failed else EXIT_PASS
+    weights_ok = audit_weights(notebooks, ROOT / "aigc_lib/assets/pretrained")
+    return EXIT_FAIL if failed or not weights_ok else EXIT_PASS
+
+
+def audit_weights(notebooks: dict[str, dict], folder: Path) -> bool:
+    """Print which packaged files the chapters loaded; False when a chapter refused or missed one."""
+    if not any(nb["pretrained"] for nb in notebooks.values()):
+        return True  # a build that trains: nothing to audit
+    listed = set(json.loads((folder / "MANIFEST.json").read_text(encoding="utf-8")))
+    loaded = set().union(*(nb["loaded"] for nb in notebooks.values()))
+    refused = [f"{page}: {line}" for page, nb in notebooks.items() for line in nb["refused"]]
+    print(
+        f"packaged weights: {len(loaded & listed)} of {len(listed)} files in {folder.name}/MANIFEST.json "
+        f"loaded by the {len(notebooks)} executed pages checked; {len(refused)} refused or missing"
+    )
+    for name in sorted(listed - loaded):
+        print(f"{'':<22}not loaded by a checked page: {name}")
+    for line in refused:
+        print(f"{'':<22}FAIL: {line[:200]}")
+    return not refused
 
 
 def main(argv: list[str] | None = None) -> int:
