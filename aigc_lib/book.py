@@ -461,7 +461,9 @@ def build(
     env.pop("AIGC_STRICT", None)
     if strict:
         env["AIGC_STRICT"] = "1"  # a failing check in a solution raises, so the build fails
-    command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src)]
+    # nbclient's waits for the kernel in slices: a missed zmq wake-up would cost a cell's timeout (kernel_wait)
+    run_jupyter_book = "import aigc_lib.kernel_wait as w; w.install(); from jupyter_book.cli.main import main; main()"
+    command = [sys.executable, "-c", run_jupyter_book, "build", str(src)]
     command += ["--path-output", str(out), "--builder", "html"]
     if strict:
         command += ["-W", "--keep-going"]

@@ -326,15 +326,3 @@ def test_vocode_solves_all_frames_at_once_with_each_phrase_s_result():
     for a, b in zip(tts.vocode(mels, iters=5), one_by_one, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert tts.vocode([]) == []
-
-
-def test_vocode_starts_no_threads(monkeypatch):
-    # a thread pool here, run inside an ipywidgets Output in a kernel, stalled nbclient (the book build)
-    import threading
-
-    def refuse(self):
-        raise AssertionError(f"vocode started a thread ({self.name})")
-
-    monkeypatch.setattr(threading.Thread, "start", refuse)
-    mels = [torch.full((n, tts.MEL.n_mels), -6.0) for n in (12, 20)]
-    assert [len(w) for w in tts.vocode(mels, iters=2)] == [11 * tts.MEL.hop, 19 * tts.MEL.hop]
