@@ -458,6 +458,8 @@ def build(
         shutil.rmtree(cache_dir(out, budget), ignore_errors=True)
     src = stage(out, chosen, all_chapters=everything, budget=budget, execute=execute, repo_url=repo_url, branch=branch)
     env = {**os.environ, "AIGC_BUDGET": budget, "MPLBACKEND": os.environ.get("MPLBACKEND", "Agg")}
+    # this checkout's aigc_lib for jupyter-book's process (kernel_wait, the Sphinx extension) and the kernels
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env.pop("AIGC_STRICT", None)
     if strict:
         env["AIGC_STRICT"] = "1"  # a failing check in a solution raises, so the build fails

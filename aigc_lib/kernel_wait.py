@@ -2,13 +2,14 @@
 build, `benchmarks/chapter_timings.py`).
 
 nbclient waits for a cell's reply with one `poll` of the shell socket for the cell's whole timeout.
-zmq.asyncio can miss the wake-up of a message that has already arrived (its edge-triggered file
-descriptor is drained by another call on the socket; pyzmq issue #2173): the reply then sits in the
-socket until the poll times out, which pyzmq ends with a last non-blocking check that finds it. With
-the chapters' ipywidgets Output (chapter 08's interactive cell) this cost nbclient its whole cell
-timeout (60 s in a reproduction, up to 30 minutes in a book build) in a few runs in a hundred.
-`install()` makes every such wait a series of short polls, so a missed wake-up costs at most one
-slice; messages, timeouts and `Empty` are otherwise unchanged.
+Sometimes zmq.asyncio does not wake that poll for a reply that has already arrived (the root cause is
+not established; pyzmq issue #2173 reports a similar symptom and was closed unconfirmed). The reply
+then sits in the socket until the poll times out, which pyzmq ends with a last non-blocking check that
+finds it: the cell costs its whole timeout (60 s in our reproduction; 30 minutes at the standard
+budget in a book build, 2 hours at full), with no error. It happened after the messages of an
+ipywidgets Output (chapter 08's interactive cell) in a few runs in a hundred. `install()` makes every
+such wait a series of short polls, so a missed wake-up costs at most one slice; messages, timeouts
+and `Empty` are otherwise unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from queue import Empty
 
 SLICE_S = 0.5  # the longest a missed wake-up can delay a message
+_LAST_LOOK_S = 0.001  # zmq polls in whole milliseconds: less than this left is one non-blocking look
 
 
 def install(slice_s: float = SLICE_S) -> None:
@@ -30,20 +32,22 @@ def install(slice_s: float = SLICE_S) -> None:
 
 
 def sliced(get_msg, slice_s: float = SLICE_S):
-    """`get_msg(self, timeout=None)` as polls of at most `slice_s` seconds until `timeout` (None: forever)."""
+    """`get_msg(self, timeout=None)` as polls of at most `slice_s` seconds until `timeout` (None or negative:
+    until a message comes, as zmq's poll does)."""
     if not slice_s > 0:
         raise ValueError(f"slice_s: expected a positive number of seconds, got {slice_s!r}")
 
     @functools.wraps(get_msg)
     async def get_msg_in_slices(self, timeout: float | None = None):
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         while True:
-            left = slice_s if deadline is None else max(0.0, deadline - time.monotonic())
+            left = slice_s if deadline is None else deadline - time.monotonic()
+            if left < _LAST_LOOK_S:
+                return await get_msg(self, 0)  # the deadline: one last look, then Empty
             try:
                 return await get_msg(self, min(slice_s, left))
             except Empty:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
+                continue
 
     get_msg_in_slices._aigc_sliced = True
     return get_msg_in_slices
