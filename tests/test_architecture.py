@@ -25,7 +25,7 @@ LAYERS = {
     },
     1: {"history", "rnn", "gan", "vae", "transformer", "diffusion"},  # one model family per chapter 00-05
     2: {"clip", "text_to_image", "speech", "responsible"},  # compositions of several families (chapters 06 on)
-    3: {"recipes", "exercises", "grading", "notebooks", "book", "doctor", "__main__"},
+    3: {"recipes", "exercises", "grading", "notebooks", "book", "kernel_wait", "doctor", "__main__"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
 
